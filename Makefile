@@ -1,0 +1,33 @@
+# The README's two commands: `make run` and `make test`. Each does its own set-up.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# constraints.txt pins torch to the CPU wheel; without it pip pulls a multi-GB CUDA build.
+PIP := $(BIN)/pip install -c constraints.txt
+
+.PHONY: setup run test test-slow bench clean
+
+$(BIN)/rl-run: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(PIP) -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/rl-run
+
+run: setup
+	$(BIN)/rl-run algo=ppo env=lunarlander
+
+# pytest exits 5 when it collected no tests: that is a failure, not a pass.
+test: setup
+	$(BIN)/pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: no tests collected" >&2; fi; exit $$rc
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow
+
+bench: setup
+	$(PIP) -q -e '.[test,bench]'
+	$(BIN)/python scripts/benchmark.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Algorithm plugins. Each file holds one algorithm; `base.py` holds the contract and families."""

@@ -1,0 +1,170 @@
+"""The algorithm contract and the on-policy family base.
+
+The trainer owns environments, data feeding, logging, evaluation and checkpoints; an algorithm owns
+its networks, optimizers, normalizer statistics and the update math. `update` returns its metrics.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rl_runner.nets import ActorCritic
+from rl_runner.normalize import ObsNormalizer, RewardScaler
+
+
+class Algorithm:
+    """What the trainer needs from any algorithm."""
+
+    name: ClassVar[str] = ""  # the algo= choice it is known by
+    family: ClassVar[str] = ""  # "on_policy" | "off_policy" | "offline"
+    action_spaces: ClassVar[tuple[type, ...]] = (gym.spaces.Discrete, gym.spaces.Box)
+    grad_steps: int = 0
+
+    @classmethod
+    def supports(cls, action_space: gym.Space) -> bool:
+        return isinstance(action_space, cls.action_spaces)
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def update(self, batch: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class Rollout(NamedTuple):
+    """n_steps x n_envs of on-policy experience, as numpy arrays shaped [T, N, ...].
+
+    `next_values` holds V(s_{t+1}) for continuing steps, V(final observation) where the episode was
+    truncated (a time limit is not death, so it bootstraps) and 0 where it terminated.
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    log_probs: np.ndarray
+    values: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    next_values: np.ndarray
+
+
+def gae(rewards_TN: np.ndarray, values_TN: np.ndarray, next_values_TN: np.ndarray,
+        dones_TN: np.ndarray, gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Generalized advantage estimation (Schulman et al. 2016, eq. 16); returns (adv, returns).
+
+    With lam=1 the returns are the discounted reward-to-go, bootstrapped where a rollout or an
+    episode was cut by a time limit.
+    """
+    adv_TN = np.zeros_like(values_TN)
+    last = np.zeros(values_TN.shape[1], np.float32)
+    not_done_TN = 1.0 - dones_TN
+    deltas_TN = rewards_TN + gamma * next_values_TN - values_TN
+    for t in reversed(range(len(rewards_TN))):
+        last = deltas_TN[t] + gamma * lam * not_done_TN[t] * last
+        adv_TN[t] = last
+    return adv_TN, adv_TN + values_TN
+
+
+class OnPolicyAlgorithm(Algorithm):
+    """Shared by pg and ppo: actor-critic networks, acting, normalisers, optimizer and state."""
+
+    family = "on_policy"
+
+    def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
+                 total_steps: int, seed: int = 0, lr: float = 3e-4, gamma: float = 0.99,
+                 hidden_sizes: list[int] = (64, 64), n_steps: int = 2048, activation: str = "tanh",
+                 log_std_init: float = 0.0, normalize_obs: bool = False,
+                 normalize_reward: bool = False, max_grad_norm: float = 0.5,
+                 anneal_lr: bool = False, ent_coef: float = 0.0, vf_coef: float = 0.5,
+                 norm_adv: bool = True):
+        self.n_steps, self.n_envs, self.total_steps = n_steps, n_envs, total_steps
+        self.lr, self.gamma, self.anneal_lr = lr, gamma, anneal_lr
+        self.max_grad_norm, self.ent_coef, self.vf_coef = max_grad_norm, ent_coef, vf_coef
+        self.norm_adv = norm_adv
+        obs_dim = int(np.prod(observation_space.shape))
+        self.net = ActorCritic(obs_dim, action_space, list(hidden_sizes), activation, log_std_init)
+        self.dist = self.net.dist
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr, eps=1e-5, foreach=True)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.obs_norm = ObsNormalizer(observation_space.shape, normalize_obs)
+        self.reward_scaler = RewardScaler(n_envs, gamma, normalize_reward)
+        if not self.dist.discrete:
+            self.low, self.high = action_space.low, action_space.high
+        self.env_steps = 0
+        self.grad_steps = 0
+
+    # ---- acting -------------------------------------------------------------------------------
+    def _to_env(self, actions: np.ndarray) -> np.ndarray:
+        # the env gets clipped actions; the log-prob stays that of the raw sample
+        return actions if self.dist.discrete else np.clip(actions, self.low, self.high)
+
+    @torch.inference_mode()
+    def explore(self, obs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Sample actions for a rollout: (env_actions, actions, log_probs, values, policy_obs)."""
+        policy_obs = self.obs_norm(obs, update=True)
+        out, value = self.net(torch.from_numpy(policy_obs))
+        actions, logp = self.dist.sample(out, self.net.log_std, self.gen)
+        actions = actions.numpy()
+        return self._to_env(actions), actions, logp.numpy(), value.numpy(), policy_obs
+
+    @torch.inference_mode()
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        return self.net(torch.from_numpy(self.obs_norm(obs)))[1].numpy()
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        out, _ = self.net(torch.from_numpy(self.obs_norm(obs)))
+        if deterministic:
+            return self._to_env(self.dist.mode(out).numpy())
+        return self._to_env(self.dist.sample(out, self.net.log_std, self.gen)[0].numpy())
+
+    # ---- learning helpers ---------------------------------------------------------------------
+    def progress(self) -> float:
+        return min(1.0, self.env_steps / max(1, self.total_steps))
+
+    def current_lr(self) -> float:
+        lr = self.lr * (1.0 - self.progress()) if self.anneal_lr else self.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def advantages(self, batch: Rollout, lam: float) -> tuple[np.ndarray, np.ndarray]:
+        rewards = self.reward_scaler(batch.rewards, batch.dones)
+        return gae(rewards, batch.values, batch.next_values, batch.dones.astype(np.float32),
+                   self.gamma, lam)
+
+    def gradient_step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        self.grad_steps += 1
+
+    # ---- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "gen": self.gen.get_state(), "obs_norm": self.obs_norm.rms.state_dict(),
+                "reward_scaler": self.reward_scaler.state_dict(), "env_steps": self.env_steps,
+                "grad_steps": self.grad_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["gen"])
+        self.obs_norm.rms.load_state_dict(state["obs_norm"])
+        self.reward_scaler.load_state_dict(state["reward_scaler"])
+        self.env_steps, self.grad_steps = state["env_steps"], state["grad_steps"]
+
+
+def explained_variance(pred: np.ndarray, target: np.ndarray) -> float:
+    var = float(np.var(target))
+    return float("nan") if var == 0 else 1.0 - float(np.var(target - pred)) / var

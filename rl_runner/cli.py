@@ -1,0 +1,165 @@
+"""Console entry points. `rl-run` checks its arguments, then hands over to Hydra."""
+from __future__ import annotations
+
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from rl_runner.errors import UserError
+
+log = logging.getLogger("rl_runner")
+
+# flags that make Hydra print something instead of running: passed through untouched
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--version",
+              "--shell-completion", "-sc", "--resolve", "-p", "--package"}
+FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                    "--experimental-rerun"}
+CHECKED_GROUPS = ("algo", "env")
+
+
+def group_choices(group: str) -> list[str]:
+    """The YAML files of a config group in the bundled conf package."""
+    root = resources.files("rl_runner.conf") / group
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def fail(message: str) -> None:
+    print(f"rl-run: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(flags with their values, overrides)."""
+    flags, overrides = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg.startswith("-"):
+            flags.append(arg)
+            if arg in FLAGS_WITH_VALUE:
+                flags.append(next(args, ""))
+        else:
+            overrides.append(arg)
+    return flags, overrides
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """Check the overrides Hydra would otherwise reject with a traceback-like page; set up resume.
+
+    Raises UserError with one line for anything wrong.
+    """
+    flags, overrides = split_argv(argv)
+    if any(f in INFO_FLAGS for f in flags):
+        return argv
+    multirun = "-m" in flags or "--multirun" in flags
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:
+        raise UserError(f"cannot parse the overrides: {_one_line(e)}") from None
+    for ov in parsed:
+        key = ov.get_key_element().lstrip("+~")
+        if key in CHECKED_GROUPS:
+            choices = group_choices(key)
+            values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [
+                ov.get_value_element_as_str()]
+            for value in values:
+                if value not in choices:
+                    raise UserError(f"unknown {key} {value!r}; choices: {', '.join(choices)}")
+    resume = next((ov for ov in parsed if ov.get_key_element() == "resume"), None)
+    if resume is not None and resume.value() not in (None, "null"):
+        if multirun or resume.is_sweep_override():
+            raise UserError("resume= continues one run; it cannot be part of a sweep (-m)")
+        return argv + resume_overrides(Path(str(resume.value())), parsed)
+    _check_composes(parsed, overrides)
+    return argv
+
+
+def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
+    """Hydra overrides that make this invocation write into the run being resumed."""
+    if not run_dir.is_dir():
+        raise UserError(f"resume={run_dir}: no such run directory")
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise UserError(f"resume={run_dir}: no .hydra/config.yaml there (not an rl-run directory)")
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise UserError(f"resume={run_dir}: no checkpoints/last.pt to resume from")
+    for ov in parsed:
+        key = ov.get_key_element().lstrip("+~")
+        if key != "resume" and not key.startswith(("trainer.", "hydra.")):
+            raise UserError(f"resume takes the run's saved config; only trainer.* may be "
+                            f"overridden, not {key}")
+    # keep the run's .hydra/ untouched: nothing already written is overwritten
+    return [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+
+
+def _check_composes(parsed: list, overrides: list[str]) -> None:
+    """Compose the config once per swept value, so errors show before any job starts."""
+    from hydra import compose, initialize_config_module
+
+    fixed = [o for o, p in zip(overrides, parsed) if not p.is_sweep_override()]
+    trials = [fixed]
+    for o, p in zip(overrides, parsed):
+        if p.is_sweep_override() and not p.is_hydra_override():
+            key = p.get_key_element()
+            try:
+                values = list(p.sweep_string_iterator())
+            except Exception:  # range/interval sweeps are left to the sweeper
+                continue
+            trials += [fixed + [f"{key}={v}"] for v in values]
+    with initialize_config_module(config_module="rl_runner.conf", version_base="1.3"):
+        for trial in trials:
+            try:
+                compose(config_name="train", overrides=trial)
+            except Exception as e:
+                raise UserError(_one_line(e)) from None
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).replace("\t", " ").split())
+
+
+def resumed_config(cfg: DictConfig) -> DictConfig:
+    """The saved config of the run in `cfg.resume`, with this call's trainer.* overrides."""
+    run_dir = Path(cfg.resume)
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    for ov in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+        key = ov.get_key_element().lstrip("+~")
+        if key.startswith("trainer."):
+            OmegaConf.update(saved, key, ov.value(), force_add=True)
+    saved.resume = str(run_dir)
+    return saved
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> float:
+    """One Hydra job: train, and return the final eval return (what a sweeper optimizes)."""
+    from rl_runner.trainer import train
+
+    try:
+        resume = cfg.get("resume") is not None
+        if resume:
+            cfg = resumed_config(cfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        results = train(cfg, run_dir, resume=resume)
+    except UserError as e:
+        log.error("rl-run: error: %s", e)
+        sys.exit(2)
+    return results["eval_return_mean"]
+
+
+def main() -> None:
+    """`rl-run`: Hydra's CLI, with bad input reported as one line and exit code 2."""
+    try:
+        argv = prepare_argv(sys.argv[1:])
+    except UserError as e:
+        fail(str(e))
+    sys.argv = [sys.argv[0], *argv]
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

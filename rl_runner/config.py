@@ -1,0 +1,109 @@
+"""Checks of the composed config: one clear line per bad value, before any work starts."""
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from rl_runner.errors import UserError
+
+POSITIVE = {"total_steps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_episodes",
+            "torch_threads", "buffer_size", "gradient_steps", "train_freq"}
+NON_NEGATIVE = {"lr", "ent_coef", "vf_coef", "eval_every", "checkpoint_every", "learning_starts",
+                "max_grad_norm", "value_epochs", "kl_target", "kl_beta", "clip_coef"}
+UNIT_INTERVAL = {"gamma", "gae_lambda", "tau"}
+TRAINER_TYPES = {"total_steps": int, "eval_every": int, "eval_episodes": int,
+                 "checkpoint_every": int, "torch_threads": int, "device": str,
+                 "save_replay_buffer": bool, "progress": bool}
+
+
+def check_value(key: str, value: Any, expected: Any) -> None:
+    """Raise UserError unless `value` fits the type hint `expected` and the range rules."""
+    if not _fits(value, expected):
+        raise UserError(f"{key}={_show(value)} has the wrong type; expected {_type_name(expected)}")
+    name = key.rsplit(".", 1)[-1]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if name in POSITIVE and value <= 0:
+        raise UserError(f"{key}={value} must be positive")
+    if name in NON_NEGATIVE and value < 0:
+        raise UserError(f"{key}={value} must not be negative")
+    if name in UNIT_INTERVAL and not 0 <= value <= 1:
+        raise UserError(f"{key}={value} must lie in [0, 1]")
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    for key, value in cfg.trainer.items():
+        if key in TRAINER_TYPES:
+            check_value(f"trainer.{key}", value, TRAINER_TYPES[key])
+    check_value("seed", cfg.seed, int)
+    check_value("env.n_envs", cfg.env.n_envs, int)
+    check_value("env.id", cfg.env.id, str)
+    if cfg.trainer.device != "cpu":
+        raise UserError(f"trainer.device={cfg.trainer.device!r} is not supported yet; allowed: cpu "
+                        "(the small networks here run faster on CPU)")
+
+
+def check_algo_kwargs(name: str, cls: type, kwargs: dict[str, Any], provided: set[str]) -> None:
+    """Compare algo.* values with the type hints of the algorithm's keyword-only constructor."""
+    hints: dict[str, Any] = {}
+    params: set[str] = set()
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        sig = inspect.signature(init)
+        params |= {p for p, v in sig.parameters.items()
+                   if v.kind == v.KEYWORD_ONLY and p not in provided}
+        hints.update({k: v for k, v in typing.get_type_hints(init).items() if k in params})
+    for key, value in kwargs.items():
+        if key not in params:
+            raise UserError(f"algo.{key} is not a hyperparameter of {name}; "
+                            f"allowed: {', '.join(sorted(params))}")
+        check_value(f"algo.{key}", value, hints.get(key, Any))
+
+
+def to_plain(value: Any) -> Any:
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _fits(value: Any, expected: Any) -> bool:
+    if expected is Any:
+        return True
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_fits(value, arg) for arg in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin in (list, tuple) or expected in (list, tuple):
+        args = typing.get_args(expected)
+        return isinstance(value, (list, tuple)) and all(
+            _fits(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(expected: Any) -> str:
+    return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)

@@ -1,0 +1,78 @@
+"""Environment construction, id checks and env-state capture for exact resume."""
+from __future__ import annotations
+
+import difflib
+import pickle
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.utils import EzPickle
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+from rl_runner.errors import UserError
+
+
+def check_env_id(env_id: str) -> None:
+    """Fail with one line (and close matches) when `env_id` is not a registered gymnasium id."""
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(str(env_id), list(gym.registry), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else \
+        "; pass a registered gymnasium id (python -c 'import gymnasium; gymnasium.pprint_registry()')"
+    raise UserError(f"env.id={env_id!r} is not a registered gymnasium environment{hint}")
+
+
+def _make_one(env_id: str, kwargs: dict) -> gym.Env:
+    env = gym.make(env_id, **kwargs)
+    if not isinstance(env.observation_space, gym.spaces.Box):
+        env = gym.wrappers.FlattenObservation(env)  # e.g. Discrete observations become one-hot
+    return env
+
+
+class _EnvFn:
+    """A picklable env factory (AsyncVectorEnv sends it to worker processes)."""
+
+    def __init__(self, env_id: str, kwargs: dict):
+        self.env_id, self.kwargs = env_id, kwargs
+
+    def __call__(self) -> gym.Env:
+        return _make_one(self.env_id, self.kwargs)
+
+
+def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
+                 vectorization: str = "sync") -> gym.vector.VectorEnv:
+    """n copies of an env; finished episodes reset in the same step (final obs in info)."""
+    check_env_id(env_id)
+    kwargs = dict(kwargs or {})
+    try:
+        _make_one(env_id, kwargs).close()  # surface bad kwargs as one line, not a worker crash
+    except TypeError as e:
+        raise UserError(f"env.kwargs {kwargs} rejected by {env_id}: {e}") from None
+    fns = [_EnvFn(env_id, kwargs) for _ in range(n_envs)]
+    if vectorization == "async":
+        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    if vectorization != "sync":
+        raise UserError(f"env.vectorization={vectorization!r} is not known; allowed: sync, async")
+    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+def env_state(envs: gym.vector.VectorEnv) -> bytes | None:
+    """The sub-environments pickled, or None where a pickle would not carry their state.
+
+    Box2D (and MuJoCo) envs are EzPickle: unpickling rebuilds them from constructor arguments, so
+    the physics state of episodes in progress cannot be saved.
+    """
+    if not isinstance(envs, SyncVectorEnv):
+        return None
+    if any(isinstance(e.unwrapped, EzPickle) for e in envs.envs):
+        return None
+    return pickle.dumps(envs.envs)
+
+
+def restore_env_state(envs: gym.vector.VectorEnv, state: bytes) -> None:
+    envs.envs = pickle.loads(state)
+
+
+def final_observations(info: dict, mask: np.ndarray) -> np.ndarray:
+    """Stack the final observations of the sub-envs in `mask` (SAME_STEP autoreset info)."""
+    return np.stack([info["final_obs"][i] for i in np.flatnonzero(mask)])

@@ -1,0 +1,5 @@
+"""The one exception type for bad input: the CLI turns it into one line and exit code 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user (config value, path, env id): reported as one line, exit code 2."""

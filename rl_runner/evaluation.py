@@ -1,0 +1,44 @@
+"""Deterministic evaluation on a separate vector env with fixed episode seeds."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from rl_runner.envs import make_vec_env
+
+
+class Evaluator:
+    """Runs `n_episodes` episodes spread over up to `max_envs` envs, always from the same seeds,
+    so that evaluations are comparable across a run and independent of training history."""
+
+    def __init__(self, env_id: str, n_episodes: int, seed: int, kwargs: dict | None = None,
+                 max_envs: int = 20):
+        self.n_envs = min(n_episodes, max_envs)
+        self.envs = make_vec_env(env_id, self.n_envs, kwargs)
+        self.seed = seed
+        self.quota = np.full(self.n_envs, n_episodes // self.n_envs)
+        self.quota[: n_episodes % self.n_envs] += 1
+
+    def run(self, policy: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+        obs, _ = self.envs.reset(seed=self.seed)
+        finished = np.zeros(self.n_envs, np.int64)
+        running = np.zeros(self.n_envs, np.float64)
+        steps = np.zeros(self.n_envs, np.int64)
+        returns: list[float] = []
+        lengths: list[int] = []
+        while (finished < self.quota).any():
+            obs, rewards, terminated, truncated, _ = self.envs.step(policy(obs))
+            running += rewards
+            steps += 1
+            for i in np.flatnonzero(terminated | truncated):
+                if finished[i] < self.quota[i]:
+                    returns.append(float(running[i]))
+                    lengths.append(int(steps[i]))
+                    finished[i] += 1
+                running[i], steps[i] = 0.0, 0
+        return {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+                "length_mean": float(np.mean(lengths)), "episodes": len(returns)}
+
+    def close(self) -> None:
+        self.envs.close()

@@ -1,0 +1,120 @@
+"""Small networks and action distributions, written for low per-call overhead on CPU."""
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+LOG_2PI = math.log(2 * math.pi)
+
+
+class ParallelMLP(nn.Module):
+    """K MLPs of the same shape evaluated with one batched matmul per layer.
+
+    An actor and a critic of equal hidden sizes become one chain of `baddbmm` calls, which halves
+    the number of small kernels per forward and backward (the cost that dominates on CPU).
+    Output shape: [K, B, out_dim].
+    """
+
+    def __init__(self, in_dim: int, hidden_sizes: list[int], out_dim: int, k: int,
+                 activation: str = "tanh", hidden_gain: float = math.sqrt(2),
+                 out_gains: tuple[float, ...] | None = None):
+        super().__init__()
+        sizes = [in_dim, *hidden_sizes, out_dim]
+        self.k = k
+        self.act = ACTIVATIONS[activation]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        out_gains = out_gains or (1.0,) * k
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            w = torch.empty(k, a, b)
+            last = i == len(sizes) - 2
+            for j in range(k):
+                # orthogonal init as in the PPO implementation details (Engstrom et al. 2020)
+                nn.init.orthogonal_(w[j].T, gain=out_gains[j] if last else hidden_gain)
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(k, 1, b)))
+
+    def forward(self, x_BI: torch.Tensor) -> torch.Tensor:
+        h = x_BI.unsqueeze(0).expand(self.k, *x_BI.shape)
+        n = len(self.weights)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b, h, w)
+            if i < n - 1:
+                h = self.act(h)
+        return h
+
+
+class ActionDist:
+    """Categorical (Discrete) or diagonal Gaussian with state-independent log-std (Box).
+
+    Plain tensor math instead of torch.distributions: no argument validation, no object per call.
+    """
+
+    def __init__(self, action_space: gym.Space):
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            self.n_out = int(action_space.n)
+            self.action_shape: tuple[int, ...] = ()
+        else:
+            self.n_out = int(np.prod(action_space.shape))
+            self.action_shape = tuple(action_space.shape)
+
+    def sample(self, out_BA: torch.Tensor, log_std_A: torch.Tensor | None,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw actions and their log-probabilities."""
+        if self.discrete:
+            logp_BA = torch.log_softmax(out_BA, dim=-1)
+            u = torch.rand(out_BA.shape, generator=gen).clamp_(min=1e-20)
+            actions_B = torch.argmax(logp_BA - torch.log(-torch.log(u)), dim=-1)  # Gumbel-max
+            return actions_B, logp_BA.gather(1, actions_B.unsqueeze(1)).squeeze(1)
+        noise = torch.randn(out_BA.shape, generator=gen)
+        actions = out_BA + noise * log_std_A.exp()
+        logp = (-0.5 * noise.pow(2) - log_std_A - 0.5 * LOG_2PI).sum(-1)
+        return actions, logp
+
+    def mode(self, out_BA: torch.Tensor) -> torch.Tensor:
+        return out_BA.argmax(-1) if self.discrete else out_BA
+
+    def log_prob_entropy(self, out_BA: torch.Tensor, log_std_A: torch.Tensor | None,
+                         actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.discrete:
+            logp_BA = torch.log_softmax(out_BA, dim=-1)
+            entropy = -(logp_BA.exp() * logp_BA).sum(-1)
+            return logp_BA.gather(1, actions.long().unsqueeze(1)).squeeze(1), entropy
+        z = (actions - out_BA) / log_std_A.exp()
+        logp = (-0.5 * z.pow(2) - log_std_A - 0.5 * LOG_2PI).sum(-1)
+        entropy = (log_std_A + 0.5 * (1.0 + LOG_2PI)).sum().expand(out_BA.shape[0])
+        return logp, entropy
+
+    def kl(self, old_out: torch.Tensor, new_out: torch.Tensor, old_log_std: torch.Tensor | None,
+           new_log_std: torch.Tensor | None) -> torch.Tensor:
+        """KL(old || new) per sample, in closed form."""
+        if self.discrete:
+            old_logp = torch.log_softmax(old_out, -1)
+            return (old_logp.exp() * (old_logp - torch.log_softmax(new_out, -1))).sum(-1)
+        var_old, var_new = (2 * old_log_std).exp(), (2 * new_log_std).exp()
+        return (new_log_std - old_log_std + (var_old + (old_out - new_out).pow(2)) / (2 * var_new)
+                - 0.5).sum(-1)
+
+
+class ActorCritic(nn.Module):
+    """Separate actor and critic MLPs (as SB3's MlpPolicy), run together by ParallelMLP."""
+
+    def __init__(self, obs_dim: int, action_space: gym.Space, hidden_sizes: list[int],
+                 activation: str = "tanh", log_std_init: float = 0.0):
+        super().__init__()
+        self.dist = ActionDist(action_space)
+        self.body = ParallelMLP(obs_dim, list(hidden_sizes), self.dist.n_out, k=2,
+                                activation=activation, out_gains=(0.01, 1.0))
+        self.log_std = None if self.dist.discrete else nn.Parameter(
+            torch.full((self.dist.n_out,), float(log_std_init)))
+
+    def forward(self, obs_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actor output (logits or mean) [B, A] and value [B]."""
+        out = self.body(obs_BD)
+        return out[0], out[1, :, 0]
