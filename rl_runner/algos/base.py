@@ -13,6 +13,7 @@ import torch
 
 from rl_runner.nets import ActorCritic
 from rl_runner.normalize import ObsNormalizer, RewardScaler
+from rl_runner.optim import FlatAdam
 
 
 class Algorithm:
@@ -92,7 +93,7 @@ class OnPolicyAlgorithm(Algorithm):
         obs_dim = int(np.prod(observation_space.shape))
         self.net = ActorCritic(obs_dim, action_space, list(hidden_sizes), activation, log_std_init)
         self.dist = self.net.dist
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr, eps=1e-5, foreach=True)
+        self.optimizer = FlatAdam(self.net.parameters(), lr=lr, eps=1e-5)
         self.gen = torch.Generator().manual_seed(seed)
         self.obs_norm = ObsNormalizer(observation_space.shape, normalize_obs)
         self.reward_scaler = RewardScaler(n_envs, gamma, normalize_reward)
@@ -132,8 +133,7 @@ class OnPolicyAlgorithm(Algorithm):
 
     def current_lr(self) -> float:
         lr = self.lr * (1.0 - self.progress()) if self.anneal_lr else self.lr
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.optimizer.lr = lr
         return lr
 
     def advantages(self, batch: Rollout, lam: float) -> tuple[np.ndarray, np.ndarray]:
@@ -142,10 +142,10 @@ class OnPolicyAlgorithm(Algorithm):
                    self.gamma, lam)
 
     def gradient_step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.max_grad_norm, foreach=True)
+            self.optimizer.clip_grad_norm(self.max_grad_norm)
         self.optimizer.step()
         self.grad_steps += 1
 

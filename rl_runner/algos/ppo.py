@@ -48,28 +48,33 @@ class PPO(OnPolicyAlgorithm):
                 old_out = self.net(obs)[0]
             old_log_std = None if self.net.log_std is None else self.net.log_std.detach().clone()
 
-        stats: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                                ("pg", "v", "ent", "kl", "clipfrac")}
+        n_mb = size // self.batch_size
+        used = n_mb * self.batch_size
+        losses: list[torch.Tensor] = []
         stop = False
         for _ in range(self.n_epochs):
-            perm = torch.randperm(size, generator=self.gen)
-            e_obs, e_act, e_logp, e_v, e_adv, e_ret = (
-                t[perm] for t in (obs, actions, old_logp, old_v, adv, ret))
+            perm = torch.randperm(size, generator=self.gen)[:used]
+            e_obs, e_act, e_logp, e_v, e_ret = (
+                t[perm] for t in (obs, actions, old_logp, old_v, ret))
+            # per-minibatch advantage normalisation, done for all minibatches in four ops
+            e_adv = adv[perm].view(n_mb, self.batch_size)
+            if self.norm_adv and self.batch_size > 1:
+                e_adv = (e_adv - e_adv.mean(1, keepdim=True)) / (e_adv.std(1, keepdim=True) + 1e-8)
+            e_adv = e_adv.view(used)
             e_old_out = old_out[perm] if kl_penalty else None
-            for start in range(0, size - self.batch_size + 1, self.batch_size):
+            for start in range(0, used, self.batch_size):
                 mb = slice(start, start + self.batch_size)
                 out, v = self.net(e_obs[mb])
                 logp, entropy = self.dist.log_prob_entropy(out, self.net.log_std, e_act[mb])
                 log_ratio = logp - e_logp[mb]
                 ratio = log_ratio.exp()
                 a = e_adv[mb]
-                if self.norm_adv and a.numel() > 1:
-                    a = (a - a.mean()) / (a.std() + 1e-8)
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()  # k3 estimator (Schulman 2020)
-                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
-                    stop = True
-                    break
+                if self.target_kl is not None:
+                    with torch.no_grad():
+                        approx_kl = ((ratio - 1) - log_ratio).mean()  # k3 (Schulman 2020)
+                    if approx_kl > 1.5 * self.target_kl:
+                        stop = True
+                        break
                 if kl_penalty:
                     kl = self.dist.kl(e_old_out[mb], out, old_log_std, self.net.log_std)
                     pg_loss = -(ratio * a).mean() + self.kl_beta * kl.mean()
@@ -83,15 +88,20 @@ class PPO(OnPolicyAlgorithm):
                     v_loss = (v - e_ret[mb]).pow(2).mean()
                 ent = entropy.mean()
                 self.gradient_step(pg_loss - self.ent_coef * ent + self.vf_coef * v_loss)
-                for key, val in (("pg", pg_loss), ("v", v_loss), ("ent", ent), ("kl", approx_kl)):
-                    stats[key].append(val.detach())
-                stats["clipfrac"].append(((ratio - 1).abs() > clip).float().mean())
+                losses.append(torch.stack((pg_loss.detach(), v_loss.detach(), ent.detach())))
             if stop:
                 break
 
-        metrics = {"policy_loss": _mean(stats["pg"]), "value_loss": _mean(stats["v"]),
-                   "entropy": _mean(stats["ent"]), "approx_kl": _mean(stats["kl"]),
-                   "clipfrac": _mean(stats["clipfrac"]),
+        pg_mean, v_mean, ent_mean = (torch.stack(losses).mean(0).tolist() if losses
+                                     else [float("nan")] * 3)
+        # how far the policy moved over the whole update, measured once on the full rollout
+        with torch.no_grad():
+            out, _ = self.net(obs)
+            log_ratio = self.dist.log_prob_entropy(out, self.net.log_std, actions)[0] - old_logp
+            approx_kl = float(((log_ratio.exp() - 1) - log_ratio).mean())
+            clipfrac = float(((log_ratio.exp() - 1).abs() > clip).float().mean())
+        metrics = {"policy_loss": pg_mean, "value_loss": v_mean, "entropy": ent_mean,
+                   "approx_kl": approx_kl, "clipfrac": clipfrac,
                    "explained_variance": explained_variance(batch.values.ravel(), ret_TN.ravel()),
                    "learning_rate": lr, "charts/clip_coef": clip}
         if kl_penalty:
@@ -118,6 +128,3 @@ class PPO(OnPolicyAlgorithm):
         super().load_state_dict(state)
         self.kl_beta = state["kl_beta"]
 
-
-def _mean(values: list[torch.Tensor]) -> float:
-    return float(torch.stack(values).mean()) if values else float("nan")
