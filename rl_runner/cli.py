@@ -75,8 +75,18 @@ def prepare_argv(argv: list[str]) -> list[str]:
         if multirun or resume.is_sweep_override():
             raise UserError("resume= continues one run; it cannot be part of a sweep (-m)")
         return argv + resume_overrides(Path(str(resume.value())), parsed)
+    run_dir = next((ov for ov in parsed if ov.get_key_element() == "hydra.run.dir"), None)
+    if run_dir is not None and not multirun:
+        _check_fresh(Path(str(run_dir.value())))
     _check_composes(parsed, overrides)
     return argv
+
+
+def _check_fresh(run_dir: Path) -> None:
+    """Refuse a run directory that already holds a run: Hydra would overwrite its .hydra/."""
+    if (run_dir / "results.json").exists() or (run_dir / "checkpoints").exists():
+        raise UserError(f"{run_dir} already holds a run; resume it with resume={run_dir} "
+                        "or choose another hydra.run.dir")
 
 
 def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
@@ -148,6 +158,9 @@ def hydra_main(cfg: DictConfig) -> float:
     except UserError as e:
         log.error("rl-run: error: %s", e)
         sys.exit(2)
+    except KeyboardInterrupt:
+        log.error("interrupted; checkpoints/last.pt holds the last saved state")
+        sys.exit(130)
     return results["eval_return_mean"]
 
 

@@ -35,6 +35,12 @@ def check_value(key: str, value: Any, expected: Any) -> None:
 
 
 def check_trainer(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg.env, "id"):
+        raise UserError("env=gym needs env.id=<a registered gymnasium id>, "
+                        "e.g. env=gym env.id=MountainCar-v0")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"{', '.join(missing)} must be set (KEY=VALUE on the command line)")
     for key, value in cfg.trainer.items():
         if key in TRAINER_TYPES:
             check_value(f"trainer.{key}", value, TRAINER_TYPES[key])

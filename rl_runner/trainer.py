@@ -147,6 +147,9 @@ class Trainer:
             elif self.last_eval_step != self.env_steps:
                 self._evaluate()
             self._save("last.pt", elapsed)
+        except KeyboardInterrupt:  # a second Ctrl-C: quit without saving; last.pt stays as it was
+            status = "interrupted"
+            raise
         except Exception as e:
             status, error = "failed", f"{type(e).__name__}: {e}"
             raise

@@ -41,6 +41,6 @@ class PolicyGradient(OnPolicyAlgorithm):
         self.gradient_step(pg_loss - self.ent_coef * ent + self.vf_coef * v_loss)
         for _ in range(self.value_epochs):
             self.gradient_step(self.vf_coef * (self.net(obs)[1] - ret).pow(2).mean())
-        return {"policy_loss": float(pg_loss), "value_loss": float(v_loss),
-                "entropy": float(ent), "learning_rate": lr,
+        return {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(),
+                "entropy": ent.item(), "learning_rate": lr,
                 "explained_variance": explained_variance(batch.values.ravel(), ret_TN.ravel())}
