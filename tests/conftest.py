@@ -1,0 +1,111 @@
+"""Shared helpers for the rl-runner tests: run the CLI, compose the real config, read run output.
+
+Budgets are tiny on purpose (the suite shares 2 CPU cores); learning checks are marked `slow`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from omegaconf import DictConfig
+
+# small networks: one thread is fastest and does not fight other processes for the 2 cores
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RL_RUN = BIN / "rl-run"
+
+# overrides that keep a run short and quiet
+FAST = ["trainer.progress=false", "trainer.eval_episodes=2"]
+
+# keys DESIGN.md fixes for results.json
+RESULT_KEYS = {"algo", "env", "env_id", "seed", "env_steps", "grad_steps", "wall_seconds", "sps",
+               "eval_return_mean", "eval_return_std", "eval_episodes", "best_eval_return_mean",
+               "status", "versions"}
+VERSION_KEYS = {"python", "torch", "gymnasium", "rl_runner"}
+# results.json numbers that must not depend on timing or location
+NUMBERS = ("env_steps", "grad_steps", "eval_return_mean", "eval_return_std", "eval_episodes",
+           "best_eval_return_mean")
+
+
+def cli_env(extra_pythonpath: Path | None = None) -> dict[str, str]:
+    """The environment for a CLI subprocess: no HYDRA_FULL_ERROR, optional import path."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    if extra_pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(extra_pythonpath), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_cli(args: list[str], tmp_path: Path, *, run_dir: Path | None = None,
+            cwd: Path | None = None, timeout: float = 180,
+            pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `rl-run ARGS` in a subprocess (cwd tmp_path) and capture its output.
+
+    A training invocation gets hydra.run.dir=<run_dir or tmp_path/run> unless it names its own or
+    resumes, so that nothing is written outside tmp_path.
+    """
+    args = [str(a) for a in args]
+    is_flag = any(a.startswith("-") for a in args)
+    names_dir = any(a.startswith(("hydra.run.dir=", "resume=")) for a in args)
+    if not is_flag and not names_dir:
+        args.append(f"hydra.run.dir={run_dir or tmp_path / 'run'}")
+    return subprocess.run([str(RL_RUN), *args], cwd=cwd or tmp_path, env=cli_env(pythonpath),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The composed train config, as the CLI would build it (without the hydra node)."""
+    with initialize_config_module(config_module="rl_runner.conf", version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides or []))
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def read_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a run's TensorBoard directory, as TensorBoard itself reads it back."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def count_summary_tags(tb_dir: Path, tag: str) -> int:
+    """How many summary values named `tag` were written over all event files of a run."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    n = 0
+    for path in sorted(Path(tb_dir).glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            n += sum(1 for v in event.summary.value if v.tag == tag)
+    return n
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """Assert the fixed bad-input contract (exit 2, one stderr line, no traceback); return it."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\n" \
+                                 f"stderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert len(lines) == 1, f"expected one stderr line, got:\n{proc.stderr}"
+    assert "rl-run: error:" in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """run_cli bound to this test's tmp_path."""
+    def _run(args, **kwargs):
+        return run_cli(args, tmp_path, **kwargs)
+    return _run

@@ -1,0 +1,1 @@
+"""Test-only support code (gymnasium envs the product does not ship)."""

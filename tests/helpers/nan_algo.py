@@ -1,0 +1,22 @@
+"""A PPO whose losses turn NaN after a few updates: exercises the trainer's NaN/Inf stop.
+
+Used through the plugin path a user would take: algo._target_=tests.helpers.nan_algo.NaNAfter3PPO
+"""
+from __future__ import annotations
+
+from rl_runner.algos.ppo import PPO
+
+GOOD_UPDATES = 3
+
+
+class NaNAfter3PPO(PPO):
+    """Reports policy_loss=NaN from its fourth update on."""
+
+    def update(self, batch):
+        metrics = super().update(batch)
+        if self.grad_steps > GOOD_UPDATES * self._steps_per_update():
+            metrics["policy_loss"] = float("nan")
+        return metrics
+
+    def _steps_per_update(self) -> int:
+        return self.n_epochs * (self.n_steps * self.n_envs // self.batch_size)

@@ -1,0 +1,116 @@
+"""Ctrl-C then `rl-run resume=<dir>` gives the numbers and curves of an uninterrupted run (CPU)."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (FAST, NUMBERS, RL_RUN, cli_env, count_summary_tags, read_results,
+                            read_scalars, run_cli)
+
+# ~40 rollouts of 512 steps: long enough that SIGINT always lands mid-run, short on 2 cores
+ARGS = ["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=20480",
+        "trainer.checkpoint_every=512", "trainer.eval_every=4096", "seed=1"]
+CURVES = ("losses/policy_loss", "losses/value_loss", "charts/episodic_return", "eval/return_mean")
+
+
+def interrupt_when_checkpointed(args: list[str], run_dir: Path, cwd: Path,
+                                timeout: float = 120) -> subprocess.CompletedProcess:
+    """Start rl-run, send SIGINT as soon as checkpoints/last.pt exists, wait for the exit."""
+    proc = subprocess.Popen([str(RL_RUN), *args, f"hydra.run.dir={run_dir}"], cwd=cwd,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + timeout
+    last = run_dir / "checkpoints" / "last.pt"
+    try:
+        while not last.exists():
+            assert proc.poll() is None, f"rl-run exited before its first checkpoint:\n" \
+                                        f"{proc.communicate()[1]}"
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A: uninterrupted. B: the same command, SIGINT after its first checkpoint, then resumed."""
+    base = tmp_path_factory.mktemp("resume")
+    a_dir, b_dir = base / "A", base / "B"
+    a = run_cli([*ARGS, f"hydra.run.dir={a_dir}"], base)
+    assert a.returncode == 0, a.stderr
+    stopped = interrupt_when_checkpointed(ARGS, b_dir, base)
+    interrupted = read_results(b_dir)
+    resumed = run_cli([f"resume={b_dir}"], base)
+    return {"A": a_dir, "B": b_dir, "stopped": stopped, "interrupted": interrupted,
+            "resumed": resumed}
+
+
+def test_sigint_saves_and_says_how_to_resume(runs):
+    stopped, interrupted = runs["stopped"], runs["interrupted"]
+    assert stopped.returncode == 0, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert "rl-run resume=" in stopped.stdout + stopped.stderr
+    assert str(runs["B"]) in stopped.stdout + stopped.stderr
+    assert interrupted["status"] == "interrupted"
+    # the signal landed mid-run, else this test proves nothing about resuming
+    assert 0 < interrupted["env_steps"] < read_results(runs["A"])["env_steps"]
+
+
+def test_resume_finishes_with_the_uninterrupted_numbers(runs):
+    resumed = runs["resumed"]
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = read_results(runs["A"]), read_results(runs["B"])
+    assert b["status"] == "completed"
+    assert {k: b[k] for k in NUMBERS} == {k: a[k] for k in NUMBERS}
+    assert b["wall_seconds"] > runs["interrupted"]["wall_seconds"]  # time of both sessions
+
+
+def test_resume_keeps_the_run_config(runs):
+    # resume writes into the run it continues and leaves its .hydra/ as it was
+    assert not list(runs["B"].parent.glob("outputs"))
+    assert "resume" not in (runs["B"] / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_resumed_curves_have_no_duplicated_steps(runs):
+    scalars = read_scalars(runs["B"] / "tb")
+    steps = [s for s, _ in scalars["losses/policy_loss"]]
+    assert len(steps) == len(set(steps))
+    assert steps == sorted(steps)
+    assert count_summary_tags(runs["B"] / "tb", "_hparams_/experiment") == 1
+
+
+@pytest.mark.xfail(strict=True, reason="product bug: trainer.py opens the resumed TBLogger with "
+                   "purge_step=env_steps, and TensorBoard drops every event with step >= "
+                   "purge_step, so the scalars logged at the checkpoint step itself (the last "
+                   "update before Ctrl-C) vanish from the curves; purge_step=env_steps + 1 keeps "
+                   "them")
+def test_resumed_curves_equal_the_uninterrupted_ones(runs):
+    sa, sb = read_scalars(runs["A"] / "tb"), read_scalars(runs["B"] / "tb")
+    for tag in CURVES:
+        assert sb[tag] == sa[tag], tag
+
+
+def test_resume_with_a_larger_budget_continues(tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_cli(["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=4096",
+                     f"hydra.run.dir={run_dir}"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = read_results(run_dir)
+    assert before["env_steps"] == 4096
+    more = run_cli([f"resume={run_dir}", "trainer.total_steps=8192"], tmp_path)
+    assert more.returncode == 0, more.stderr
+    after = read_results(run_dir)
+    assert after["status"] == "completed"
+    assert after["env_steps"] == 8192
+    assert after["grad_steps"] > before["grad_steps"]
+    steps = [s for s, _ in read_scalars(run_dir / "tb")["losses/policy_loss"]]
+    assert steps[-1] == 8192 and len(steps) == len(set(steps))

@@ -1,0 +1,188 @@
+"""The training loop end to end: run directory, results.json, TensorBoard tags, checkpoints."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rl_runner.trainer import train
+from tests.conftest import (FAST, NUMBERS, REPO, RESULT_KEYS, VERSION_KEYS, compose,
+                            count_summary_tags, read_results, read_scalars, run_cli)
+
+COMMON_TAGS = {"charts/episodic_return", "charts/episodic_length", "charts/SPS",
+               "charts/learning_rate", "eval/return_mean", "eval/return_std", "eval/length_mean",
+               "losses/policy_loss", "losses/value_loss", "losses/entropy"}
+PPO_TAGS = {"losses/approx_kl", "losses/clipfrac"}
+CHECKPOINT_KEYS = {"format_version", "algo", "counters", "rng", "env", "feeder", "config"}
+
+# (name, overrides, total steps): tiny budgets, each several rollouts and evaluations long
+RUNS = {
+    "ppo_cartpole": (["algo=ppo", "env=cartpole", "env.n_envs=8", "algo.n_steps=32"], 2048),
+    "pg_cartpole": (["algo=pg", "env=cartpole", "env.n_envs=8", "algo.n_steps=64"], 2048),
+    "ppo_pendulum": (["algo=ppo", "env=pendulum", "env.n_envs=4", "algo.n_steps=64"], 1024),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(RUNS))
+def cli_run(request, tmp_path_factory):
+    """One short CLI run per algorithm/action-space; yields (name, run dir, total_steps)."""
+    name = request.param
+    overrides, total = RUNS[name]
+    base = tmp_path_factory.mktemp(name)
+    proc = run_cli([*overrides, *FAST, f"trainer.total_steps={total}", "trainer.eval_every=512",
+                    f"hydra.run.dir={base / 'run'}"], base)
+    assert proc.returncode == 0, proc.stderr
+    return name, base / "run", total, proc
+
+
+def test_run_directory_layout(cli_run):
+    _, run_dir, _, _ = cli_run
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / ".hydra" / "overrides.yaml").is_file()
+    assert (run_dir / "train.log").stat().st_size > 0
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert (run_dir / "results.json").is_file()
+    assert not list(run_dir.rglob("*.tmp"))  # atomic writes leave no temp files behind
+
+
+def test_saved_config_is_the_resolved_run_config(cli_run):
+    name, run_dir, total, _ = cli_run
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    algo, env = name.split("_")
+    assert saved.algo._target_.endswith({"ppo": ".PPO", "pg": ".PolicyGradient"}[algo])
+    assert saved.env.name == env
+    assert saved.trainer.total_steps == total
+
+
+def test_train_log_mirrors_the_console(cli_run):
+    _, run_dir, _, proc = cli_run
+    log = (run_dir / "train.log").read_text()
+    assert "eval return" in log and "done:" in log
+    assert "eval return" in proc.stderr + proc.stdout
+
+
+def test_results_json(cli_run):
+    name, run_dir, total, _ = cli_run
+    res = read_results(run_dir)
+    assert RESULT_KEYS <= set(res)
+    assert set(res["versions"]) >= VERSION_KEYS
+    assert res["versions"]["torch"] == torch.__version__
+    algo, env = name.split("_")
+    assert res["algo"] == algo and res["env"] == env and res["seed"] == 0
+    assert res["env_id"] == {"cartpole": "CartPole-v1", "pendulum": "Pendulum-v1"}[env]
+    assert res["status"] == "completed"
+    assert 0 < res["env_steps"] <= total
+    assert res["grad_steps"] > 0
+    assert res["wall_seconds"] > 0 and res["sps"] > 0
+    assert res["eval_episodes"] == 2
+    for key in ("eval_return_mean", "eval_return_std", "best_eval_return_mean"):
+        assert math.isfinite(res[key]), key
+    assert res["best_eval_return_mean"] >= res["eval_return_mean"]
+    assert res["eval_return_std"] >= 0
+
+
+def test_tensorboard_tags(cli_run):
+    name, run_dir, _, _ = cli_run
+    scalars = read_scalars(run_dir / "tb")
+    expected = COMMON_TAGS | (PPO_TAGS if name.startswith("ppo") else set())
+    assert expected <= set(scalars), expected - set(scalars)
+    res = read_results(run_dir)
+    # the x-axis is environment steps: the last loss is logged at the final env step
+    assert scalars["losses/policy_loss"][-1][0] == res["env_steps"]
+    assert scalars["eval/return_mean"][-1] == (res["env_steps"],
+                                               pytest.approx(res["eval_return_mean"]))
+    assert max(v for _, v in scalars["eval/return_mean"]) == \
+        pytest.approx(res["best_eval_return_mean"])
+    steps = [s for s, _ in scalars["losses/policy_loss"]]
+    assert steps == sorted(set(steps))
+
+
+def test_hparams_written_once(cli_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir, _, _ = cli_run
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in content and "_hparams_/session_start_info" in content
+    assert count_summary_tags(run_dir / "tb", "_hparams_/experiment") == 1
+    assert count_summary_tags(run_dir / "tb", "_hparams_/session_start_info") == 1
+
+
+def test_checkpoint_contents(cli_run):
+    name, run_dir, total, _ = cli_run
+    res = read_results(run_dir)
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
+    for ckpt in (last, best):
+        assert CHECKPOINT_KEYS <= set(ckpt)
+        assert isinstance(ckpt["algo"], dict) and ckpt["algo"]
+        assert {"python", "numpy", "torch"} <= set(ckpt["rng"])
+        assert ckpt["config"]["trainer"]["total_steps"] == total
+        assert ckpt["config"]["seed"] == 0
+    assert last["counters"]["env_steps"] == res["env_steps"]
+    assert last["counters"]["grad_steps"] == res["grad_steps"]
+    assert best["counters"]["env_steps"] <= res["env_steps"]
+
+
+# ---- in-process ---------------------------------------------------------------------------------
+def short_cfg(*extra: str):
+    return compose(["algo=ppo", "env=cartpole", "env.n_envs=8", "algo.n_steps=32",
+                    "algo.batch_size=256", *FAST, "trainer.total_steps=2048",
+                    "trainer.eval_every=1024", *extra])
+
+
+def test_same_seed_gives_the_same_numbers_and_another_seed_does_not(tmp_path):
+    a = train(short_cfg("seed=3"), tmp_path / "a")
+    b = train(short_cfg("seed=3"), tmp_path / "b")
+    c = train(short_cfg("seed=4"), tmp_path / "c")
+    assert {k: a[k] for k in NUMBERS} == {k: b[k] for k in NUMBERS}
+    for key in set(a) - {"wall_seconds", "sps", "run_dir"}:
+        assert a[key] == b[key] or (a[key] != a[key] and b[key] != b[key]), key
+    sa, sb = read_scalars(tmp_path / "a" / "tb"), read_scalars(tmp_path / "b" / "tb")
+    for tag in ("losses/policy_loss", "charts/episodic_return", "eval/return_mean"):
+        assert sa[tag] == sb[tag], tag
+    # ... and the seed matters, so the equality above is not vacuous
+    sc = read_scalars(tmp_path / "c" / "tb")
+    assert sa["losses/policy_loss"] != sc["losses/policy_loss"]
+    assert c["env_steps"] == a["env_steps"]
+
+
+def test_budget_rounds_down_to_whole_rollouts(tmp_path):
+    res = train(short_cfg("trainer.total_steps=1000"), tmp_path / "r")
+    assert res["env_steps"] == 1000 // 256 * 256  # rollout: 32 steps x 8 envs
+
+
+def test_ppo_kl_penalty_objective(tmp_path):
+    res = train(short_cfg("algo.objective=kl_penalty"), tmp_path / "kl")
+    assert res["status"] == "completed"
+    scalars = read_scalars(tmp_path / "kl" / "tb")
+    beta = scalars["charts/kl_beta"]
+    assert len(beta) == res["env_steps"] // 256
+    # the adaptive coefficient halves, doubles or stays (PPO paper sec. 4)
+    values = [1.0] + [v for _, v in beta]
+    for prev, cur in zip(values, values[1:]):
+        assert cur / prev in (0.5, 1.0, 2.0)
+    assert all(math.isfinite(v) for _, v in scalars["losses/policy_loss"])
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A user's algorithm plugged in by _target_ whose loss turns NaN in its 4th update."""
+    run_dir = tmp_path / "run"
+    proc = run_cli(["algo=ppo", "env=cartpole", "env.n_envs=8", "algo.n_steps=32",
+                    "algo._target_=tests.helpers.nan_algo.NaNAfter3PPO", *FAST,
+                    "trainer.total_steps=4096", "trainer.checkpoint_every=256",
+                    f"hydra.run.dir={run_dir}"], tmp_path, pythonpath=REPO)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("rl-run: error:") and "NaN" in last_line
+    assert "1024" in last_line  # the step: 4 rollouts of 256
+    res = read_results(run_dir)
+    assert res["status"] == "failed"
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["counters"]["env_steps"] == 768  # the last good state, not the NaN one
