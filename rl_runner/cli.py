@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -11,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from rl_runner.config import group_choices
 from rl_runner.errors import UserError
 
 log = logging.getLogger("rl_runner")
@@ -21,12 +21,6 @@ INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--
 FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
                     "--experimental-rerun"}
 CHECKED_GROUPS = ("algo", "env")
-
-
-def group_choices(group: str) -> list[str]:
-    """The YAML files of a config group in the bundled conf package."""
-    root = resources.files("rl_runner.conf") / group
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
 def fail(message: str) -> None:
@@ -144,7 +138,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     return saved
 
 
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@hydra.main(config_path="pkg://rl_runner.conf", config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
     """One Hydra job: train, and return the final eval return (what a sweeper optimizes)."""
     from rl_runner.trainer import train

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import inspect
 import typing
+from importlib import resources
 from typing import Any
+
+import gymnasium as gym
+from hydra.utils import get_class
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -17,6 +21,22 @@ UNIT_INTERVAL = {"gamma", "gae_lambda", "tau"}
 TRAINER_TYPES = {"total_steps": int, "eval_every": int, "eval_episodes": int,
                  "checkpoint_every": int, "torch_threads": int, "device": str,
                  "save_replay_buffer": bool, "progress": bool}
+
+
+def group_choices(group: str) -> list[str]:
+    """The YAML files of a config group in the bundled conf package."""
+    root = resources.files("rl_runner.conf") / group
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def algos_supporting(action_space: gym.Space) -> list[str]:
+    """The bundled algo choices whose class can handle `action_space`."""
+    able = []
+    for name in group_choices("algo"):
+        target = OmegaConf.load(resources.files("rl_runner.conf") / "algo" / f"{name}.yaml")
+        if get_class(target._target_).supports(action_space):
+            able.append(name)
+    return able
 
 
 def check_value(key: str, value: Any, expected: Any) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import pickle
 
 import gymnasium as gym
@@ -13,7 +14,16 @@ from rl_runner.errors import UserError
 
 
 def check_env_id(env_id: str) -> None:
-    """Fail with one line (and close matches) when `env_id` is not a registered gymnasium id."""
+    """Fail with one line (and close matches) when `env_id` is not a registered gymnasium id.
+
+    `module:EnvId` imports the module first (it registers the env), as gymnasium.make does.
+    """
+    if ":" in str(env_id):
+        module, env_id = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise UserError(f"env.id: cannot import module {module!r} ({e})") from None
     if env_id in gym.registry:
         return
     close = difflib.get_close_matches(str(env_id), list(gym.registry), n=3, cutoff=0.5)

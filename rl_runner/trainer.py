@@ -92,7 +92,9 @@ class Trainer:
         self.stop_signal: int | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
-        self.logger = TBLogger(self.run_dir / "tb", purge_step=self.env_steps if resume else None,
+        # events at the checkpoint's own step were logged before it was saved: purge after them
+        self.logger = TBLogger(self.run_dir / "tb",
+                               purge_step=self.env_steps + 1 if resume else None,
                                flush_secs=cfg.logger.get("flush_secs", 20))
         if not resume:
             flat = config_checks.flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -104,9 +106,11 @@ class Trainer:
         cls = algo_class(cfg)
         name = self.algo_name = getattr(cls, "name", "") or cls.__name__.lower()
         if not cls.supports(action_space):
+            able = config_checks.algos_supporting(action_space)
             raise UserError(f"{name} cannot handle the action space {action_space} of "
-                            f"{cfg.env.id}; it supports "
-                            f"{', '.join(t.__name__ for t in cls.action_spaces)}")
+                            f"{cfg.env.id} (it takes "
+                            f"{', '.join(t.__name__ for t in cls.action_spaces)}); algorithms "
+                            f"that can: {', '.join(able) if able else 'none yet'}")
         provided = {"observation_space", "action_space", "n_envs", "total_steps", "seed"}
         kwargs = {k: config_checks.to_plain(v) for k, v in cfg.algo.items() if k != "_target_"}
         config_checks.check_algo_kwargs(name, cls, kwargs, provided)
@@ -289,7 +293,10 @@ class Trainer:
         if error:
             results["error"] = error
         tmp = self.run_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+        # strict JSON: a value not measured (no evaluation yet) is null, not NaN
+        results = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                   for k, v in results.items()}
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
         tmp.replace(self.run_dir / "results.json")
         return results
 

@@ -132,9 +132,6 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert not (tmp_path / "outputs").exists()  # printing the config starts no run
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: `python -m rl_runner.cli` looks for its "
-                   "configs in rl_runner/conf on disk, which an editable install does not have "
-                   "(cli.py @hydra.main(config_path='conf'); 'pkg://rl_runner.conf' would work)")
 def test_module_entry_point_finds_configs(tmp_path):
     import subprocess
 

@@ -153,9 +153,6 @@ def test_unsupported_action_space_names_what_is_supported(tmp_path):
     assert_says(line, "cannot handle", "MultiDiscrete", "Box")
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: envs.check_env_id accepts only ids already "
-                   "in gymnasium.registry, so gymnasium's 'module:EnvId' form (which imports the "
-                   "module that registers the env) is rejected as 'not a registered' id")
 def test_module_qualified_gym_id_is_accepted(cli):
     line = error_line(cli(["env=gym", f"env.id={MD_MODULE_ENV_ID}", *FAST], pythonpath=REPO))
     # the id resolves; the run then stops at the action-space check, not at the id check

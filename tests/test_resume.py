@@ -88,11 +88,6 @@ def test_resumed_curves_have_no_duplicated_steps(runs):
     assert count_summary_tags(runs["B"] / "tb", "_hparams_/experiment") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: trainer.py opens the resumed TBLogger with "
-                   "purge_step=env_steps, and TensorBoard drops every event with step >= "
-                   "purge_step, so the scalars logged at the checkpoint step itself (the last "
-                   "update before Ctrl-C) vanish from the curves; purge_step=env_steps + 1 keeps "
-                   "them")
 def test_resumed_curves_equal_the_uninterrupted_ones(runs):
     sa, sb = read_scalars(runs["A"] / "tb"), read_scalars(runs["B"] / "tb")
     for tag in CURVES:
