@@ -60,10 +60,11 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
         raise UserError(f"env.kwargs {kwargs} rejected by {env_id}: {e}") from None
     fns = [_EnvFn(env_id, kwargs) for _ in range(n_envs)]
     if vectorization == "async":
-        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
     if vectorization != "sync":
         raise UserError(f"env.vectorization={vectorization!r} is not known; allowed: sync, async")
-    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    # copy=False: the feeder copies observations into its own buffers anyway
+    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
 
 
 def env_state(envs: gym.vector.VectorEnv) -> bytes | None:

@@ -76,8 +76,8 @@ class Trainer:
         self.budget = max(step_size, self.tcfg.total_steps // step_size * step_size)
         if self.budget != self.tcfg.total_steps:
             log.info("trainer.total_steps=%d is not a multiple of the rollout size %d "
-                        "(algo.n_steps x env.n_envs): training stops at %d env steps",
-                        self.tcfg.total_steps, step_size, self.budget)
+                     "(algo.n_steps x env.n_envs): training stops at %d env steps",
+                     self.tcfg.total_steps, step_size, self.budget)
         self.evaluator = Evaluator(cfg.env.id, self.tcfg.eval_episodes, cfg.seed + 10_000,
                                    env_kwargs)
         self.eval_every = self.tcfg.eval_every or max(1, self.budget // 10)

@@ -86,8 +86,13 @@ class PPO(OnPolicyAlgorithm):
                                        (v_clipped - e_ret[mb]).pow(2)).mean()
                 else:
                     v_loss = (v - e_ret[mb]).pow(2).mean()
-                ent = entropy.mean()
-                self.gradient_step(pg_loss - self.ent_coef * ent + self.vf_coef * v_loss)
+                loss = pg_loss + self.vf_coef * v_loss
+                if self.ent_coef:  # else keep the entropy out of the graph: fewer backward nodes
+                    ent = entropy.mean()
+                    loss = loss - self.ent_coef * ent
+                else:
+                    ent = entropy.detach().mean()
+                self.gradient_step(loss)
                 losses.append(torch.stack((pg_loss.detach(), v_loss.detach(), ent.detach())))
             if stop:
                 break
