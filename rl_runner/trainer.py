@@ -138,11 +138,10 @@ class Trainer:
                 self.logger.scalar("charts/SPS", sps, self.env_steps)
                 if self.env_steps >= self.next_eval:
                     self._evaluate()
-                    self.next_eval += self.eval_every * max(1, (self.env_steps - self.next_eval)
-                                                            // self.eval_every + 1)
+                    self.next_eval = _next_multiple(self.env_steps, self.eval_every)
                 if self.env_steps >= self.next_checkpoint:
                     self._save("last.pt", elapsed)
-                    self.next_checkpoint += self.checkpoint_every
+                    self.next_checkpoint = _next_multiple(self.env_steps, self.checkpoint_every)
                 bar.update(self.env_steps - before)
                 bar.set_postfix(sps=f"{sps:.0f}", ret=self._recent(), refresh=False)
             elapsed = time.perf_counter() - start
@@ -299,6 +298,11 @@ class Trainer:
         tmp.write_text(json.dumps(results, indent=2) + "\n")
         tmp.replace(self.run_dir / "results.json")
         return results
+
+
+def _next_multiple(steps: int, every: int) -> int:
+    """The first multiple of `every` after `steps`."""
+    return (steps // every + 1) * every
 
 
 def train(cfg: DictConfig, run_dir: Path | str, resume: bool = False) -> dict:

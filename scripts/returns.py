@@ -2,9 +2,9 @@
 
     python scripts/returns.py ppo:cartpole ppo:pendulum --seeds 0,1,2 --jobs 2
 
-Each (algo, env, seed) runs as its own `rl-run` process with the tuned defaults; the table (mean
-over seeds of the final 20-episode eval, and wall seconds) replaces the `returns` section of
-docs/benchmarks.md. With --jobs 2 two runs share the machine, which lengthens wall times.
+Each (algo, env, seed) runs as its own `rl-run` process with the tuned defaults; its row in the
+`returns` section of docs/benchmarks.md (final 20-episode eval per seed, mean, wall seconds) is
+replaced, other rows are kept. With --jobs 2 two runs share the machine, lengthening wall times.
 """
 from __future__ import annotations
 
@@ -39,35 +39,60 @@ def run_one(algo: str, env: str, seed: int, out_dir: Path) -> dict:
     return result
 
 
-def table(results: list[dict]) -> str:
-    rows = ["| algo | env | budget (env steps) | seeds | final eval return per seed | mean | "
-            "wall s per seed |", "|---|---|---|---|---|---|---|"]
+HEADER = ["| algo | env | budget (env steps) | seeds | final eval return per seed | mean | "
+          "wall s per seed | runs at a time | date |", "|---|---|---|---|---|---|---|---|---|"]
+
+
+def rows(results: list[dict], jobs: int, stamp: str) -> dict[tuple[str, str], str]:
+    """One table row per (algo, env), keyed so a later run can replace just its own rows."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         groups.setdefault((r["algo"], r["env"]), []).append(r)
+    out = {}
     for (algo, env), rs in groups.items():
         ok = [r for r in rs if r.get("status") == "completed"]
         failed = [str(r["seed"]) for r in rs if r.get("status") != "completed"]
         note = f" (failed seeds: {', '.join(failed)})" if failed else ""
         if not ok:
-            rows.append(f"| {algo} | {env} | - | {','.join(failed)} | failed | - | - |")
+            out[algo, env] = f"| {algo} | {env} | - | {','.join(failed)} | failed | - | - | " \
+                             f"{jobs} | {stamp} |"
             continue
         returns = [r["eval_return_mean"] for r in ok]
-        rows.append(f"| {algo} | {env} | {ok[0]['env_steps']} | "
-                    f"{','.join(str(r['seed']) for r in ok)}{note} | "
-                    f"{', '.join(f'{x:.1f}' for x in returns)} | {statistics.mean(returns):.1f} | "
-                    f"{', '.join(str(round(r['wall_seconds'])) for r in ok)} |")
-    return "\n".join(rows)
+        out[algo, env] = (
+            f"| {algo} | {env} | {ok[0]['env_steps']} | {','.join(str(r['seed']) for r in ok)}"
+            f"{note} | {', '.join(f'{x:.1f}' for x in returns)} | "
+            f"{statistics.mean(returns):.1f} | "
+            f"{', '.join(str(round(r['wall_seconds'])) for r in ok)} | {jobs} | {stamp} |")
+    return out
 
 
-def write_section(path: Path, body: str) -> None:
+def merge_table(old_section: str, new_rows: dict[tuple[str, str], str]) -> str:
+    """The rows already in the section, with those of the pairs just measured replaced."""
+    table: dict[tuple[str, str], str] = {}
+    for line in old_section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 9 and cells[0] not in ("algo", "---"):
+            table[cells[0], cells[1]] = line
+    table.update(new_rows)
+    return "\n".join(HEADER + list(table.values()))
+
+
+def write_section(path: Path, new_rows: dict[tuple[str, str], str]) -> str:
     text = path.read_text() if path.exists() else "# Benchmarks\n"
+    old = text[text.index(START):text.index(END)] if START in text and END in text else ""
+    body = (f"## Returns with default hyperparameters\n\n"
+            f"Final deterministic evaluation, 20 episodes, after the whole budget (`rl-run "
+            f"algo=<algo> env=<env> seed=<seed>`, nothing else). Machine: {platform.machine()}, "
+            f"{os.cpu_count()} cores. Made by `python scripts/returns.py <algo>:<env> ... "
+            f"--seeds 0,1,2 --jobs N`; each row is replaced when its pair is measured again.\n\n"
+            f"{merge_table(old, new_rows)}")
     section = f"{START}\n{body}\n{END}"
-    if START in text and END in text:
+    if old:
         text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+    return body
 
 
 def main() -> None:
@@ -82,14 +107,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: run_one(j[0], j[1], j[2], Path(tmp)), jobs))
     stamp = datetime.datetime.now().strftime("%Y-%m-%d")
-    body = (f"## Returns with default hyperparameters ({stamp})\n\n"
-            f"Final deterministic evaluation, 20 episodes, after the whole budget. Machine: "
-            f"{platform.machine()}, {os.cpu_count()} cores; {args.jobs} run(s) at a time.\n"
-            f"Command: `python scripts/returns.py {' '.join(args.pairs)} --seeds {args.seeds} "
-            f"--jobs {args.jobs}`\n\n{table(results)}")
-    print(body)
-    write_section(Path(args.out), body)
-
+    print(write_section(Path(args.out), rows(results, args.jobs, stamp)))
 
 if __name__ == "__main__":
     main()

@@ -52,16 +52,16 @@ class PPO(OnPolicyAlgorithm):
         used = n_mb * self.batch_size
         losses: list[torch.Tensor] = []
         stop = False
+        # one minibatch holding the whole rollout (e.g. CartPole's RL Zoo setting): shuffling
+        # would only reorder it, so the epoch data are built once
+        shuffle = used < size or n_mb > 1
+        epoch_data = None
         for _ in range(self.n_epochs):
-            perm = torch.randperm(size, generator=self.gen)[:used]
-            e_obs, e_act, e_logp, e_v, e_ret = (
-                t[perm] for t in (obs, actions, old_logp, old_v, ret))
-            # per-minibatch advantage normalisation, done for all minibatches in four ops
-            e_adv = adv[perm].view(n_mb, self.batch_size)
-            if self.norm_adv and self.batch_size > 1:
-                e_adv = (e_adv - e_adv.mean(1, keepdim=True)) / (e_adv.std(1, keepdim=True) + 1e-8)
-            e_adv = e_adv.view(used)
-            e_old_out = old_out[perm] if kl_penalty else None
+            if shuffle or epoch_data is None:
+                idx = torch.randperm(size, generator=self.gen)[:used] if shuffle else slice(None)
+                epoch_data = self._epoch_data(idx, n_mb, obs, actions, old_logp, old_v, ret,
+                                              adv, old_out if kl_penalty else None)
+            e_obs, e_act, e_logp, e_v, e_ret, e_adv, e_old_out = epoch_data
             for start in range(0, used, self.batch_size):
                 mb = slice(start, start + self.batch_size)
                 out, v = self.net(e_obs[mb])
@@ -114,6 +114,15 @@ class PPO(OnPolicyAlgorithm):
         if self.net.log_std is not None:
             metrics["charts/action_std"] = float(self.net.log_std.detach().exp().mean())
         return metrics
+
+    def _epoch_data(self, idx, n_mb: int, obs, actions, old_logp, old_v, ret, adv,
+                    old_out) -> tuple:
+        """The rollout in this epoch's order, advantages normalised per minibatch."""
+        e_adv = adv[idx].view(n_mb, self.batch_size)
+        if self.norm_adv and self.batch_size > 1:  # all minibatches at once, in four ops
+            e_adv = (e_adv - e_adv.mean(1, keepdim=True)) / (e_adv.std(1, keepdim=True) + 1e-8)
+        return (obs[idx], actions[idx], old_logp[idx], old_v[idx], ret[idx], e_adv.view(-1),
+                None if old_out is None else old_out[idx])
 
     @torch.no_grad()
     def _adapt_beta(self, obs: torch.Tensor, old_out: torch.Tensor,
