@@ -106,7 +106,7 @@ def _check_composes(parsed: list, overrides: list[str]) -> None:
 
     fixed = [o for o, p in zip(overrides, parsed) if not p.is_sweep_override()]
     trials = [fixed]
-    for o, p in zip(overrides, parsed):
+    for p in parsed:
         if p.is_sweep_override() and not p.is_hydra_override():
             key = p.get_key_element()
             try:
