@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from importlib import resources
 from typing import Any
@@ -112,7 +113,7 @@ def _fits(value: Any, expected: Any) -> bool:
     if expected is Any:
         return True
     origin = typing.get_origin(expected)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(_fits(value, arg) for arg in typing.get_args(expected))
     if expected is type(None):
         return value is None
