@@ -5,14 +5,14 @@ import inspect
 import types
 import typing
 from importlib import resources
-from typing import Any
-
-import gymnasium as gym
-from hydra.utils import get_class
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rl_runner.errors import UserError
+
+if TYPE_CHECKING:  # gymnasium is only needed on the error path; keep `rl-run --help` light
+    import gymnasium as gym
 
 POSITIVE = {"total_steps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_episodes",
             "torch_threads", "buffer_size", "gradient_steps", "train_freq"}
@@ -32,6 +32,8 @@ def group_choices(group: str) -> list[str]:
 
 def algos_supporting(action_space: gym.Space) -> list[str]:
     """The bundled algo choices whose class can handle `action_space`."""
+    from hydra.utils import get_class
+
     able = []
     for name in group_choices("algo"):
         target = OmegaConf.load(resources.files("rl_runner.conf") / "algo" / f"{name}.yaml")

@@ -103,8 +103,9 @@ class PPO(OnPolicyAlgorithm):
         with torch.no_grad():
             out, _ = self.net(obs)
             log_ratio = self.dist.log_prob_entropy(out, self.net.log_std, actions)[0] - old_logp
-            approx_kl = float(((log_ratio.exp() - 1) - log_ratio).mean())
-            clipfrac = float(((log_ratio.exp() - 1).abs() > clip).float().mean())
+            ratio_m1 = log_ratio.exp() - 1
+            approx_kl = float((ratio_m1 - log_ratio).mean())
+            clipfrac = float((ratio_m1.abs() > clip).float().mean())
         metrics = {"policy_loss": pg_mean, "value_loss": v_mean, "entropy": ent_mean,
                    "approx_kl": approx_kl, "clipfrac": clipfrac,
                    "explained_variance": explained_variance(batch.values.ravel(), ret_TN.ravel()),
