@@ -26,6 +26,7 @@ class ParallelMLP(nn.Module):
         super().__init__()
         sizes = [in_dim, *hidden_sizes, out_dim]
         self.k = k
+        self.activation = activation
         self.act = ACTIVATIONS[activation]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -55,6 +56,7 @@ class ActionDist:
     """Categorical (Discrete) or diagonal Gaussian with state-independent log-std (Box).
 
     Plain tensor math instead of torch.distributions: no argument validation, no object per call.
+    For algorithms that need torch autograd through it; pg and ppo use the numpy twin in heads.py.
     """
 
     def __init__(self, action_space: gym.Space):

@@ -9,8 +9,9 @@ from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import numpy as np
-import torch
 
+from rl_runner.heads import make_head
+from rl_runner.kernels import MLPKernel
 from rl_runner.nets import ActorCritic
 from rl_runner.normalize import ObsNormalizer, RewardScaler
 from rl_runner.optim import FlatAdam
@@ -75,7 +76,11 @@ def gae(rewards_TN: np.ndarray, values_TN: np.ndarray, next_values_TN: np.ndarra
 
 
 class OnPolicyAlgorithm(Algorithm):
-    """Shared by pg and ppo: actor-critic networks, acting, normalisers, optimizer and state."""
+    """Shared by pg and ppo: actor-critic networks, acting, normalisers, optimizer and state.
+
+    The networks are torch modules (the model of record, saved in checkpoints); acting and the
+    gradient steps run through numpy kernels on the same parameter memory (see kernels.py).
+    """
 
     family = "on_policy"
 
@@ -92,12 +97,20 @@ class OnPolicyAlgorithm(Algorithm):
         self.norm_adv = norm_adv
         obs_dim = int(np.prod(observation_space.shape))
         self.net = ActorCritic(obs_dim, action_space, list(hidden_sizes), activation, log_std_init)
-        self.dist = self.net.dist
+        self.head = make_head(action_space)
         self.optimizer = FlatAdam(self.net.parameters(), lr=lr, eps=1e-5)
-        self.gen = torch.Generator().manual_seed(seed)
+        # after FlatAdam: the kernel's views must point into the optimizer's flat buffers
+        self.kernel = MLPKernel(self.net.body)
+        self._grad_ws = [w.grad.numpy() for w in self.net.body.weights]
+        self._grad_bs = [b.grad.numpy() for b in self.net.body.biases]
+        has_std = self.net.log_std is not None
+        self.log_std = self.net.log_std.detach().numpy() if has_std else None
+        self._grad_log_std = self.net.log_std.grad.numpy() if has_std else None
+        self._grad_out: dict[int, np.ndarray] = {}
+        self.rng = np.random.default_rng(seed)
         self.obs_norm = ObsNormalizer(observation_space.shape, normalize_obs)
         self.reward_scaler = RewardScaler(n_envs, gamma, normalize_reward)
-        if not self.dist.discrete:
+        if not self.head.discrete:
             self.low, self.high = action_space.low, action_space.high
         self.env_steps = 0
         self.grad_steps = 0
@@ -105,27 +118,28 @@ class OnPolicyAlgorithm(Algorithm):
     # ---- acting -------------------------------------------------------------------------------
     def _to_env(self, actions: np.ndarray) -> np.ndarray:
         # the env gets clipped actions; the log-prob stays that of the raw sample
-        return actions if self.dist.discrete else np.clip(actions, self.low, self.high)
+        return actions if self.head.discrete else np.clip(actions, self.low, self.high)
 
-    @torch.inference_mode()
+    def forward(self, policy_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Actor output [B, A] and value [B]: views into work arrays reused by the next call."""
+        out_KBA = self.kernel.forward(policy_obs.reshape(len(policy_obs), -1))
+        return out_KBA[0], out_KBA[1, :, 0]
+
     def explore(self, obs: np.ndarray) -> tuple[np.ndarray, ...]:
         """Sample actions for a rollout: (env_actions, actions, log_probs, values, policy_obs)."""
         policy_obs = self.obs_norm(obs, update=True)
-        out, value = self.net(torch.from_numpy(policy_obs))
-        actions, logp = self.dist.sample(out, self.net.log_std, self.gen)
-        actions = actions.numpy()
-        return self._to_env(actions), actions, logp.numpy(), value.numpy(), policy_obs
+        out, value = self.forward(policy_obs)
+        actions, logp = self.head.sample(out, self.log_std, self.rng)
+        return self._to_env(actions), actions, logp, value.copy(), policy_obs
 
-    @torch.inference_mode()
     def value(self, obs: np.ndarray) -> np.ndarray:
-        return self.net(torch.from_numpy(self.obs_norm(obs)))[1].numpy()
+        return self.forward(self.obs_norm(obs))[1].copy()
 
-    @torch.inference_mode()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        out, _ = self.net(torch.from_numpy(self.obs_norm(obs)))
+        out, _ = self.forward(self.obs_norm(obs))
         if deterministic:
-            return self._to_env(self.dist.mode(out).numpy())
-        return self._to_env(self.dist.sample(out, self.net.log_std, self.gen)[0].numpy())
+            return self._to_env(self.head.mode(out))
+        return self._to_env(self.head.sample(out, self.log_std, self.rng)[0])
 
     # ---- learning helpers ---------------------------------------------------------------------
     def progress(self) -> float:
@@ -141,9 +155,18 @@ class OnPolicyAlgorithm(Algorithm):
         return gae(rewards, batch.values, batch.next_values, batch.dones.astype(np.float32),
                    self.gamma, lam)
 
-    def gradient_step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad()
-        loss.backward()
+    def gradient_step(self, g_actor_BA: np.ndarray | None, g_log_std_A: np.ndarray | None,
+                      g_value_B: np.ndarray) -> None:
+        """Backpropagate loss gradients w.r.t. the last `forward`'s outputs, clip, Adam step."""
+        rows = len(g_value_B)
+        g_out = self._grad_out.get(rows)
+        if g_out is None:  # the critic's unused output columns keep a zero gradient
+            g_out = self._grad_out[rows] = np.zeros((2, rows, self.head.n_out), np.float32)
+        g_out[0] = 0.0 if g_actor_BA is None else g_actor_BA
+        g_out[1, :, 0] = g_value_B
+        self.kernel.backward(g_out, self._grad_ws, self._grad_bs)
+        if self._grad_log_std is not None:
+            self._grad_log_std[...] = 0.0 if g_log_std_A is None else g_log_std_A
         if self.max_grad_norm > 0:
             self.optimizer.clip_grad_norm(self.max_grad_norm)
         self.optimizer.step()
@@ -152,14 +175,14 @@ class OnPolicyAlgorithm(Algorithm):
     # ---- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "gen": self.gen.get_state(), "obs_norm": self.obs_norm.rms.state_dict(),
+                "rng": self.rng.bit_generator.state, "obs_norm": self.obs_norm.rms.state_dict(),
                 "reward_scaler": self.reward_scaler.state_dict(), "env_steps": self.env_steps,
                 "grad_steps": self.grad_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
+        self.net.load_state_dict(state["net"])  # in place: the kernel's views stay valid
         self.optimizer.load_state_dict(state["optimizer"])
-        self.gen.set_state(state["gen"])
+        self.rng.bit_generator.state = state["rng"]
         self.obs_norm.rms.load_state_dict(state["obs_norm"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
         self.env_steps, self.grad_steps = state["env_steps"], state["grad_steps"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from rl_runner.algos.base import OnPolicyAlgorithm, Rollout, explained_variance
 
@@ -26,21 +25,23 @@ class PolicyGradient(OnPolicyAlgorithm):
         adv_TN, ret_TN = self.advantages(batch, lam=1.0)
         self.env_steps += adv_TN.size
         size = adv_TN.size
-        obs = torch.from_numpy(batch.obs.reshape(size, -1))
-        actions = torch.from_numpy(batch.actions.reshape(size, *batch.actions.shape[2:]))
-        adv = torch.from_numpy(adv_TN.reshape(size))
-        ret = torch.from_numpy(ret_TN.reshape(size).astype(np.float32))
+        obs = batch.obs.reshape(size, -1)
+        actions = batch.actions.reshape(size, *batch.actions.shape[2:])
+        adv, ret = adv_TN.reshape(size), ret_TN.reshape(size).astype(np.float32)
         if self.norm_adv and size > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
 
-        out, v = self.net(obs)
-        logp, entropy = self.dist.log_prob_entropy(out, self.net.log_std, actions)
-        pg_loss = -(logp * adv).mean()
-        v_loss = (v - ret).pow(2).mean()
-        ent = entropy.mean()
-        self.gradient_step(pg_loss - self.ent_coef * ent + self.vf_coef * v_loss)
+        # loss = -mean(logp A) - ent_coef mean(entropy) + vf_coef mean((V - R)^2)
+        out, v = self.forward(obs)
+        logp, entropy, _ = self.head.evaluate(out, self.log_std, actions)
+        pg_loss, ent = float(-(logp * adv).mean()), float(entropy.mean())
+        err = v - ret
+        v_loss = float((err * err).mean())
+        g_actor, g_log_std = self.head.backward(-adv / size, -self.ent_coef / size)
+        self.gradient_step(g_actor, g_log_std, err * (2.0 * self.vf_coef / size))
         for _ in range(self.value_epochs):
-            self.gradient_step(self.vf_coef * (self.net(obs)[1] - ret).pow(2).mean())
-        return {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(),
-                "entropy": ent.item(), "learning_rate": lr,
+            err = self.forward(obs)[1] - ret
+            self.gradient_step(None, None, err * (2.0 * self.vf_coef / size))
+        return {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": ent,
+                "learning_rate": lr,
                 "explained_variance": explained_variance(batch.values.ravel(), ret_TN.ravel())}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from rl_runner.algos.base import OnPolicyAlgorithm, Rollout, explained_variance
 from rl_runner.errors import UserError
@@ -36,21 +35,19 @@ class PPO(OnPolicyAlgorithm):
         self.env_steps += adv_TN.size
 
         size = adv_TN.size
-        obs = torch.from_numpy(batch.obs.reshape(size, -1))
-        actions = torch.from_numpy(batch.actions.reshape(size, *batch.actions.shape[2:]))
-        old_logp = torch.from_numpy(batch.log_probs.reshape(size))
-        old_v = torch.from_numpy(batch.values.reshape(size))
-        adv = torch.from_numpy(adv_TN.reshape(size))
-        ret = torch.from_numpy(ret_TN.reshape(size).astype(np.float32))
+        obs = batch.obs.reshape(size, -1)
+        actions = batch.actions.reshape(size, *batch.actions.shape[2:])
+        old_logp, old_v = batch.log_probs.reshape(size), batch.values.reshape(size)
+        adv, ret = adv_TN.reshape(size), ret_TN.reshape(size).astype(np.float32)
         kl_penalty = self.objective == "kl_penalty"
+        old_out = old_log_std = None
         if kl_penalty:
-            with torch.no_grad():
-                old_out = self.net(obs)[0]
-            old_log_std = None if self.net.log_std is None else self.net.log_std.detach().clone()
+            old_out = self.forward(obs)[0].copy()
+            old_log_std = None if self.log_std is None else self.log_std.copy()
 
         n_mb = size // self.batch_size
         used = n_mb * self.batch_size
-        losses: list[torch.Tensor] = []
+        losses: list[tuple[float, float, float]] = []
         stop = False
         # one minibatch holding the whole rollout (e.g. CartPole's RL Zoo setting): shuffling
         # would only reorder it, so the epoch data are built once
@@ -58,78 +55,90 @@ class PPO(OnPolicyAlgorithm):
         epoch_data = None
         for _ in range(self.n_epochs):
             if shuffle or epoch_data is None:
-                idx = torch.randperm(size, generator=self.gen)[:used] if shuffle else slice(None)
+                idx = self.rng.permutation(size)[:used] if shuffle else slice(None)
                 epoch_data = self._epoch_data(idx, n_mb, obs, actions, old_logp, old_v, ret,
-                                              adv, old_out if kl_penalty else None)
+                                              adv, old_out)
             e_obs, e_act, e_logp, e_v, e_ret, e_adv, e_old_out = epoch_data
             for start in range(0, used, self.batch_size):
                 mb = slice(start, start + self.batch_size)
-                out, v = self.net(e_obs[mb])
-                logp, entropy = self.dist.log_prob_entropy(out, self.net.log_std, e_act[mb])
+                out, v = self.forward(e_obs[mb])
+                logp, entropy, kl = self.head.evaluate(
+                    out, self.log_std, e_act[mb], None if e_old_out is None else e_old_out[mb],
+                    old_log_std)
                 log_ratio = logp - e_logp[mb]
-                ratio = log_ratio.exp()
-                a = e_adv[mb]
+                ratio = np.exp(log_ratio)
                 if self.target_kl is not None:
-                    with torch.no_grad():
-                        approx_kl = ((ratio - 1) - log_ratio).mean()  # k3 (Schulman 2020)
+                    approx_kl = float(((ratio - 1) - log_ratio).mean())  # k3 (Schulman 2020)
                     if approx_kl > 1.5 * self.target_kl:
                         stop = True
                         break
-                if kl_penalty:
-                    kl = self.dist.kl(e_old_out[mb], out, old_log_std, self.net.log_std)
-                    pg_loss = -(ratio * a).mean() + self.kl_beta * kl.mean()
-                else:
-                    pg_loss = -torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a).mean()
-                if self.clip_vloss:
-                    v_clipped = e_v[mb] + (v - e_v[mb]).clamp(-clip, clip)
-                    v_loss = torch.max((v - e_ret[mb]).pow(2),
-                                       (v_clipped - e_ret[mb]).pow(2)).mean()
-                else:
-                    v_loss = (v - e_ret[mb]).pow(2).mean()
-                loss = pg_loss + self.vf_coef * v_loss
-                if self.ent_coef:  # else keep the entropy out of the graph: fewer backward nodes
-                    ent = entropy.mean()
-                    loss = loss - self.ent_coef * ent
-                else:
-                    ent = entropy.detach().mean()
-                self.gradient_step(loss)
-                losses.append(torch.stack((pg_loss.detach(), v_loss.detach(), ent.detach())))
+                pg_loss, g_logp, g_kl = self._policy_loss(ratio, e_adv[mb], kl, clip)
+                v_loss, g_v = self._value_loss(v, e_v[mb], e_ret[mb], clip)
+                # loss = pg_loss + vf_coef * v_loss - ent_coef * mean(entropy)
+                g_actor, g_log_std = self.head.backward(g_logp, -self.ent_coef / len(v), g_kl)
+                self.gradient_step(g_actor, g_log_std, self.vf_coef * g_v)
+                losses.append((pg_loss, v_loss, float(entropy.mean())))
             if stop:
                 break
 
-        pg_mean, v_mean, ent_mean = (torch.stack(losses).mean(0).tolist() if losses
+        pg_mean, v_mean, ent_mean = (np.mean(losses, axis=0).tolist() if losses
                                      else [float("nan")] * 3)
         # how far the policy moved over the whole update, measured once on the full rollout
-        with torch.no_grad():
-            out, _ = self.net(obs)
-            log_ratio = self.dist.log_prob_entropy(out, self.net.log_std, actions)[0] - old_logp
-            ratio_m1 = log_ratio.exp() - 1
-            approx_kl = float((ratio_m1 - log_ratio).mean())
-            clipfrac = float((ratio_m1.abs() > clip).float().mean())
+        logp = self.head.evaluate(self.forward(obs)[0], self.log_std, actions)[0]
+        log_ratio = logp - old_logp
+        ratio_m1 = np.exp(log_ratio) - 1
         metrics = {"policy_loss": pg_mean, "value_loss": v_mean, "entropy": ent_mean,
-                   "approx_kl": approx_kl, "clipfrac": clipfrac,
+                   "approx_kl": float((ratio_m1 - log_ratio).mean()),
+                   "clipfrac": float((np.abs(ratio_m1) > clip).mean()),
                    "explained_variance": explained_variance(batch.values.ravel(), ret_TN.ravel()),
                    "learning_rate": lr, "charts/clip_coef": clip}
         if kl_penalty:
-            metrics.update(self._adapt_beta(obs, old_out, old_log_std))
-        if self.net.log_std is not None:
-            metrics["charts/action_std"] = float(self.net.log_std.detach().exp().mean())
+            metrics.update(self._adapt_beta(obs, actions, old_out, old_log_std))
+        if self.log_std is not None:
+            metrics["charts/action_std"] = float(np.exp(self.log_std).mean())
         return metrics
+
+    def _policy_loss(self, ratio: np.ndarray, adv: np.ndarray, kl: np.ndarray | None,
+                     clip: float) -> tuple[float, np.ndarray, float | None]:
+        """(loss, d loss / d logp, d loss / d kl) of the clipped or the KL-penalty surrogate."""
+        n = len(ratio)
+        surr = ratio * adv
+        if kl is not None:  # -mean(r A) + beta mean(KL)
+            return (float(-surr.mean() + self.kl_beta * kl.mean()), -surr / n,
+                    self.kl_beta / n)
+        clipped = np.clip(ratio, 1 - clip, 1 + clip) * adv
+        # -mean(min(r A, clip(r) A)); the gradient flows through r A where it is the smaller
+        # (clip(r) A is constant in r outside the clip range and equals r A inside it)
+        return float(-np.minimum(surr, clipped).mean()), -surr * (surr <= clipped) / n, None
+
+    def _value_loss(self, v: np.ndarray, old_v: np.ndarray, ret: np.ndarray,
+                    clip: float) -> tuple[float, np.ndarray]:
+        """(loss, d loss / d v): mean squared error, or its clipped form (max of the two)."""
+        err = v - ret
+        if not self.clip_vloss:
+            return float((err * err).mean()), err * (2.0 / len(v))
+        delta = v - old_v
+        err_clipped = old_v + np.clip(delta, -clip, clip) - ret
+        sq, sq_clipped = err * err, err_clipped * err_clipped
+        # the clipped branch has no gradient where the clip is active
+        g = np.where(sq >= sq_clipped, err, err_clipped * (np.abs(delta) <= clip))
+        return float(np.maximum(sq, sq_clipped).mean()), g * (2.0 / len(v))
 
     def _epoch_data(self, idx, n_mb: int, obs, actions, old_logp, old_v, ret, adv,
                     old_out) -> tuple:
         """The rollout in this epoch's order, advantages normalised per minibatch."""
-        e_adv = adv[idx].view(n_mb, self.batch_size)
-        if self.norm_adv and self.batch_size > 1:  # all minibatches at once, in four ops
-            e_adv = (e_adv - e_adv.mean(1, keepdim=True)) / (e_adv.std(1, keepdim=True) + 1e-8)
-        return (obs[idx], actions[idx], old_logp[idx], old_v[idx], ret[idx], e_adv.view(-1),
+        e_adv = adv[idx].reshape(n_mb, self.batch_size)
+        if self.norm_adv and self.batch_size > 1:  # all minibatches at once
+            e_adv = (e_adv - e_adv.mean(1, keepdims=True)) / (e_adv.std(1, ddof=1,
+                                                                        keepdims=True) + 1e-8)
+        return (obs[idx], actions[idx], old_logp[idx], old_v[idx], ret[idx], e_adv.reshape(-1),
                 None if old_out is None else old_out[idx])
 
-    @torch.no_grad()
-    def _adapt_beta(self, obs: torch.Tensor, old_out: torch.Tensor,
-                    old_log_std: torch.Tensor | None) -> dict[str, float]:
+    def _adapt_beta(self, obs: np.ndarray, actions: np.ndarray, old_out: np.ndarray,
+                    old_log_std: np.ndarray | None) -> dict[str, float]:
         """Adaptive KL penalty coefficient, PPO paper sec. 4: halve or double beta."""
-        kl = float(self.dist.kl(old_out, self.net(obs)[0], old_log_std, self.net.log_std).mean())
+        kl = float(self.head.evaluate(self.forward(obs)[0], self.log_std, actions, old_out,
+                                      old_log_std)[2].mean())
         if kl > 1.5 * self.kl_target:
             self.kl_beta *= 2.0
         elif kl < self.kl_target / 1.5:

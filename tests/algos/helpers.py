@@ -33,7 +33,7 @@ def bandit_rollout(algo: OnPolicyAlgorithm, T: int = 16, N: int = 2) -> Rollout:
     actions = np.tile(np.array([0, 1]), T * N // 2).reshape(T, N)
     with torch.no_grad():
         out, v = algo.net(torch.from_numpy(obs.reshape(T * N, 4)))
-        logp = algo.dist.log_prob_entropy(out, None, torch.from_numpy(actions.reshape(-1)))[0]
+        logp = algo.net.dist.log_prob_entropy(out, None, torch.from_numpy(actions.reshape(-1)))[0]
     rewards = (actions == 0).astype(np.float32)
     dones = np.ones((T, N), bool)
     return Rollout(obs, actions, logp.numpy().reshape(T, N), v.numpy().reshape(T, N), rewards,

@@ -1,0 +1,88 @@
+"""NumPy forward and backward passes for ParallelMLP, on the torch parameters' own memory.
+
+At the batch sizes of on-policy learning (8 to a few hundred rows) torch's per-op cost on a small
+CPU exceeds the arithmetic: a [2, 256, 64] tanh takes ~90 us in torch 2.13 here and ~15 us in
+numpy, and each autograd node adds Python and dispatch work. These kernels compute the same
+function on numpy views of the parameters (which FlatAdam keeps in one flat buffer) into
+preallocated work arrays, and write gradients straight into the optimizer's flat gradient.
+The torch modules stay the model of record: checkpoints, `load_state_dict`, and algorithms that
+need autograd (e.g. double backprop) use them directly.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from rl_runner.nets import ParallelMLP
+
+
+def _view(t) -> np.ndarray:
+    return t.detach().numpy()
+
+
+class MLPKernel:
+    """Evaluates a ParallelMLP ([K, B, out] for a [B, in] input) and backpropagates through it.
+
+    The parameter views stay valid while the parameters are updated in place (optimizer steps,
+    `load_state_dict`); build the kernel after the optimizer has moved them into its buffer.
+    """
+
+    def __init__(self, mlp: ParallelMLP):
+        self.ws = [_view(w) for w in mlp.weights]
+        self.bs = [_view(b) for b in mlp.biases]
+        self.relu = mlp.activation == "relu"
+        self.k = mlp.k
+        self._work: dict[int, dict[str, list[np.ndarray]]] = {}
+        self._inputs: np.ndarray | None = None
+        self._rows = 0
+
+    def _buffers(self, rows: int) -> dict[str, list[np.ndarray]]:
+        work = self._work.get(rows)
+        if work is None:
+            shapes = [(self.k, rows, w.shape[2]) for w in self.ws]
+            work = {"h": [np.empty(s, np.float32) for s in shapes],
+                    "g": [np.empty(s, np.float32) for s in shapes[:-1]],
+                    "tmp": [np.empty(s, np.float32) for s in shapes[:-1]],
+                    "ones": [np.ones((1, rows), np.float32)]}
+            self._work[rows] = work
+        return work
+
+    def forward(self, x_BI: np.ndarray) -> np.ndarray:
+        """Output [K, B, out]; a view into a work array reused by the next call of the same B."""
+        x_BI = np.ascontiguousarray(x_BI, np.float32)
+        work = self._buffers(x_BI.shape[0])
+        h = x_BI
+        last = len(self.ws) - 1
+        for i, (w, b, out) in enumerate(zip(self.ws, self.bs, work["h"])):
+            np.matmul(h, w, out=out)  # [B, I] @ [K, I, O] broadcasts to [K, B, O]
+            out += b
+            if i < last:
+                if self.relu:
+                    np.maximum(out, 0.0, out=out)
+                else:
+                    np.tanh(out, out=out)
+            h = out
+        self._inputs, self._rows = x_BI, x_BI.shape[0]
+        return h
+
+    def backward(self, g_KBO: np.ndarray, grad_ws: list[np.ndarray],
+                 grad_bs: list[np.ndarray]) -> None:
+        """Gradients of the last forward's output, written (not added) into grad_ws / grad_bs."""
+        work = self._work[self._rows]
+        g = g_KBO
+        for i in range(len(self.ws) - 1, -1, -1):
+            if i == 0:
+                np.matmul(self._inputs.T, g, out=grad_ws[0])  # [I, B] @ [K, B, O]
+            else:
+                np.matmul(work["h"][i - 1].transpose(0, 2, 1), g, out=grad_ws[i])
+            np.matmul(work["ones"][0], g, out=grad_bs[i])  # sum over rows, ~5x np.sum's speed
+            if i == 0:
+                break
+            a, tmp, g_prev = work["h"][i - 1], work["tmp"][i - 1], work["g"][i - 1]
+            np.matmul(g, self.ws[i].transpose(0, 2, 1), out=g_prev)
+            if self.relu:
+                np.greater(a, 0.0, out=tmp)
+            else:  # tanh' = 1 - tanh^2
+                np.multiply(a, a, out=tmp)
+                np.subtract(1.0, tmp, out=tmp)
+            g_prev *= tmp
+            g = g_prev

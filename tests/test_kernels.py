@@ -1,0 +1,62 @@
+"""MLPKernel against the torch ParallelMLP it shares parameters with: outputs and gradients."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rl_runner.kernels import MLPKernel
+from rl_runner.nets import ParallelMLP
+from rl_runner.optim import FlatAdam
+
+
+def build(activation: str):
+    torch.manual_seed(0)
+    mlp = ParallelMLP(5, [16, 8], 3, k=2, activation=activation)
+    opt = FlatAdam(mlp.parameters(), lr=1e-2)
+    return mlp, opt, MLPKernel(mlp)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_forward_and_backward_match_torch(activation):
+    mlp, _, kernel = build(activation)
+    r = np.random.default_rng(0)
+    x = r.normal(size=(11, 5)).astype(np.float32)
+    g = r.normal(size=(2, 11, 3)).astype(np.float32)
+    out = kernel.forward(x)
+    grad_ws = [np.zeros(w.shape, np.float32) for w in mlp.weights]
+    grad_bs = [np.zeros(b.shape, np.float32) for b in mlp.biases]
+    kernel.backward(g, grad_ws, grad_bs)
+
+    ref = mlp(torch.from_numpy(x))
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-5, atol=1e-6)
+    mlp.zero_grad()
+    (ref * torch.from_numpy(g)).sum().backward()
+    for mine, p in zip(grad_ws + grad_bs, list(mlp.weights) + list(mlp.biases)):
+        np.testing.assert_allclose(mine, p.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_kernel_sees_optimizer_steps_and_load_state_dict():
+    mlp, opt, kernel = build("tanh")
+    x = np.random.default_rng(1).normal(size=(4, 5)).astype(np.float32)
+    before = kernel.forward(x).copy()
+    opt.grad.normal_()
+    opt.step()
+    after_step = kernel.forward(x).copy()
+    assert not np.allclose(before, after_step)
+    np.testing.assert_allclose(after_step, mlp(torch.from_numpy(x)).detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+    other = ParallelMLP(5, [16, 8], 3, k=2)
+    mlp.load_state_dict(other.state_dict())
+    np.testing.assert_allclose(kernel.forward(x), other(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_of_different_batch_sizes_do_not_overwrite_each_other():
+    _, _, kernel = build("tanh")
+    r = np.random.default_rng(2)
+    a, b = r.normal(size=(3, 5)).astype(np.float32), r.normal(size=(6, 5)).astype(np.float32)
+    out_a = kernel.forward(a)
+    copy_a = out_a.copy()
+    kernel.forward(b)
+    np.testing.assert_array_equal(out_a, copy_a)
