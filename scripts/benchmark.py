@@ -2,8 +2,8 @@
 
 Every run is a fresh Python process (imports, torch threads and allocator state never carry over),
 and the runners alternate (rl-runner, SB3, rl-runner, SB3, ...) for each task and seed, so a change
-in machine load hits all of them alike. The results replace the `ppo-speed` section of
-docs/benchmarks.md; other benchmarks can keep their own sections in the same file.
+in machine load hits all of them alike. Each task's results replace its own `speed-<task>`
+section of docs/benchmarks.md (other tasks' sections stay), so tasks can be measured separately.
 
     python scripts/benchmark.py                                   # the full benchmark (slow)
     python scripts/benchmark.py --tasks cartpole --steps-scale 0.05   # a quick check
@@ -27,8 +27,18 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = "ppo-speed"
-START, END = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
+
+
+def markers(section: str) -> tuple[str, str]:
+    return f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+
+
+def task_section(task: str) -> str:
+    """Each task has its own section, replaced only when that task is measured again."""
+    return f"speed-{task}"
+
+
+METHOD_SECTION = "speed-method"
 
 
 @dataclass(frozen=True)
@@ -294,7 +304,8 @@ def mean_std(values: list[float]) -> str:
 def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, command: str,
              started: str, loads: tuple, plan: dict) -> str:
     ok = [r for r in rows if r["status"] == "completed"]
-    lines = [START, "## PPO speed: rl-runner vs stable-baselines3", "",
+    start, end = markers(task_section(next(iter(plan))))
+    lines = [start, f"## PPO speed on {next(iter(plan))}: rl-runner vs stable-baselines3", "",
              f"- Date: {started} (UTC)",
              f"- Machine: {machine()}; 1-min load average {loads[0]:.2f} at start, "
              f"{loads[1]:.2f} at end",
@@ -351,18 +362,29 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
                      f"evaluation every {every} env steps, {episodes} episodes")
     lines.append(f"- both: {', '.join(f'{k} {v}' for k, v in COMMON.items())}; separate "
                  "actor and critic MLPs, orthogonal init, Adam eps 1e-5")
-    lines += ["", METHOD.strip(), END]
+    lines += ["", "How this is measured: see the end of this file.", end]
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's marked section in `path`, leaving other sections untouched."""
+def method_section() -> str:
+    start, end = markers(METHOD_SECTION)
+    return "\n".join([start, "## How the speed sections are measured", "", METHOD.strip(),
+                      end]) + "\n"
+
+
+def write_section(path: Path, name: str, section: str, before: str | None = None) -> None:
+    """Replace the marked section `name` in `path`, leaving other sections untouched; a new one
+    goes before section `before` when that exists, else at the end."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else (
-        "# Benchmarks\n\nWritten by `scripts/benchmark.py`; each section is replaced when its "
-        "benchmark runs again.\n\n")
-    if START in text and END in text and text.index(START) < text.index(END):
-        text = text[:text.index(START)] + section.rstrip("\n") + text[text.index(END) + len(END):]
+        "# Benchmarks\n\nWritten by `scripts/benchmark.py` and `scripts/returns.py`; each section "
+        "is replaced when its benchmark runs again.\n\n")
+    start, end = markers(name)
+    if start in text and end in text and text.index(start) < text.index(end):
+        text = text[:text.index(start)] + section.rstrip("\n") + text[text.index(end) + len(end):]
+    elif before and markers(before)[0] in text:
+        at = text.index(markers(before)[0])
+        text = text[:at] + section.rstrip("\n") + "\n\n" + text[at:]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text if text.endswith("\n") else text + "\n")
@@ -383,7 +405,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sb3-one-thread", action="store_true",
                    help="add a third runner, SB3 with torch.set_num_threads(1) like rl-runner")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
-                   help="markdown file whose ppo-speed section is replaced (default: %(default)s)")
+                   help="markdown file whose speed-<task> sections are replaced "
+                   "(default: %(default)s)")
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="keep run directories and logs here (default: a temporary directory)")
     args = p.parse_args(argv)
@@ -472,12 +495,15 @@ def main(argv: list[str]) -> int:
                               f"{fmt_return(r)}", flush=True)
                     else:
                         print(f"{where} {r['status']}: {r.get('error')}", flush=True)
-    section = markdown(rows, runners, args, command, started, (load_start, os.getloadavg()[0]),
-                       plan)
-    write_section(args.out, section)
-    print()
-    print(section.replace(START + "\n", "").replace(END + "\n", ""), end="")
-    print(f"benchmark: wrote the {SECTION} section of {args.out}")
+    loads = (load_start, os.getloadavg()[0])
+    write_section(args.out, METHOD_SECTION, method_section())
+    for name in plan:
+        section = markdown([r for r in rows if r["task"] == name], runners, args, command,
+                           started, loads, {name: plan[name]})
+        write_section(args.out, task_section(name), section, before=METHOD_SECTION)
+        print()
+        print("\n".join(section.splitlines()[1:-1]))
+        print(f"benchmark: wrote the {task_section(name)} section of {args.out}")
     return 1 if any(r["status"] != "completed" for r in rows) else 0
 
 
