@@ -1,12 +1,13 @@
-"""PPO speed and final return: rl-runner against stable-baselines3 with the same hyperparameters.
+"""Speed and final return: rl-runner against stable-baselines3 / sb3-contrib, same hyperparameters.
 
 Every run is a fresh Python process (imports, torch threads and allocator state never carry over),
 and the runners alternate (rl-runner, SB3, rl-runner, SB3, ...) for each task and seed, so a change
 in machine load hits all of them alike. Each task's results replace its own `speed-<task>`
 section of docs/benchmarks.md (other tasks' sections stay), so tasks can be measured separately.
 
-    python scripts/benchmark.py                                   # the full benchmark (slow)
-    python scripts/benchmark.py --tasks cartpole --steps-scale 0.05   # a quick check
+    python scripts/benchmark.py                                   # PPO on CartPole and LunarLander
+    python scripts/benchmark.py --tasks ppo-cartpole --steps-scale 0.05   # a quick check
+    python scripts/benchmark.py --tasks trpo-cartpole,sac-pendulum    # TRPO and SAC
     python scripts/benchmark.py --seeds 0,1,2 --sb3-one-thread    # + SB3 at one torch thread
 """
 from __future__ import annotations
@@ -22,11 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_tasks import COMMON, PEERS, TARGETS, TASKS, Task, peer_model  # noqa: E402
 
 
 def markers(section: str) -> tuple[str, str]:
@@ -41,36 +43,9 @@ def task_section(task: str) -> str:
 METHOD_SECTION = "speed-method"
 
 
-@dataclass(frozen=True)
-class Task:
-    """One RL Zoo PPO setting; `algo` uses rl-runner's names and is translated for SB3."""
-
-    env: str          # rl-runner's env group option (conf/env/<env>.yaml)
-    env_id: str
-    n_envs: int
-    total_steps: int
-    algo: dict
-
-
-# What both libraries leave at their defaults, spelled out so that a changed default on either
-# side shows up as a mismatch instead of a silently different benchmark.
-COMMON = {"objective": "clip", "vf_coef": 0.5, "max_grad_norm": 0.5, "norm_adv": True,
-          "clip_vloss": False, "target_kl": None, "hidden_sizes": [64, 64], "activation": "tanh",
-          "normalize_obs": False, "normalize_reward": False}
-
-# RL Zoo hyperparams/ppo.yml; rl-runner's presets are conf/tuned/ppo_<env>.yaml
-TASKS = {
-    "cartpole": Task("cartpole", "CartPole-v1", 8, 100_000, {
-        "n_steps": 32, "batch_size": 256, "n_epochs": 20, "gamma": 0.98, "gae_lambda": 0.8,
-        "lr": 1e-3, "anneal_lr": True, "clip_coef": 0.2, "anneal_clip": True, "ent_coef": 0.0,
-        **COMMON}),
-    "lunarlander": Task("lunarlander", "LunarLander-v3", 16, 1_000_000, {
-        "n_steps": 1024, "batch_size": 64, "n_epochs": 4, "gamma": 0.999, "gae_lambda": 0.98,
-        "lr": 3e-4, "anneal_lr": False, "clip_coef": 0.2, "anneal_clip": False, "ent_coef": 0.01,
-        **COMMON}),
-}
 VERSION_PACKAGES = {"torch": "torch", "gymnasium": "gymnasium", "numpy": "numpy",
-                    "rl_runner": "rl-runner", "stable-baselines3": "stable-baselines3"}
+                    "rl_runner": "rl-runner", "stable-baselines3": "stable-baselines3",
+                    "sb3-contrib": "sb3-contrib"}
 
 # How the numbers are made; written under the tables so a reader never has to open this script.
 METHOD = """
@@ -105,8 +80,7 @@ How it is measured:
 def budget(task: Task, scale: float) -> int:
     """The scaled budget rounded down to whole rollouts (at least one), as rl-runner's trainer
     does; both libraries then run exactly this many env steps."""
-    rollout = task.algo["n_steps"] * task.n_envs
-    return max(rollout, int(task.total_steps * scale) // rollout * rollout)
+    return max(task.step_size, int(task.total_steps * scale) // task.step_size * task.step_size)
 
 
 # ---- rl-runner ---------------------------------------------------------------------------------
@@ -116,7 +90,8 @@ def rl_run_command() -> list[str]:
 
 
 def rl_run_overrides(task: Task, seed: int, steps: int) -> list[str]:
-    return ["algo=ppo", f"env={task.env}", f"seed={seed}", f"trainer.total_steps={steps}",
+    return [f"algo={task.algo_name}", f"env={task.env}", f"seed={seed}",
+            f"trainer.total_steps={steps}",
             "trainer.progress=false"]
 
 
@@ -127,14 +102,15 @@ def rl_runner_config(task: Task, steps: int) -> dict:
     proc = subprocess.run([*rl_run_command(), *rl_run_overrides(task, 0, steps), "--cfg", "job"],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"benchmark: rl-run cannot compose algo=ppo env={task.env}:\n{proc.stderr}")
+        sys.exit(f"benchmark: rl-run cannot compose algo={task.algo_name} env={task.env}:\n"
+                 f"{proc.stderr}")
     return yaml.safe_load(proc.stdout)
 
 
 def config_mismatches(task: Task, cfg: dict) -> list[str]:
     """Where rl-runner's composed config differs from the hyperparameters SB3 is given."""
     expected = {"env.id": task.env_id, "env.n_envs": task.n_envs, "env.vectorization": "sync",
-                "algo._target_": "rl_runner.algos.ppo.PPO",
+                "algo._target_": TARGETS[task.algo_name],
                 **{f"algo.{k}": v for k, v in task.algo.items()}}
     out = []
     for key, want in expected.items():
@@ -147,8 +123,8 @@ def config_mismatches(task: Task, cfg: dict) -> list[str]:
 
 
 def run_rl_runner(task: Task, seed: int, steps: int, work: Path) -> dict:
-    run_dir = work / f"rl-runner_{task.env}_s{seed}"
-    log = work / f"rl-runner_{task.env}_s{seed}.log"
+    run_dir = work / f"rl-runner_{task.key}_s{seed}"
+    log = work / f"rl-runner_{task.key}_s{seed}.log"
     cmd = [*rl_run_command(), *rl_run_overrides(task, seed, steps), f"hydra.run.dir={run_dir}"]
     proc_seconds, error = _subprocess(cmd, log, work)
     results_file = run_dir / "results.json"
@@ -169,9 +145,9 @@ def run_rl_runner(task: Task, seed: int, steps: int, work: Path) -> dict:
 # ---- stable-baselines3 -------------------------------------------------------------------------
 def run_sb3(task: Task, seed: int, steps: int, threads: int | None, eval_every: int,
             eval_episodes: int, work: Path) -> dict:
-    tag = f"sb3{threads or ''}_{task.env}_s{seed}"
+    tag = f"sb3{threads or ''}_{task.key}_s{seed}"
     out = work / f"{tag}.json"
-    spec = {"task": task.env, "seed": seed, "steps": steps, "threads": threads,
+    spec = {"task": task.key, "seed": seed, "steps": steps, "threads": threads,
             "eval_every": eval_every, "eval_episodes": eval_episodes, "out": str(out)}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--sb3-child", json.dumps(spec)]
     proc_seconds, error = _subprocess(cmd, work / f"{tag}.log", work)
@@ -181,9 +157,9 @@ def run_sb3(task: Task, seed: int, steps: int, threads: int | None, eval_every: 
 
 
 def sb3_child(spec: dict) -> None:
-    """Runs inside its own process: train SB3 PPO, timing learn() and the evaluations in it."""
+    """Runs inside its own process: train the peer model, timing learn() and the evaluations in
+    it."""
     import torch
-    from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
@@ -192,24 +168,8 @@ def sb3_child(spec: dict) -> None:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     task, seed, steps = TASKS[spec["task"]], spec["seed"], spec["steps"]
-    hp = task.algo
-
-    def linear(start: float):  # RL Zoo's lin_<x>: progress_remaining goes 1 -> 0
-        return lambda progress_remaining: progress_remaining * start
-
-    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[hp["activation"]]
-    model = PPO(
-        "MlpPolicy", make_vec_env(task.env_id, n_envs=task.n_envs, seed=seed),
-        n_steps=hp["n_steps"], batch_size=hp["batch_size"], n_epochs=hp["n_epochs"],
-        gamma=hp["gamma"], gae_lambda=hp["gae_lambda"], ent_coef=hp["ent_coef"],
-        learning_rate=linear(hp["lr"]) if hp["anneal_lr"] else hp["lr"],
-        clip_range=linear(hp["clip_coef"]) if hp["anneal_clip"] else hp["clip_coef"],
-        vf_coef=hp["vf_coef"], max_grad_norm=hp["max_grad_norm"],
-        normalize_advantage=hp["norm_adv"], target_kl=hp["target_kl"],
-        policy_kwargs={"net_arch": {"pi": list(hp["hidden_sizes"]),
-                                    "vf": list(hp["hidden_sizes"])},
-                       "activation_fn": activation},
-        seed=seed, device="cpu", verbose=0)
+    model = peer_model(task, make_vec_env(task.env_id, n_envs=task.n_envs, seed=seed), seed,
+                       torch)
     evaluator = Evaluator(task.env_id, spec["eval_episodes"], seed + 10_000)
     # the same schedule as rl-runner's Trainer: after the update that reaches next_eval
     state = {"next": spec["eval_every"], "last_step": -1, "last": None, "count": 0}
@@ -304,18 +264,22 @@ def mean_std(values: list[float]) -> str:
 def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, command: str,
              started: str, loads: tuple, plan: dict) -> str:
     ok = [r for r in rows if r["status"] == "completed"]
-    start, end = markers(task_section(next(iter(plan))))
-    lines = [start, f"## PPO speed on {next(iter(plan))}: rl-runner vs stable-baselines3", "",
+    name = next(iter(plan))
+    task = TASKS[name]
+    algo, peer = task.algo_name, PEERS[task.algo_name]
+    start, end = markers(task_section(name))
+    peer_class = {"ppo": "PPO", "trpo": "TRPO", "sac": "SAC"}[algo]
+    lines = [start, f"## {algo.upper()} speed on {task.env}: rl-runner vs {peer}", "",
              f"- Date: {started} (UTC)",
              f"- Machine: {machine()}; 1-min load average {loads[0]:.2f} at start, "
              f"{loads[1]:.2f} at end",
              f"- Versions: {versions()}",
              f"- Command: `{command}`",
-             f"- rl-runner runs: `rl-run algo=ppo env=<env> seed=<seed> "
+             f"- rl-runner runs: `rl-run algo={algo} env={task.env} seed=<seed> "
              f"trainer.total_steps=<env steps> trainer.progress=false hydra.run.dir=<tmp>`",
-             "- SB3 runs: `PPO(\"MlpPolicy\", make_vec_env(<env id>, n_envs, seed=<seed>), "
-             "<hyperparameters below>, seed=<seed>, device=\"cpu\", verbose=0)`, then "
-             "`model.learn(<env steps>)`", ""]
+             f"- {peer} runs (\"sb3\" below): `{peer_class}(\"MlpPolicy\", make_vec_env(<env id>, "
+             "n_envs, seed=<seed>), <hyperparameters below>, seed=<seed>, device=\"cpu\", "
+             "verbose=0)`, then `model.learn(<env steps>)`", ""]
     if any(k in os.environ for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
         lines.insert(-1, "- Environment: " + ", ".join(
             f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -338,30 +302,30 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
               "speed ratio (rl-runner / SB3) | rl-runner return | SB3 return | "
               "return difference (rl-runner − SB3) |",
               "|---|---|---|---|---|---|---|---|"]
-    for task in plan:
-        mine = [r for r in ok if r["task"] == task and r["runner"] == "rl-runner"]
+    for name in plan:
+        mine = [r for r in ok if r["task"] == name and r["runner"] == "rl-runner"]
         for label, _ in runners[1:]:
-            theirs = [r for r in ok if r["task"] == task and r["runner"] == label]
+            theirs = [r for r in ok if r["task"] == name and r["runner"] == label]
             if not mine or not theirs:
-                lines.append(f"| {task} | {label} | | | | | | (missing runs) |")
+                lines.append(f"| {name} | {label} | | | | | | (missing runs) |")
                 continue
             sps_a = statistics.mean(r["sps"] for r in mine)
             sps_b = statistics.mean(r["sps"] for r in theirs)
             ret_a = [r["eval_return_mean"] for r in mine]
             ret_b = [r["eval_return_mean"] for r in theirs]
-            lines.append(f"| {task} | {label} | {sps_a:.0f} | {sps_b:.0f} | {sps_a / sps_b:.2f} | "
+            lines.append(f"| {name} | {label} | {sps_a:.0f} | {sps_b:.0f} | {sps_a / sps_b:.2f} | "
                          f"{mean_std(ret_a)} | {mean_std(ret_b)} | "
                          f"{statistics.mean(ret_a) - statistics.mean(ret_b):+.1f} |")
-    lines += ["", "Hyperparameters (RL Zoo `hyperparams/ppo.yml`; the same for both libraries; "
-              "checked against rl-runner's composed config before and after each run):", ""]
+    lines += ["", f"Hyperparameters (RL Zoo `hyperparams/{algo}.yml`; the same for both "
+              "libraries; checked against rl-runner's composed config before and after each "
+              "run):", ""]
     for name, (steps, every, episodes) in plan.items():
         t = TASKS[name]
-        hp = ", ".join(f"{k} {v}" for k, v in t.algo.items() if k not in COMMON)
+        hp = ", ".join(f"{k} {v}" for k, v in t.algo.items() if k not in COMMON[algo])
         lines.append(f"- {name} ({t.env_id}): {t.n_envs} envs, {steps} env steps "
-                     f"({t.total_steps} × {args.steps_scale:g}, whole rollouts), {hp}; "
+                     f"({t.total_steps} × {args.steps_scale:g}, whole updates), {hp}; "
                      f"evaluation every {every} env steps, {episodes} episodes")
-    lines.append(f"- both: {', '.join(f'{k} {v}' for k, v in COMMON.items())}; separate "
-                 "actor and critic MLPs, orthogonal init, Adam eps 1e-5")
+    lines.append(f"- both: {', '.join(f'{k} {v}' for k, v in COMMON[algo].items())}")
     lines += ["", "How this is measured: see the end of this file.", end]
     return "\n".join(lines) + "\n"
 
@@ -392,9 +356,10 @@ def write_section(path: Path, name: str, section: str, before: str | None = None
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="benchmark.py", description="PPO speed and final return, rl-runner vs "
-        "stable-baselines3 with the same hyperparameters; writes a section of docs/benchmarks.md")
-    p.add_argument("--tasks", default="cartpole,lunarlander",
+        prog="benchmark.py", description="speed and final return, rl-runner vs "
+        "stable-baselines3 / sb3-contrib with the same hyperparameters; writes one section of "
+        "docs/benchmarks.md per task")
+    p.add_argument("--tasks", default="ppo-cartpole,ppo-lunarlander",
                    help=f"comma list of {', '.join(TASKS)} (default: all)")
     p.add_argument("--seeds", default="0", help="comma list of integer seeds (default: 0)")
     p.add_argument("--steps-scale", type=float, default=1.0,
@@ -432,11 +397,12 @@ def main(argv: list[str]) -> int:
         sb3_child(json.loads(argv[1]))
         return 0
     args = parse_args(argv)
-    try:
-        metadata.version("stable-baselines3")
-    except metadata.PackageNotFoundError:
-        sys.exit("benchmark: stable-baselines3 is not installed; pip install -e '.[bench]' "
-                 "(or make bench)")
+    for peer in sorted({PEERS[TASKS[name].algo_name] for name in args.task_list}):
+        try:
+            metadata.version(peer)
+        except metadata.PackageNotFoundError:
+            sys.exit(f"benchmark: {peer} is not installed; pip install -c constraints.txt "
+                     "-e '.[bench]' (or make bench)")
     label = f"sb3 ({args.sb3_threads} thread{'s' * (args.sb3_threads != 1)})" \
         if args.sb3_threads else "sb3"
     runners: list[tuple[str, int | None]] = [("rl-runner", None), (label, args.sb3_threads)]
@@ -452,8 +418,8 @@ def main(argv: list[str]) -> int:
         bad = config_mismatches(task, cfg)
         if bad:
             sys.exit(f"benchmark: rl-runner's config for {name} differs from what SB3 would get: "
-                     f"{'; '.join(bad)}. Update conf/tuned/ppo_{name}.yaml or TASKS in "
-                     f"scripts/benchmark.py so that both sides agree.")
+                     f"{'; '.join(bad)}. Update conf/tuned/{task.algo_name}_{task.env}.yaml or "
+                     f"TASKS in scripts/bench_tasks.py so that both sides agree.")
         eval_every = cfg["trainer"]["eval_every"] or max(1, steps // 10)
         plan[name] = (steps, eval_every, cfg["trainer"]["eval_episodes"])
 
