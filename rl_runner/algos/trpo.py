@@ -1,0 +1,285 @@
+"""TRPO (Schulman et al. 2015): natural-gradient policy steps inside a KL trust region.
+
+One policy step per rollout: the surrogate's gradient g, the search direction x ~ F^-1 g by
+conjugate gradient on Fisher-vector products (double backprop through the mean KL, so F is never
+formed), a step scaled to the KL radius, and a backtracking line search that keeps the step only
+if the surrogate improves and the KL stays within the limit. The value function is fitted
+separately by Adam over minibatches, as in sb3-contrib's TRPO.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+
+from rl_runner.algos.base import OnPolicyAlgorithm, Rollout, explained_variance
+from rl_runner.errors import UserError
+
+
+def conjugate_gradient(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray, iters: int,
+                       tol: float = 1e-10) -> np.ndarray:
+    """Approximate solution of A x = b for symmetric positive-definite A, given only x -> A x.
+
+    Hestenes & Stiefel (1952); TRPO paper appendix C. Runs in float64: the damped Fisher can be
+    badly conditioned and the vectors are small. Stops early when |r|^2 <= tol.
+    """
+    x = np.zeros(len(b), np.float64)
+    r = np.array(b, np.float64)  # residual b - A x at x = 0
+    p = r.copy()
+    rr = float(r @ r)
+    for _ in range(iters):
+        if rr <= tol:
+            break
+        ap = matvec(p)
+        curvature = float(p @ ap)
+        if not curvature > 0:  # not positive definite in this direction (or NaN): stop here
+            break
+        alpha = rr / curvature
+        x += alpha * p
+        r -= alpha * ap
+        rr_new = float(r @ r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+class PolicyBatch(NamedTuple):
+    """A rollout flattened for the policy step, with the pre-update policy's outputs on it."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    old_logp: np.ndarray
+    adv: np.ndarray
+    old_out: np.ndarray
+    old_log_std: np.ndarray | None
+
+
+class LineSearch(NamedTuple):
+    """Outcome of the backtracking line search (the evaluation is of the parameters it kept)."""
+
+    accepted: bool
+    shrinks: int  # times the step was shrunk before it was accepted (line_search_max_iter if not)
+    surrogate: float
+    kl: float
+    entropy: float
+
+
+class TRPO(OnPolicyAlgorithm):
+    """Trust region policy optimisation with GAE and a separately fitted value function.
+
+    Names and defaults follow sb3-contrib's TRPO (lr is the critic's; there is no actor lr);
+    `value_epochs` is sb3-contrib's n_critic_updates.
+    """
+
+    name = "trpo"
+
+    def __init__(self, *, target_kl: float = 0.01, cg_max_steps: int = 15,
+                 cg_damping: float = 0.1, line_search_shrinking_factor: float = 0.8,
+                 line_search_max_iter: int = 10, value_epochs: int = 10, batch_size: int = 128,
+                 gae_lambda: float = 0.95, lr: float = 1e-3, max_grad_norm: float = 0.0,
+                 vf_coef: float = 1.0, **kwargs):
+        super().__init__(lr=lr, max_grad_norm=max_grad_norm, vf_coef=vf_coef, **kwargs)
+        checks = [("target_kl", target_kl, target_kl > 0, "must be positive"),
+                  ("cg_max_steps", cg_max_steps, cg_max_steps >= 1, "must be at least 1"),
+                  ("cg_damping", cg_damping, cg_damping >= 0, "must not be negative"),
+                  ("line_search_shrinking_factor", line_search_shrinking_factor,
+                   0 < line_search_shrinking_factor < 1, "must lie in (0, 1)"),
+                  ("line_search_max_iter", line_search_max_iter, line_search_max_iter >= 1,
+                   "must be at least 1")]
+        for key, value, ok, rule in checks:
+            if not ok:
+                raise UserError(f"algo.{key}={value} {rule}")
+        rollout_size = self.n_steps * self.n_envs
+        if batch_size > rollout_size:
+            raise UserError(f"algo.batch_size={batch_size} is larger than the rollout "
+                            f"(algo.n_steps x env.n_envs = {rollout_size})")
+        self.target_kl, self.cg_max_steps, self.cg_damping = target_kl, cg_max_steps, cg_damping
+        self.shrink, self.max_iter = line_search_shrinking_factor, line_search_max_iter
+        self.value_epochs, self.batch_size, self.gae_lambda = value_epochs, batch_size, gae_lambda
+        self._make_actor_leaves()
+        self.policy_updates = 0  # line-search bookkeeping, checkpointed: "how often" in the logs
+        self.rejected_steps = 0
+
+    def _make_actor_leaves(self) -> None:
+        """Autograd leaves over the actor's rows of the flat parameter buffer, and their indices.
+
+        Actor and critic are stacked on dim 0 of each ParallelMLP weight (row 0 the actor), so
+        row 0 is a contiguous block of the flat buffer. The surrogate and the KL do not depend on
+        the critic, so the natural gradient lives in these rows alone: working on them only
+        halves the forward and backward work and keeps the critic out of the CG vectors. Each
+        leaf shares memory with the buffer, so writes to the buffer are seen by the leaves and
+        by the numpy kernel alike.
+        """
+        flat = self.optimizer.flat
+        body = self.net.body
+        self._layers = [(w.detach()[0].detach().requires_grad_(),
+                         b.detach()[0].detach().requires_grad_())
+                        for w, b in zip(body.weights, body.biases)]
+        self._log_std = (None if self.net.log_std is None
+                         else self.net.log_std.detach().requires_grad_())
+        self._leaves = [t for layer in self._layers for t in layer]
+        if self._log_std is not None:
+            self._leaves.append(self._log_std)
+        base = flat.untyped_storage().data_ptr()
+        assert all(t.untyped_storage().data_ptr() == base for t in self._leaves)
+        self._actor_idx = np.concatenate([
+            np.arange(t.storage_offset(), t.storage_offset() + t.numel()) for t in self._leaves])
+        self._flat_np = flat.numpy()
+
+    # ---- the update ---------------------------------------------------------------------------
+    def update(self, batch: Rollout) -> dict[str, float]:
+        lr = self.current_lr()
+        pb, ret = self.policy_batch(batch)
+        self.env_steps += len(ret)
+        result = self.policy_step(pb)
+        value_loss = self.fit_value(pb.obs, ret)
+        metrics = {"surrogate": result.surrogate, "kl": result.kl, "value_loss": value_loss,
+                   "entropy": result.entropy,
+                   "charts/line_search_steps": float(result.shrinks),
+                   "charts/line_search_rejected": float(not result.accepted),
+                   "charts/line_search_reject_rate": self.rejected_steps / self.policy_updates,
+                   "explained_variance": explained_variance(batch.values.ravel(), ret),
+                   "learning_rate": lr}
+        if self.log_std is not None:
+            metrics["charts/action_std"] = float(np.exp(self.log_std).mean())
+        return metrics
+
+    def policy_batch(self, batch: Rollout) -> tuple[PolicyBatch, np.ndarray]:
+        """The rollout flattened, with GAE advantages (standardised) and value targets."""
+        adv_TN, ret_TN = self.advantages(batch, self.gae_lambda)
+        size = adv_TN.size
+        obs = batch.obs.reshape(size, -1)
+        actions = batch.actions.reshape(size, *batch.actions.shape[2:])
+        adv = adv_TN.reshape(size)
+        if self.norm_adv and size > 1:
+            adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
+        old_out = self.forward(obs)[0].copy()
+        old_log_std = None if self.log_std is None else self.log_std.copy()
+        pb = PolicyBatch(obs, actions, batch.log_probs.reshape(size), adv.astype(np.float32),
+                         old_out, old_log_std)
+        return pb, ret_TN.reshape(size).astype(np.float32)
+
+    def policy_step(self, pb: PolicyBatch) -> LineSearch:
+        """One natural-gradient step on the actor, at most KL = target_kl from the old policy."""
+        g, fvp = self.surrogate_gradient_and_fvp(pb)
+        x = conjugate_gradient(fvp, g, self.cg_max_steps)  # x ~ (F + damping I)^-1 g
+        # the step beta x that puts the quadratic KL model on the boundary:
+        # 1/2 beta^2 x^T A x = delta, so beta = sqrt(2 delta / x^T A x) (paper appendix C)
+        x_ax = float(x @ fvp(x)) if np.all(np.isfinite(x)) else math.nan
+        scale = math.sqrt(2.0 * self.target_kl / x_ax) if x_ax > 0 else 0.0
+        result = self.line_search(pb, (scale * x).astype(np.float32))
+        self.policy_updates += 1
+        self.rejected_steps += not result.accepted
+        self.grad_steps += 1
+        return result
+
+    def surrogate_gradient_and_fvp(self, pb: PolicyBatch) -> tuple[
+            np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """g = d surrogate / d actor params, and v -> (F + damping I) v on the same graph.
+
+        F is the Hessian of the mean KL(pi_old || pi_theta) at theta = theta_old, which is the
+        Fisher information of the policy (paper sec. 6 and appendix C): the KL's gradient is built
+        with its graph kept, and each product is one more backward through (grad KL) . v.
+        """
+        dist = self.net.dist
+        obs = torch.from_numpy(pb.obs)
+        out = self._actor_forward(obs)
+        logp, entropy = dist.log_prob_entropy(out, self._log_std, torch.from_numpy(pb.actions))
+        # L(theta) = mean(pi_theta / pi_old * A) (+ entropy bonus), paper eq. 14
+        surrogate = (torch.exp(logp - torch.from_numpy(pb.old_logp))
+                     * torch.from_numpy(pb.adv)).mean()
+        if self.ent_coef:
+            surrogate = surrogate + self.ent_coef * entropy.mean()
+        g = _flat(torch.autograd.grad(surrogate, self._leaves, retain_graph=True))
+        old_log_std = None if self._log_std is None else self._log_std.detach()
+        kl = dist.kl(out.detach(), out, old_log_std, self._log_std).mean()
+        g_kl = _flat(torch.autograd.grad(kl, self._leaves, create_graph=True))
+        damping = self.cg_damping
+
+        def fvp(v: np.ndarray) -> np.ndarray:
+            v32 = torch.from_numpy(np.asarray(v, np.float32))
+            hv = _flat(torch.autograd.grad(g_kl @ v32, self._leaves, retain_graph=True))
+            return hv.numpy().astype(np.float64) + damping * np.asarray(v, np.float64)
+
+        return g.numpy().astype(np.float64), fvp
+
+    def line_search(self, pb: PolicyBatch, full_step: np.ndarray) -> LineSearch:
+        """Try theta_old + shrink^i full_step for i = 0, 1, ...; keep the first that raises the
+        surrogate with KL <= target_kl, else restore theta_old (paper sec. 6, appendix C)."""
+        flat, idx = self._flat_np, self._actor_idx
+        theta_old = flat[idx]  # a copy (fancy indexing)
+        surrogate_old, _, entropy_old = self._evaluate(pb, pb.old_out)
+        coef = 1.0
+        for shrinks in range(self.max_iter):
+            flat[idx] = theta_old + coef * full_step
+            surrogate, kl, entropy = self._evaluate(pb)
+            if kl <= self.target_kl and surrogate > surrogate_old:  # False for NaN as well
+                return LineSearch(True, shrinks, surrogate, kl, entropy)
+            coef *= self.shrink
+        flat[idx] = theta_old
+        return LineSearch(False, self.max_iter, surrogate_old, 0.0, entropy_old)
+
+    def _evaluate(self, pb: PolicyBatch, out: np.ndarray | None = None) -> tuple[
+            float, float, float]:
+        """(surrogate, mean KL(old || current), mean entropy) by the numpy kernel, no autograd.
+
+        `out`: the actor's output when it is already known (the old policy's), else computed.
+        """
+        if out is None:
+            out = self.forward(pb.obs)[0]
+        logp, entropy, kl = self.head.evaluate(out, self.log_std, pb.actions, pb.old_out,
+                                               pb.old_log_std)
+        entropy_mean = float(entropy.mean())
+        surrogate = float((np.exp(logp - pb.old_logp) * pb.adv).mean())
+        return surrogate + self.ent_coef * entropy_mean, float(kl.mean()), entropy_mean
+
+    def _actor_forward(self, obs_BD: torch.Tensor) -> torch.Tensor:
+        """The actor's output [B, A] from the actor leaves alone (ParallelMLP's row 0)."""
+        h = obs_BD
+        act, last = self.net.body.act, len(self._layers) - 1
+        for i, (w, b) in enumerate(self._layers):
+            h = torch.addmm(b, h, w)
+            if i < last:
+                h = act(h)
+        return h
+
+    def fit_value(self, obs: np.ndarray, ret: np.ndarray) -> float:
+        """`value_epochs` passes of Adam on the squared error, in minibatches of batch_size.
+
+        Only the value output gets a gradient (the actor's is zero, so Adam's moments there stay
+        zero and its step is exactly zero): the natural-gradient step is the only thing that
+        moves the actor, as the trust region requires. Returns the mean loss over the steps.
+        """
+        size = len(obs)
+        if self.value_epochs == 0:
+            err = self.forward(obs)[1] - ret
+            return float(err @ err) / size
+        losses = []
+        shuffle = self.batch_size < size  # one minibatch holding the rollout: order is moot
+        e_obs, e_ret = obs, ret
+        for _ in range(self.value_epochs):
+            if shuffle:
+                perm = self.rng.permutation(size)
+                e_obs, e_ret = obs[perm], ret[perm]
+            for start in range(0, size, self.batch_size):
+                mb = slice(start, start + self.batch_size)
+                err = self.forward(e_obs[mb])[1] - e_ret[mb]
+                n = len(err)
+                losses.append(float(err @ err) / n)
+                self.gradient_step(None, None, err * (2.0 * self.vf_coef / n))
+        return float(np.mean(losses))
+
+    # ---- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "policy_updates": self.policy_updates,
+                "rejected_steps": self.rejected_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)  # in place: the actor leaves keep pointing at the buffer
+        self.policy_updates, self.rejected_steps = state["policy_updates"], state["rejected_steps"]
+
+
+def _flat(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
