@@ -1,0 +1,144 @@
+"""The off-policy feeder: acts in the vector env, stores transitions, samples replay batches."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import gymnasium as gym
+import numpy as np
+
+from rl_runner.algos.base import OffPolicyAlgorithm
+from rl_runner.envs import final_observations
+from rl_runner.rollout import EpisodeTracker
+
+
+class ReplayBatch(NamedTuple):
+    """`gradient_steps` minibatches of transitions, numpy views shaped [G, B, ...].
+
+    `next_obs` is the real successor observation (the final one where an episode ended) and
+    `terminated` excludes time-limit truncation, so that a time limit still bootstraps.
+    `env_steps` is the feeder's env step count when the batch was drawn (for lr schedules).
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    next_obs: np.ndarray
+    env_steps: int
+
+
+class ReplayBuffer:
+    """A fixed-capacity ring of transitions, preallocated as one float32 array.
+
+    A row is [obs, action, reward, terminated, next_obs]: a minibatch is one fancy-index gather
+    instead of one per field. Discrete actions are stored as floats (exact below 2**24).
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, action_dim: int):
+        self.capacity, self.obs_dim, self.action_dim = capacity, obs_dim, action_dim
+        a0 = obs_dim
+        r = a0 + action_dim
+        self._fields = {"obs": slice(0, a0), "actions": slice(a0, r), "rewards": r,
+                        "terminated": r + 1, "next_obs": slice(r + 2, r + 2 + obs_dim)}
+        self.width = r + 2 + obs_dim
+        self.data = np.zeros((capacity, self.width), np.float32)  # pages are touched lazily
+        self.pos = 0  # the next row to write
+        self.size = 0  # rows filled
+
+    def add(self, obs_ND: np.ndarray, actions_NA: np.ndarray, rewards_N: np.ndarray,
+            terminated_N: np.ndarray, next_obs_ND: np.ndarray) -> None:
+        """Append N transitions, overwriting the oldest rows once the buffer is full."""
+        n = len(rewards_N)
+        f = self._fields
+        done = 0
+        while done < n:  # at most two chunks: up to the end of the array, then from row 0
+            k = min(n - done, self.capacity - self.pos)
+            rows, src = self.data[self.pos:self.pos + k], slice(done, done + k)
+            rows[:, f["obs"]] = obs_ND[src].reshape(k, -1)
+            rows[:, f["actions"]] = actions_NA[src].reshape(k, -1)
+            rows[:, f["rewards"]] = rewards_N[src]
+            rows[:, f["terminated"]] = terminated_N[src]
+            rows[:, f["next_obs"]] = next_obs_ND[src].reshape(k, -1)
+            self.pos = (self.pos + k) % self.capacity
+            done += k
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, n_batches: int, batch_size: int, rng: np.random.Generator,
+               env_steps: int = 0) -> ReplayBatch:
+        """Uniform minibatches, drawn with replacement (as SB3 and CleanRL do)."""
+        idx_GB = rng.integers(0, self.size, size=(n_batches, batch_size))
+        rows_GBW = self.data[idx_GB]
+        f = self._fields
+        return ReplayBatch(rows_GBW[..., f["obs"]], rows_GBW[..., f["actions"]],
+                           rows_GBW[..., f["rewards"]], rows_GBW[..., f["terminated"]],
+                           rows_GBW[..., f["next_obs"]], env_steps)
+
+    def state_dict(self) -> dict:
+        return {"data": self.data[:self.size].copy(), "pos": self.pos, "size": self.size,
+                "capacity": self.capacity, "width": self.width}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["capacity"], state["width"]) != (self.capacity, self.width):
+            raise ValueError(f"replay buffer of capacity {state['capacity']} x {state['width']} "
+                             f"does not fit {self.capacity} x {self.width}")
+        self.data[:state["size"]] = state["data"]
+        self.data[state["size"]:] = 0.0
+        self.pos, self.size = state["pos"], state["size"]
+
+
+class ReplayFeeder:
+    """Steps the envs `algo.n_steps` (= train_freq) times per call, storing every transition.
+
+    The first `algo.learning_starts` env steps take uniform random actions; updates start once
+    the buffer holds that many transitions (after a resume without a saved buffer, it refills
+    first). Its own RNG draws random actions and minibatch indices, so a resume is exact.
+    """
+
+    def __init__(self, envs: gym.vector.VectorEnv, algo: OffPolicyAlgorithm, seed: int):
+        self.envs, self.n_steps, self.n_envs = envs, algo.n_steps, envs.num_envs
+        obs_dim = int(np.prod(envs.single_observation_space.shape))
+        self.buffer = ReplayBuffer(algo.buffer_size, obs_dim, algo.buffer_action_dim)
+        self.rng = np.random.default_rng(seed + 20_000)
+        self.obs, _ = envs.reset(seed=seed)
+        self.tracker = EpisodeTracker(self.n_envs)
+        self.env_steps = 0
+
+    def collect(self, algo: OffPolicyAlgorithm
+                ) -> tuple[ReplayBatch | None, list[tuple[int, float, int]]]:
+        """Act n_steps times; return replay minibatches for one update (None while warming up)
+        and (step offset, return, length) for every episode that ended."""
+        episodes: list[tuple[int, float, int]] = []
+        for t in range(self.n_steps):
+            # the envs may reuse their observation array (copy=False): keep our own copy
+            obs = np.array(self.obs, np.float32)
+            if self.env_steps < algo.learning_starts:
+                actions = algo.random_actions(self.n_envs, self.rng)
+            else:
+                actions = algo.explore(obs)
+            next_obs, rewards, terminated, truncated, info = self.envs.step(algo.to_env(actions))
+            dones = terminated | truncated
+            stored_next = next_obs
+            if dones.any():  # SAME_STEP autoreset: the true successor is in info["final_obs"]
+                stored_next = np.array(next_obs, np.float32)
+                stored_next[dones] = final_observations(info, dones)
+            # a time limit is not death: store `terminated` only, so truncated steps bootstrap
+            self.buffer.add(obs, actions, rewards, terminated, stored_next)
+            self.obs = next_obs
+            self.env_steps += self.n_envs
+            for _, ret, length in self.tracker.step(rewards, dones):
+                episodes.append(((t + 1) * self.n_envs, ret, length))
+        if self.buffer.size < max(1, algo.learning_starts):
+            return None, episodes
+        return self.buffer.sample(algo.gradient_steps, algo.batch_size, self.rng,
+                                  self.env_steps), episodes
+
+    def state_dict(self) -> dict:
+        """Everything but the buffer, which the trainer saves only when asked (it is large)."""
+        return {"obs": np.array(self.obs), "tracker": self.tracker.state_dict(),
+                "rng": self.rng.bit_generator.state, "env_steps": self.env_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.obs = np.array(state["obs"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.rng.bit_generator.state = state["rng"]
+        self.env_steps = state["env_steps"]
