@@ -1,4 +1,4 @@
-"""The algorithm contract and the on-policy family base.
+"""The algorithm contract and the on-policy and off-policy family bases.
 
 The trainer owns environments, data feeding, logging, evaluation and checkpoints; an algorithm owns
 its networks, optimizers, normalizer statistics and the update math. `update` returns its metrics.
@@ -10,6 +10,7 @@ from typing import Any, ClassVar, NamedTuple
 import gymnasium as gym
 import numpy as np
 
+from rl_runner.errors import UserError
 from rl_runner.heads import make_head
 from rl_runner.kernels import MLPKernel
 from rl_runner.nets import ActorCritic
@@ -186,6 +187,77 @@ class OnPolicyAlgorithm(Algorithm):
         self.obs_norm.rms.load_state_dict(state["obs_norm"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
         self.env_steps, self.grad_steps = state["env_steps"], state["grad_steps"]
+
+
+class OffPolicyAlgorithm(Algorithm):
+    """Shared by off-policy algorithms: replay settings, action scaling, random warm-up actions.
+
+    Actions live in a policy space that the replay buffer stores: Box actions in [-1, 1]^A
+    (`to_env` rescales them to the env's bounds), Discrete actions as indices.
+    """
+
+    family = "off_policy"
+
+    def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
+                 total_steps: int, seed: int = 0, lr: float = 3e-4, anneal_lr: bool = False,
+                 gamma: float = 0.99, tau: float = 0.005, hidden_sizes: list[int] = (256, 256),
+                 buffer_size: int = 1_000_000, learning_starts: int = 100, batch_size: int = 256,
+                 train_freq: int = 1, gradient_steps: int = 1):
+        if buffer_size < n_envs:
+            raise UserError(f"algo.buffer_size={buffer_size} must hold at least one step of the "
+                            f"{n_envs} envs (env.n_envs)")
+        self.n_envs, self.total_steps, self.seed = n_envs, total_steps, seed
+        self.lr, self.anneal_lr, self.gamma, self.tau = lr, anneal_lr, gamma, tau
+        self.hidden_sizes = list(hidden_sizes)
+        self.buffer_size, self.learning_starts = buffer_size, learning_starts
+        self.batch_size, self.train_freq = batch_size, train_freq
+        self.gradient_steps = gradient_steps
+        self.obs_dim = int(np.prod(observation_space.shape))
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            self.n_actions = int(action_space.n)
+        else:
+            self.action_shape = tuple(action_space.shape)
+            low = np.asarray(action_space.low, np.float32).reshape(-1)
+            high = np.asarray(action_space.high, np.float32).reshape(-1)
+            if not (np.isfinite(low).all() and np.isfinite(high).all()):
+                raise UserError(f"{self.name or type(self).__name__} squashes actions into the "
+                                f"env's bounds, but {action_space} is unbounded; wrap the env "
+                                "with gymnasium.wrappers.RescaleAction or ClipAction")
+            self.action_center, self.action_scale = (high + low) / 2, (high - low) / 2
+        self.grad_steps = 0
+
+    @property
+    def n_steps(self) -> int:
+        """Env steps per env between updates: the trainer's feeder step."""
+        return self.train_freq
+
+    @property
+    def buffer_action_dim(self) -> int:
+        return 1 if self.discrete else len(self.action_center)
+
+    def random_actions(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Uniform policy-space actions for the learning_starts warm-up."""
+        if self.discrete:
+            return rng.integers(0, self.n_actions, n)
+        return rng.uniform(-1.0, 1.0, (n, len(self.action_center))).astype(np.float32)
+
+    def to_env(self, actions: np.ndarray) -> np.ndarray:
+        """Policy-space actions as the env takes them: [-1, 1] rescaled to [low, high]."""
+        if self.discrete:
+            return actions
+        env_actions = self.action_center + self.action_scale * actions
+        return env_actions.reshape(len(actions), *self.action_shape)
+
+    def explore(self, obs: np.ndarray) -> np.ndarray:
+        """Policy-space actions of the exploration policy, for the replay feeder."""
+        raise NotImplementedError
+
+    def current_lr(self, env_steps: int) -> float:
+        """lr, decayed linearly to 0 over the budget when anneal_lr (RL Zoo's lin_<lr>)."""
+        if not self.anneal_lr:
+            return self.lr
+        return self.lr * max(0.0, 1.0 - env_steps / max(1, self.total_steps))
 
 
 def explained_variance(pred: np.ndarray, target: np.ndarray) -> float:
