@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import (FAST, NUMBERS, RL_RUN, cli_env, count_summary_tags, read_results,
                             read_scalars, run_cli)
@@ -15,6 +16,15 @@ from tests.conftest import (FAST, NUMBERS, RL_RUN, cli_env, count_summary_tags, 
 ARGS = ["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=20480",
         "trainer.checkpoint_every=512", "trainer.eval_every=4096", "seed=1"]
 CURVES = ("losses/policy_loss", "losses/value_loss", "charts/episodic_return", "eval/return_mean")
+# off-policy: an update per env step with small nets; the replay buffer is saved in last.pt
+SAC_ARGS = ["algo=sac", "env=pendulum", "env.n_envs=1", *FAST, "algo.hidden_sizes=[32,32]",
+            "algo.batch_size=64", "algo.learning_starts=200", "trainer.total_steps=2000",
+            "trainer.checkpoint_every=200", "trainer.eval_every=1000", "trainer.torch_threads=1",
+            "seed=1"]
+SAC_CURVES = ("losses/qf_loss", "losses/actor_loss", "losses/alpha", "losses/alpha_loss",
+              "charts/episodic_return", "eval/return_mean")
+CASES = {"ppo": (ARGS, CURVES),
+         "sac": ([*SAC_ARGS, "trainer.save_replay_buffer=true"], SAC_CURVES)}
 
 
 def interrupt_when_checkpointed(args: list[str], run_dir: Path, cwd: Path,
@@ -40,18 +50,19 @@ def interrupt_when_checkpointed(args: list[str], run_dir: Path, cwd: Path,
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(CASES))
+def runs(request, tmp_path_factory):
     """A: uninterrupted. B: the same command, SIGINT after its first checkpoint, then resumed."""
-    base = tmp_path_factory.mktemp("resume")
+    args, curves = CASES[request.param]
+    base = tmp_path_factory.mktemp(f"resume_{request.param}")
     a_dir, b_dir = base / "A", base / "B"
-    a = run_cli([*ARGS, f"hydra.run.dir={a_dir}"], base)
+    a = run_cli([*args, f"hydra.run.dir={a_dir}"], base)
     assert a.returncode == 0, a.stderr
-    stopped = interrupt_when_checkpointed(ARGS, b_dir, base)
+    stopped = interrupt_when_checkpointed(args, b_dir, base)
     interrupted = read_results(b_dir)
     resumed = run_cli([f"resume={b_dir}"], base)
     return {"A": a_dir, "B": b_dir, "stopped": stopped, "interrupted": interrupted,
-            "resumed": resumed}
+            "resumed": resumed, "curves": curves}
 
 
 def test_sigint_saves_and_says_how_to_resume(runs):
@@ -82,7 +93,7 @@ def test_resume_keeps_the_run_config(runs):
 
 def test_resumed_curves_have_no_duplicated_steps(runs):
     scalars = read_scalars(runs["B"] / "tb")
-    steps = [s for s, _ in scalars["losses/policy_loss"]]
+    steps = [s for s, _ in scalars[runs["curves"][0]]]
     assert len(steps) == len(set(steps))
     assert steps == sorted(steps)
     assert count_summary_tags(runs["B"] / "tb", "_hparams_/experiment") == 1
@@ -90,7 +101,7 @@ def test_resumed_curves_have_no_duplicated_steps(runs):
 
 def test_resumed_curves_equal_the_uninterrupted_ones(runs):
     sa, sb = read_scalars(runs["A"] / "tb"), read_scalars(runs["B"] / "tb")
-    for tag in CURVES:
+    for tag in runs["curves"]:
         assert sb[tag] == sa[tag], tag
 
 
@@ -109,3 +120,20 @@ def test_resume_with_a_larger_budget_continues(tmp_path):
     assert after["grad_steps"] > before["grad_steps"]
     steps = [s for s, _ in read_scalars(run_dir / "tb")["losses/policy_loss"]]
     assert steps[-1] == 8192 and len(steps) == len(set(steps))
+
+
+def test_sac_resume_without_the_buffer_says_so_and_trains_on(tmp_path):
+    run_dir = tmp_path / "run"
+    stopped = interrupt_when_checkpointed(SAC_ARGS, run_dir, tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    interrupted = read_results(run_dir)
+    assert 0 < interrupted["env_steps"] < 2000
+    assert "replay_buffer" not in torch.load(run_dir / "checkpoints" / "last.pt",
+                                             weights_only=False)
+    resumed = run_cli([f"resume={run_dir}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    output = resumed.stdout + resumed.stderr
+    assert "holds no replay buffer" in output and "starts empty" in output
+    after = read_results(run_dir)
+    assert after["status"] == "completed" and after["env_steps"] == 2000
+    assert after["grad_steps"] > interrupted["grad_steps"]

@@ -1,0 +1,302 @@
+"""SAC (Haarnoja et al. 2018) with twin critics and a learned temperature; discrete SAC.
+
+Twin Q critics with Polyak-averaged targets, a tanh-squashed Gaussian actor for Box actions, and
+for Discrete actions the formulation of Christodoulou (2019): expectations over the categorical
+policy instead of the reparameterisation trick. "2018b eq. N" is arXiv:1812.05905 (SAC Algorithms
+and Applications), "2018a" is arXiv:1801.01290 (the first SAC paper).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rl_runner.algos.base import OffPolicyAlgorithm
+from rl_runner.errors import UserError
+from rl_runner.nets import ACTIVATIONS, LOG_2PI, ParallelMLP
+from rl_runner.optim import FlatAdam
+from rl_runner.replay import ReplayBatch
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # as SB3: keeps exp(log_std) finite early in training
+LOG_2 = math.log(2.0)
+METRICS = ("qf_loss", "actor_loss", "alpha", "alpha_loss", "entropy", "qf_values")
+
+
+def squashed_gaussian(mean_BA: torch.Tensor, log_std_BA: torch.Tensor,
+                      noise_BA: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """a = tanh(mean + std * noise) and its exact log-density.
+
+    Change of variables (Haarnoja et al. 2018a, appendix C, eq. 21):
+    log pi(a|s) = log N(u; mean, std) - sum_i log(1 - tanh(u_i)^2), and
+    log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)) holds exactly without the usual +1e-6.
+    """
+    u_BA = mean_BA + noise_BA * log_std_BA.exp()
+    log_det_BA = 2.0 * (LOG_2 - u_BA - F.softplus(-2.0 * u_BA))
+    logp_B = (-0.5 * noise_BA.pow(2) - log_std_BA - 0.5 * LOG_2PI - log_det_BA).sum(-1)
+    return torch.tanh(u_BA), logp_B
+
+
+def narrow_output(h_KBI: torch.Tensor, w_KIO: torch.Tensor, c_K1O: torch.Tensor) -> torch.Tensor:
+    """h @ w + c computed as (w^T h^T + c^T)^T: [K, O, B] is the layout MKL handles fast."""
+    out_KOB = torch.baddbmm(c_K1O.transpose(1, 2), w_KIO.transpose(1, 2), h_KBI.transpose(1, 2))
+    return out_KOB.transpose(1, 2)
+
+
+class NarrowOutput(torch.autograd.Function):
+    """out[k] = h[k] @ w[k] + c[k] for an output layer of a few columns (Q values, a Gaussian).
+
+    Measured on CPU (MKL, one thread, h of [2, 256, 256], one output column): baddbmm takes
+    0.16 ms forward + 0.4 ms backward, ~10x its arithmetic; as [K, O, B] with dw^T = g^T h it takes
+    0.05 + 0.15 ms. Saves ~0.7 ms (6%) of a one-thread Pendulum update (paired A/B).
+    """
+
+    @staticmethod
+    def forward(ctx, h_KBI: torch.Tensor, w_KIO: torch.Tensor, c_K1O: torch.Tensor):
+        ctx.save_for_backward(h_KBI, w_KIO)
+        return narrow_output(h_KBI, w_KIO, c_K1O)
+
+    @staticmethod
+    def backward(ctx, g_KBO: torch.Tensor):
+        h_KBI, w_KIO = ctx.saved_tensors
+        g_h = g_w = g_c = None
+        if ctx.needs_input_grad[0]:  # one column: an outer product, as a broadcast multiply
+            g_h = (g_KBO * w_KIO.transpose(1, 2) if g_KBO.shape[-1] == 1
+                   else torch.bmm(g_KBO, w_KIO.transpose(1, 2)))
+        if ctx.needs_input_grad[1]:
+            g_w = torch.bmm(g_KBO.transpose(1, 2), h_KBI).transpose(1, 2)
+        if ctx.needs_input_grad[2]:
+            g_c = g_KBO.sum(1, keepdim=True)
+        return g_h, g_w, g_c
+
+
+NARROW = 8  # output widths up to this go through NarrowOutput
+
+
+def mlp_forward(layers: list, act, x_BI: torch.Tensor) -> torch.Tensor:
+    """ParallelMLP.forward over cached (weight, bias) pairs; output [K, B, out]."""
+    w, _ = layers[0]
+    h = x_BI.unsqueeze(0).expand(w.shape[0], *x_BI.shape)
+    for w, b in layers[:-1]:
+        h = act(torch.baddbmm(b, h, w))
+    w, b = layers[-1]
+    if w.shape[-1] > NARROW:
+        return torch.baddbmm(b, h, w)
+    return NarrowOutput.apply(h, w, b) if torch.is_grad_enabled() else narrow_output(h, w, b)
+
+
+def share_flat(module: nn.Module, flat: torch.Tensor) -> None:
+    """Point the module's parameters into `flat`, in `parameters()` order (FlatAdam's layout)."""
+    offset = 0
+    for p in module.parameters():
+        n = p.numel()
+        p.data = flat[offset:offset + n].view_as(p)
+        offset += n
+
+
+class SAC(OffPolicyAlgorithm):
+    """Soft actor-critic with twin critics, target networks and automatic temperature."""
+
+    name = "sac"
+
+    def __init__(self, *, ent_coef: float | None = None, alpha_init: float = 1.0,
+                 target_entropy: float | None = None, target_entropy_scale: float = 0.8,
+                 activation: str = "relu", **kwargs):
+        super().__init__(**kwargs)
+        if alpha_init <= 0:
+            raise UserError(f"algo.alpha_init={alpha_init} must be positive")
+        if activation not in ACTIVATIONS:
+            raise UserError(f"algo.activation={activation!r} is not known; allowed: "
+                            f"{', '.join(ACTIVATIONS)}")
+        hidden = self.hidden_sizes
+        if self.discrete:  # Q(s) gives one value per action; the actor gives logits
+            critic_in, q_out, actor_out = self.obs_dim, self.n_actions, self.n_actions
+            # a fraction of the maximum entropy log|A| (0.98 in Christodoulou 2019; see sac.yaml)
+            auto_target = target_entropy_scale * math.log(self.n_actions)
+        else:  # Q(s, a); the actor gives the mean and log-std of u, a = tanh(u)
+            self.action_dim = len(self.action_center)
+            critic_in, q_out, actor_out = self.obs_dim + self.action_dim, 1, 2 * self.action_dim
+            auto_target = -float(self.action_dim)  # -dim(A), as in Haarnoja et al. 2018b
+        self.target_entropy = auto_target if target_entropy is None else target_entropy
+        self.actor = ParallelMLP(self.obs_dim, hidden, actor_out, k=1, activation=activation,
+                                 out_gains=(0.01,))
+        # both critics in one chain of batched matmuls: output [2, B, q_out]
+        self.critic = ParallelMLP(critic_in, hidden, q_out, k=2, activation=activation,
+                                  out_gains=(1.0, 1.0))
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = FlatAdam(self.actor.parameters(), lr=self.lr)
+        self.critic_opt = FlatAdam(self.critic.parameters(), lr=self.lr)
+        # the target critics are one flat tensor, Polyak-averaged with a single lerp_
+        self.target_flat = self.critic_opt.flat.clone()
+        share_flat(self.critic_target, self.target_flat)
+        self.actor_params = list(self.actor.parameters())
+        self.act_fn = self.actor.act
+        self.actor_layers, self.critic_layers, self.target_layers = (
+            list(zip(m.weights, m.biases)) for m in (self.actor, self.critic, self.critic_target))
+        self.learn_alpha = ent_coef is None  # else a fixed temperature alpha = ent_coef
+        self.fixed_alpha = torch.full((1,), 0.0 if ent_coef is None else float(ent_coef))
+        self.log_alpha = nn.Parameter(torch.full((1,), math.log(alpha_init)))
+        self.alpha_opt = FlatAdam([self.log_alpha], lr=self.lr)
+        self.gen = torch.Generator().manual_seed(self.seed)
+
+    # ---- acting -------------------------------------------------------------------------------
+    def _actor_out(self, obs_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (Discrete), or the mean and clamped log-std of the pre-tanh Gaussian (Box)."""
+        out_BO = mlp_forward(self.actor_layers, self.act_fn, obs_BD)[0]
+        if self.discrete:
+            return out_BO, None
+        a = self.action_dim
+        return out_BO[:, :a], out_BO[:, a:].clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def _obs(self, obs: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(obs, np.float32).reshape(len(obs), -1))
+
+    @torch.no_grad()
+    def explore(self, obs: np.ndarray) -> np.ndarray:
+        out, log_std = self._actor_out(self._obs(obs))
+        if self.discrete:  # Gumbel-max: a sample of softmax(logits)
+            u = torch.rand(out.shape, generator=self.gen).clamp_(min=1e-20)
+            return torch.argmax(out - torch.log(-torch.log(u)), dim=-1).numpy()
+        noise = torch.randn(out.shape, generator=self.gen)
+        return torch.tanh(out + noise * log_std.exp()).numpy()
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        if not deterministic:
+            return self.to_env(self.explore(obs))
+        out, _ = self._actor_out(self._obs(obs))
+        return self.to_env((out.argmax(-1) if self.discrete else torch.tanh(out)).numpy())
+
+    # ---- learning -----------------------------------------------------------------------------
+    def q(self, x_BI: torch.Tensor) -> torch.Tensor:
+        """Both critics: [2, B, 1] for Q(s, a) (Box), [2, B, |A|] for Q(s) (Discrete)."""
+        return mlp_forward(self.critic_layers, self.act_fn, x_BI)
+
+    def target(self, x_BI: torch.Tensor) -> torch.Tensor:
+        return mlp_forward(self.target_layers, self.act_fn, x_BI)
+
+    def update(self, batch: ReplayBatch) -> dict[str, float]:
+        """`gradient_steps` SAC steps, one per minibatch of `batch`; returns mean metrics."""
+        lr = self.current_lr(batch.env_steps)
+        self.actor_opt.lr = self.critic_opt.lr = self.alpha_opt.lr = lr
+        obs, actions, next_obs = (torch.from_numpy(x) for x in (batch.obs, batch.actions,
+                                                                batch.next_obs))
+        rewards = torch.from_numpy(batch.rewards)
+        discount_GB = self.gamma * (1.0 - torch.from_numpy(batch.terminated))
+        step = self._discrete_step if self.discrete else self._box_step
+        stats = [step(obs[g], actions[g], rewards[g], discount_GB[g], next_obs[g])
+                 for g in range(len(rewards))]
+        means = torch.stack([torch.stack(s) for s in stats]).mean(0).tolist()
+        metrics = dict(zip(METRICS, means))
+        if not self.learn_alpha:
+            del metrics["alpha_loss"]
+        metrics["learning_rate"] = lr
+        return metrics
+
+    def _alpha(self) -> torch.Tensor:
+        if not self.learn_alpha:
+            return self.fixed_alpha
+        return self.log_alpha.detach().exp()  # a new tensor: later in-place steps leave it be
+
+    def _alpha_step(self, mean_logp: torch.Tensor) -> torch.Tensor:
+        """One Adam step on log alpha; returns the temperature loss before the step.
+
+        J(alpha) = E[-alpha (log pi + target entropy)] (2018b eq. 18), taken in log alpha as SB3
+        and CleanRL do; its gradient -(E[log pi] + target) needs no autograd.
+        """
+        if not self.learn_alpha:
+            return mean_logp.new_zeros(())
+        gap = mean_logp + self.target_entropy
+        loss = -(self.log_alpha.detach()[0] * gap)
+        self.alpha_opt.grad.copy_(-gap)
+        self.alpha_opt.step()
+        return loss
+
+    def _critic_step(self, q_KB: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
+        """Soft Bellman residual of both critics (2018b eq. 5), one Adam step; Polyak later."""
+        qf_loss = 0.5 * (q_KB - y_B).pow(2).mean(1).sum()
+        self.critic_opt.zero_grad()
+        qf_loss.backward()
+        self.critic_opt.step()
+        return qf_loss.detach()
+
+    def _finish(self, actor_loss: torch.Tensor, inputs: list | None) -> None:
+        self.actor_opt.zero_grad()
+        # inputs=actor params: autograd skips the critics' weight gradients (Box: it still goes
+        # through the critics to reach the action)
+        actor_loss.backward(inputs=inputs)
+        self.actor_opt.step()
+        self.target_flat.lerp_(self.critic_opt.flat, self.tau)  # Q-bar <- tau Q + (1-tau) Q-bar
+        self.grad_steps += 1
+
+    def _box_step(self, obs_BD, actions_BA, rewards_B, discount_B, next_obs_BD) -> tuple:
+        alpha = self._alpha()
+        # one actor forward on s serves the temperature and the actor loss
+        mean, log_std = self._actor_out(obs_BD)
+        a_pi, logp_pi = squashed_gaussian(mean, log_std, torch.randn(mean.shape,
+                                                                      generator=self.gen))
+        mean_logp = logp_pi.detach().mean()
+        alpha_loss = self._alpha_step(mean_logp)
+        with torch.no_grad():  # target (2018b eq. 3): soft value of s' under the target critics
+            n_mean, n_log_std = self._actor_out(next_obs_BD)
+            a_next, logp_next = squashed_gaussian(n_mean, n_log_std,
+                                                  torch.randn(n_mean.shape, generator=self.gen))
+            q_next_KB = self.target(torch.cat([next_obs_BD, a_next], -1))[..., 0]
+            y_B = rewards_B + discount_B * (q_next_KB.min(0).values - alpha * logp_next)
+        q_KB = self.q(torch.cat([obs_BD, actions_BA], -1))[..., 0]
+        qf_loss = self._critic_step(q_KB, y_B)
+        # actor (2018b eq. 9, reparameterised) against the critics just updated, as SB3 does
+        q_pi_KB = self.q(torch.cat([obs_BD, a_pi], -1))[..., 0]
+        actor_loss = (alpha * logp_pi - q_pi_KB.min(0).values).mean()
+        self._finish(actor_loss, self.actor_params)
+        return (qf_loss, actor_loss.detach(), alpha[0], alpha_loss, -mean_logp,
+                q_KB.detach().mean())
+
+    def _discrete_step(self, obs_BD, actions_B1, rewards_B, discount_B, next_obs_BD) -> tuple:
+        alpha = self._alpha()
+        logp_BA = torch.log_softmax(self._actor_out(obs_BD)[0], -1)
+        p_BA = logp_BA.exp()
+        # E_a~pi[log pi(a|s)] in closed form over the categorical (Christodoulou 2019)
+        mean_logp = (p_BA.detach() * logp_BA.detach()).sum(-1).mean()
+        alpha_loss = self._alpha_step(mean_logp)
+        with torch.no_grad():  # V(s') = pi(s')^T [min_j Q-bar_j(s') - alpha log pi(s')]
+            logp_next_BA = torch.log_softmax(self._actor_out(next_obs_BD)[0], -1)
+            q_next_BA = self.target(next_obs_BD).min(0).values
+            v_next_B = (logp_next_BA.exp() * (q_next_BA - alpha * logp_next_BA)).sum(-1)
+            y_B = rewards_B + discount_B * v_next_B
+        q_KBA = self.q(obs_BD)
+        index = actions_B1.long().unsqueeze(0).expand(q_KBA.shape[0], -1, -1)
+        q_KB = q_KBA.gather(2, index)[..., 0]
+        qf_loss = self._critic_step(q_KB, y_B)
+        # policy loss: pi(s)^T [alpha log pi(s) - min_j Q_j(s)], with Q from the forward above
+        # (before this step's critic update), which saves a critic forward per step
+        q_min_BA = q_KBA.detach().min(0).values
+        actor_loss = (p_BA * (alpha * logp_BA - q_min_BA)).sum(-1).mean()
+        self._finish(actor_loss, None)
+        return (qf_loss, actor_loss.detach(), alpha[0], alpha_loss, -mean_logp,
+                q_KB.detach().mean())
+
+    # ---- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "critic_target": self.target_flat.clone(),
+                "log_alpha": self.log_alpha.detach().clone(),
+                "actor_opt": self.actor_opt.state_dict(),
+                "critic_opt": self.critic_opt.state_dict(),
+                "alpha_opt": self.alpha_opt.state_dict(), "gen": self.gen.get_state(),
+                "grad_steps": self.grad_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        # in place: parameters stay views into the optimizers' flat buffers
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        with torch.no_grad():
+            self.target_flat.copy_(state["critic_target"])
+            self.log_alpha.copy_(state["log_alpha"])
+        for name in ("actor_opt", "critic_opt", "alpha_opt"):
+            getattr(self, name).load_state_dict(state[name])
+        self.gen.set_state(state["gen"])
+        self.grad_steps = state["grad_steps"]
