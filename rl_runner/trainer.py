@@ -19,6 +19,7 @@ import torch
 import tqdm
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from threadpoolctl import threadpool_limits
 
 import rl_runner
 from rl_runner import config as config_checks
@@ -85,6 +86,9 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         config_checks.check_trainer(cfg)
         torch.set_num_threads(self.tcfg.torch_threads)
+        # numpy's OpenBLAS (the on-policy kernels, GAE) gets the same count: its default of one
+        # thread per core made a 256x64 matmul 2x slower while another process held a core
+        threadpool_limits(self.tcfg.torch_threads, user_api="blas")
         keep_freed_memory()
         checkpoint = load_checkpoint(self.ckpt_dir / "last.pt") if resume else None
         if not resume and ((self.ckpt_dir / "last.pt").exists()

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from omegaconf import OmegaConf
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from rl_runner.trainer import train
 from tests.conftest import (FAST, NUMBERS, REPO, RESULT_KEYS, VERSION_KEYS, compose,
@@ -150,6 +151,21 @@ def test_same_seed_gives_the_same_numbers_and_another_seed_does_not(tmp_path):
     sc = read_scalars(tmp_path / "c" / "tb")
     assert sa["losses/policy_loss"] != sc["losses/policy_loss"]
     assert c["env_steps"] == a["env_steps"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_torch_threads_sets_torch_and_numpy_blas_threads(tmp_path, threads):
+    before = torch.get_num_threads()
+    blas_before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    try:
+        train(short_cfg("trainer.total_steps=256", f"trainer.torch_threads={threads}"),
+              tmp_path / "r")
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        assert torch.get_num_threads() == threads
+        assert blas and all(n == threads for n in blas)
+    finally:
+        torch.set_num_threads(before)
+        threadpool_limits(max(blas_before, default=None), user_api="blas")
 
 
 def test_budget_rounds_down_to_whole_rollouts(tmp_path):
