@@ -213,6 +213,8 @@ class Trainer:
             log.info("done: %d env steps in %.1f s (%.0f steps/s); eval return %.2f +- %.2f",
                      self.env_steps, results["wall_seconds"], results["sps"],
                      results["eval_return_mean"], results["eval_return_std"])
+        if hasattr(self.algo, "summary"):  # an algorithm's own record of the run, if it keeps one
+            log.info("%s", self.algo.summary())
         return results
 
     def _learn_once(self) -> dict[str, float]:

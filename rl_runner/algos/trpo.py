@@ -101,6 +101,7 @@ class TRPO(OnPolicyAlgorithm):
         self._make_actor_leaves()
         self.policy_updates = 0  # line-search bookkeeping, checkpointed: "how often" in the logs
         self.rejected_steps = 0
+        self.shrunk_steps = 0
 
     def _make_actor_leaves(self) -> None:
         """Autograd leaves over the actor's rows of the flat parameter buffer, and their indices.
@@ -146,6 +147,15 @@ class TRPO(OnPolicyAlgorithm):
             metrics["charts/action_std"] = float(np.exp(self.log_std).mean())
         return metrics
 
+    def summary(self) -> str:
+        """The line search's record over the run, for the end of train.log."""
+        n = max(1, self.policy_updates)
+        return (f"line search over {self.policy_updates} policy steps: accepted at full size "
+                f"{self.policy_updates - self.shrunk_steps - self.rejected_steps} "
+                f"({100 * (n - self.shrunk_steps - self.rejected_steps) / n:.0f}%), shrunk "
+                f"{self.shrunk_steps} ({100 * self.shrunk_steps / n:.0f}%), rejected "
+                f"{self.rejected_steps} ({100 * self.rejected_steps / n:.0f}%)")
+
     def policy_batch(self, batch: Rollout) -> tuple[PolicyBatch, np.ndarray]:
         """The rollout flattened, with GAE advantages (standardised) and value targets."""
         adv_TN, ret_TN = self.advantages(batch, self.gae_lambda)
@@ -172,6 +182,7 @@ class TRPO(OnPolicyAlgorithm):
         result = self.line_search(pb, (scale * x).astype(np.float32))
         self.policy_updates += 1
         self.rejected_steps += not result.accepted
+        self.shrunk_steps += result.accepted and result.shrinks > 0
         self.grad_steps += 1
         return result
 
@@ -274,11 +285,12 @@ class TRPO(OnPolicyAlgorithm):
     # ---- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {**super().state_dict(), "policy_updates": self.policy_updates,
-                "rejected_steps": self.rejected_steps}
+                "rejected_steps": self.rejected_steps, "shrunk_steps": self.shrunk_steps}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)  # in place: the actor leaves keep pointing at the buffer
         self.policy_updates, self.rejected_steps = state["policy_updates"], state["rejected_steps"]
+        self.shrunk_steps = state["shrunk_steps"]
 
 
 def _flat(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:

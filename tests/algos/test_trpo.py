@@ -3,6 +3,7 @@ check (slow)."""
 from __future__ import annotations
 
 import math
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -310,12 +311,19 @@ def test_bad_constructor_arguments():
         cartpole_trpo(batch_size=65)  # rollout is 32 x 2
 
 
-def test_trainer_logs_the_trpo_tags(tmp_path):
+def test_trainer_logs_the_trpo_tags(tmp_path, caplog):
     from rl_runner.trainer import train
 
     cfg = compose(["algo=trpo", "env=pendulum", *FAST, "trainer.total_steps=512",
                    "algo.n_steps=128", "env.n_envs=2", "algo.value_epochs=2"])
-    res = train(cfg, tmp_path / "run")
+    with caplog.at_level("INFO", logger="rl_runner"):
+        res = train(cfg, tmp_path / "run")
+    # the line search's record closes the log: 2 policy steps (512 / (128 x 2)), counts add up
+    summary = re.search(r"line search over (\d+) policy steps: accepted at full size (\d+) .*"
+                        r"shrunk (\d+) .*rejected (\d+)", caplog.text)
+    assert summary, caplog.text
+    total, full, shrunk, rejected = map(int, summary.groups())
+    assert total == 2 and full + shrunk + rejected == 2
     assert res["status"] == "completed" and res["env_steps"] == 512
     tags = set(read_scalars(tmp_path / "run" / "tb"))
     assert {"losses/surrogate", "losses/kl", "losses/value_loss", "losses/entropy",
