@@ -26,11 +26,13 @@ class MLPKernel:
     `load_state_dict`); build the kernel after the optimizer has moved them into its buffer.
     """
 
-    def __init__(self, mlp: ParallelMLP):
-        self.ws = [_view(w) for w in mlp.weights]
-        self.bs = [_view(b) for b in mlp.biases]
+    def __init__(self, mlp: ParallelMLP, members: slice = slice(None)):
+        """`members`: which of the K networks to evaluate (e.g. slice(1, 2): the critic alone);
+        `backward` then takes gradient arrays of that slice."""
+        self.ws = [_view(w)[members] for w in mlp.weights]
+        self.bs = [_view(b)[members] for b in mlp.biases]
         self.relu = mlp.activation == "relu"
-        self.k = mlp.k
+        self.k = len(range(mlp.k)[members])
         self._work: dict[int, dict[str, list[np.ndarray]]] = {}
         self._inputs: np.ndarray | None = None
         self._rows = 0

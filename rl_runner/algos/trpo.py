@@ -16,6 +16,7 @@ import torch
 
 from rl_runner.algos.base import OnPolicyAlgorithm, Rollout, explained_variance
 from rl_runner.errors import UserError
+from rl_runner.kernels import MLPKernel
 
 
 def conjugate_gradient(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray, iters: int,
@@ -99,6 +100,11 @@ class TRPO(OnPolicyAlgorithm):
         self.shrink, self.max_iter = line_search_shrinking_factor, line_search_max_iter
         self.value_epochs, self.batch_size, self.gae_lambda = value_epochs, batch_size, gae_lambda
         self._make_actor_leaves()
+        # the value fit touches the critic (row 1 of each stacked layer) alone: half the work
+        self._critic_kernel = MLPKernel(self.net.body, members=slice(1, 2))
+        self._critic_grads = ([g[1:2] for g in self._grad_ws], [g[1:2] for g in self._grad_bs])
+        self._actor_grads = [g[0] for g in self._grad_ws + self._grad_bs]
+        self._value_grad_out: dict[int, np.ndarray] = {}
         self.policy_updates = 0  # line-search bookkeeping, checkpointed: "how often" in the logs
         self.rejected_steps = 0
         self.shrunk_steps = 0
@@ -276,11 +282,27 @@ class TRPO(OnPolicyAlgorithm):
                 e_obs, e_ret = obs[perm], ret[perm]
             for start in range(0, size, self.batch_size):
                 mb = slice(start, start + self.batch_size)
-                err = self.forward(e_obs[mb])[1] - e_ret[mb]
-                n = len(err)
-                losses.append(float(err @ err) / n)
-                self.gradient_step(None, None, err * (2.0 * self.vf_coef / n))
+                losses.append(self._value_step(e_obs[mb], e_ret[mb]))
         return float(np.mean(losses))
+
+    def _value_step(self, obs: np.ndarray, ret: np.ndarray) -> float:
+        """One Adam step on the critic's squared error; the actor's gradient stays zero."""
+        n = len(obs)
+        err = self._critic_kernel.forward(obs.reshape(n, -1))[0, :, 0] - ret
+        g_out = self._value_grad_out.get(n)
+        if g_out is None:  # the critic's unused output columns keep a zero gradient
+            g_out = self._value_grad_out[n] = np.zeros((1, n, self.head.n_out), np.float32)
+        np.multiply(err, 2.0 * self.vf_coef / n, out=g_out[0, :, 0])
+        self._critic_kernel.backward(g_out, *self._critic_grads)
+        for g in self._actor_grads:
+            g[...] = 0.0
+        if self._grad_log_std is not None:
+            self._grad_log_std[...] = 0.0
+        if self.max_grad_norm > 0:
+            self.optimizer.clip_grad_norm(self.max_grad_norm)
+        self.optimizer.step()
+        self.grad_steps += 1
+        return float(err @ err) / n
 
     # ---- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
