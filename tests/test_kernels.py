@@ -36,6 +36,27 @@ def test_forward_and_backward_match_torch(activation):
         np.testing.assert_allclose(mine, p.grad.numpy(), rtol=1e-4, atol=1e-6)
 
 
+def test_a_members_slice_evaluates_that_network_alone():
+    mlp, _, full = build("tanh")
+    critic = MLPKernel(mlp, members=slice(1, 2))
+    r = np.random.default_rng(1)
+    x = r.normal(size=(7, 5)).astype(np.float32)
+    g = r.normal(size=(2, 7, 3)).astype(np.float32)
+    g[0] = 0.0  # the full kernel's actor row gets no gradient, so its row 1 is the critic's
+    out_full = full.forward(x).copy()
+    full_ws = [np.zeros(w.shape, np.float32) for w in mlp.weights]
+    full_bs = [np.zeros(b.shape, np.float32) for b in mlp.biases]
+    full.backward(g, full_ws, full_bs)
+    out = critic.forward(x)
+    assert out.shape == (1, 7, 3)
+    np.testing.assert_array_equal(out[0], out_full[1])
+    ws = [np.zeros((1, *w.shape[1:]), np.float32) for w in mlp.weights]
+    bs = [np.zeros((1, *b.shape[1:]), np.float32) for b in mlp.biases]
+    critic.backward(g[1:2], ws, bs)
+    for mine, ref in zip(ws + bs, full_ws + full_bs):
+        np.testing.assert_allclose(mine[0], ref[1], rtol=1e-6, atol=1e-7)
+
+
 def test_kernel_sees_optimizer_steps_and_load_state_dict():
     mlp, opt, kernel = build("tanh")
     x = np.random.default_rng(1).normal(size=(4, 5)).astype(np.float32)

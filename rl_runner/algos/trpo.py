@@ -312,7 +312,7 @@ class TRPO(OnPolicyAlgorithm):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)  # in place: the actor leaves keep pointing at the buffer
         self.policy_updates, self.rejected_steps = state["policy_updates"], state["rejected_steps"]
-        self.shrunk_steps = state["shrunk_steps"]
+        self.shrunk_steps = state.get("shrunk_steps", 0)  # absent from the first TRPO checkpoints
 
 
 def _flat(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
