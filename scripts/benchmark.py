@@ -72,8 +72,9 @@ How it is measured:
   (verbose=0, no tensorboard_log); rl-runner steps a gymnasium SyncVectorEnv, SB3 a DummyVecEnv of
   Monitor-wrapped envs (both in one process); linear schedules are evaluated one rollout apart
   (rl-runner at the progress before the rollout just collected, SB3 after it); rl-runner uses
-  trainer.torch_threads (default 1), SB3 torch's default (one thread per core) unless the runner
-  name gives a thread count.
+  trainer.torch_threads (default 1; it also caps numpy's BLAS threads),
+  SB3 torch's default (one thread per core, numpy's BLAS likewise) unless the runner name gives a
+  thread count.
 """
 
 
