@@ -5,24 +5,27 @@ import numpy as np
 import pytest
 import torch
 
-from rl_runner.kernels import MLPKernel
+from rl_runner.kernels import _SIGMOID_TANH_MIN, MLPKernel, _tanh_
 from rl_runner.nets import ParallelMLP
 from rl_runner.optim import FlatAdam
 
 
-def build(activation: str):
+def build(activation: str, hidden=(16, 8)):
     torch.manual_seed(0)
-    mlp = ParallelMLP(5, [16, 8], 3, k=2, activation=activation)
+    mlp = ParallelMLP(5, list(hidden), 3, k=2, activation=activation)
     opt = FlatAdam(mlp.parameters(), lr=1e-2)
     return mlp, opt, MLPKernel(mlp)
 
 
+# 300 rows put the hidden layers above the size where tanh goes through torch's sigmoid;
+# with [64, 48] hidden the hidden-to-hidden matmuls go through torch.bmm
+@pytest.mark.parametrize("rows,hidden", [(11, (16, 8)), (300, (16, 8)), (300, (64, 48))])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_forward_and_backward_match_torch(activation):
-    mlp, _, kernel = build(activation)
+def test_forward_and_backward_match_torch(activation, rows, hidden):
+    mlp, _, kernel = build(activation, hidden)
     r = np.random.default_rng(0)
-    x = r.normal(size=(11, 5)).astype(np.float32)
-    g = r.normal(size=(2, 11, 3)).astype(np.float32)
+    x = r.normal(size=(rows, 5)).astype(np.float32)
+    g = r.normal(size=(2, rows, 3)).astype(np.float32)
     out = kernel.forward(x)
     grad_ws = [np.zeros(w.shape, np.float32) for w in mlp.weights]
     grad_bs = [np.zeros(b.shape, np.float32) for b in mlp.biases]
@@ -33,7 +36,18 @@ def test_forward_and_backward_match_torch(activation):
     mlp.zero_grad()
     (ref * torch.from_numpy(g)).sum().backward()
     for mine, p in zip(grad_ws + grad_bs, list(mlp.weights) + list(mlp.biases)):
-        np.testing.assert_allclose(mine, p.grad.numpy(), rtol=1e-4, atol=1e-6)
+        # float32 sums over `rows` terms of size ~1: rounding grows with the row count
+        np.testing.assert_allclose(mine, p.grad.numpy(), rtol=1e-4, atol=1e-6 * rows)
+
+
+def test_tanh_in_place_matches_numpy_on_both_paths():
+    r = np.random.default_rng(0)
+    for size in (100, 3 * _SIGMOID_TANH_MIN):
+        x = (r.normal(size=size) * 4).astype(np.float32)
+        x[:4] = [0.0, 30.0, -30.0, 1e-6]  # saturation and tiny inputs
+        a = x.copy()
+        _tanh_(a)
+        np.testing.assert_allclose(a, np.tanh(x), rtol=0, atol=3e-7)
 
 
 def test_a_members_slice_evaluates_that_network_alone():
