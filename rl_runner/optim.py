@@ -4,15 +4,18 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
+import numpy as np
 import torch
 
 
 class FlatAdam:
     """Adam (Kingma & Ba 2015, Algorithm 1) with gradient-norm clipping, on a flat buffer.
 
-    Every parameter and its gradient become views into two flat tensors, so one step is six
-    kernels instead of torch.optim's per-call Python work (~0.15 ms per step on a small CPU,
-    more than the step's arithmetic for a 64x64 MLP). Same update as torch.optim.Adam and
+    Every parameter and its gradient become views into two flat tensors, so one step is one
+    call of torch's fused Adam kernel (the one behind `torch.optim.Adam(fused=True)`): ~19 us
+    for 9k parameters here, against ~98 us for the six elementwise ops it replaces and ~0.15 ms
+    for torch.optim's per-call Python work. The norm for clipping is one numpy dot product (~3 us
+    against ~50 us for torch's scalar-tensor ops). Same update as torch.optim.Adam and
     torch.nn.utils.clip_grad_norm_. Gradients accumulate in place: never set them to None.
     """
 
@@ -33,24 +36,29 @@ class FlatAdam:
         self.exp_avg = torch.zeros(n)
         self.exp_avg_sq = torch.zeros(n)
         self.steps = 0
+        self._step_t = torch.zeros(())  # the fused kernel reads the step count from a tensor
+        self._grad_np = self.grad.numpy()
 
     def zero_grad(self) -> None:
         self.grad.zero_()
 
-    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
-        norm = torch.linalg.vector_norm(self.grad)
-        self.grad.mul_((max_norm / (norm + 1e-6)).clamp_(max=1.0))
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """Scale the gradient to norm `max_norm` where it is longer; returns the norm before."""
+        g = self._grad_np
+        norm = math.sqrt(float(np.dot(g, g)))
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1.0:
+            np.multiply(g, coef, out=g)
         return norm
 
     @torch.no_grad()
     def step(self) -> None:
         self.steps += 1
+        self._step_t.fill_(self.steps)
         beta1, beta2 = self.betas
-        self.exp_avg.lerp_(self.grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(self.grad, self.grad, value=1 - beta2)
-        bias1, bias2 = 1 - beta1**self.steps, 1 - beta2**self.steps
-        denom = (self.exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(self.eps)
-        self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / bias1)
+        torch._fused_adam_([self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [],
+                           [self._step_t], lr=self.lr, beta1=beta1, beta2=beta2,
+                           weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)
 
     def state_dict(self) -> dict:
         return {"exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone(),

@@ -40,3 +40,13 @@ def test_flat_adam_state_round_trip():
     opt2.load_state_dict(opt.state_dict())
     assert opt2.steps == 1 and opt2.lr == 1e-3
     torch.testing.assert_close(opt2.exp_avg, opt.exp_avg)
+
+
+def test_clip_grad_norm_scales_only_long_gradients_and_returns_the_norm_before():
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = FlatAdam([p], lr=1e-3)
+    opt.grad.copy_(torch.tensor([3.0, 4.0, 0.0, 0.0]))
+    assert abs(opt.clip_grad_norm(1.0) - 5.0) < 1e-6
+    torch.testing.assert_close(p.grad, torch.tensor([0.6, 0.8, 0.0, 0.0]))
+    assert abs(opt.clip_grad_norm(2.0) - 1.0) < 1e-6  # already short: unchanged
+    torch.testing.assert_close(p.grad, torch.tensor([0.6, 0.8, 0.0, 0.0]))
