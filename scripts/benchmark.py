@@ -9,6 +9,7 @@ section of docs/benchmarks.md (other tasks' sections stay), so tasks can be meas
     python scripts/benchmark.py --tasks ppo-cartpole --steps-scale 0.05   # a quick check
     python scripts/benchmark.py --tasks trpo-cartpole,sac-pendulum    # TRPO and SAC
     python scripts/benchmark.py --seeds 0,1,2 --sb3-one-thread    # + SB3 at one torch thread
+    python scripts/benchmark.py --seeds 0,1,2 --runs-dir runs --reuse  # keep runs already done
 """
 from __future__ import annotations
 
@@ -123,16 +124,23 @@ def config_mismatches(task: Task, cfg: dict) -> list[str]:
     return out
 
 
+def rl_runner_dir(task: Task, seed: int, work: Path) -> Path:
+    return work / f"rl-runner_{task.key}_s{seed}"
+
+
 def run_rl_runner(task: Task, seed: int, steps: int, work: Path) -> dict:
-    run_dir = work / f"rl-runner_{task.key}_s{seed}"
+    run_dir = rl_runner_dir(task, seed, work)
     log = work / f"rl-runner_{task.key}_s{seed}.log"
     cmd = [*rl_run_command(), *rl_run_overrides(task, seed, steps), f"hydra.run.dir={run_dir}"]
     proc_seconds, error = _subprocess(cmd, log, work)
-    results_file = run_dir / "results.json"
-    if error or not results_file.exists():
+    if error or not (run_dir / "results.json").exists():
         return {"status": "failed", "error": error or "no results.json", "process_seconds":
                 proc_seconds}
-    res = json.loads(results_file.read_text())
+    return read_rl_runner(task, run_dir, proc_seconds)
+
+
+def read_rl_runner(task: Task, run_dir: Path, proc_seconds: float | None) -> dict:
+    res = json.loads((run_dir / "results.json").read_text())
     import yaml
 
     cfg = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
@@ -144,10 +152,14 @@ def run_rl_runner(task: Task, seed: int, steps: int, work: Path) -> dict:
 
 
 # ---- stable-baselines3 -------------------------------------------------------------------------
+def sb3_result(task: Task, seed: int, threads: int | None, work: Path) -> Path:
+    return work / f"sb3{threads or ''}_{task.key}_s{seed}.json"
+
+
 def run_sb3(task: Task, seed: int, steps: int, threads: int | None, eval_every: int,
             eval_episodes: int, work: Path) -> dict:
-    tag = f"sb3{threads or ''}_{task.key}_s{seed}"
-    out = work / f"{tag}.json"
+    out = sb3_result(task, seed, threads, work)
+    tag = out.stem
     spec = {"task": task.key, "seed": seed, "steps": steps, "threads": threads,
             "eval_every": eval_every, "eval_episodes": eval_episodes, "out": str(out)}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--sb3-child", json.dumps(spec)]
@@ -208,6 +220,24 @@ def sb3_child(spec: dict) -> None:
     Path(spec["out"]).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def kept_run(task: Task, seed: int, runner: str, threads: int | None, work: Path) -> dict | None:
+    """A completed run of this task, seed and runner already in `work` (--reuse), else None."""
+    if runner == "rl-runner":
+        where = rl_runner_dir(task, seed, work) / "results.json"
+    else:
+        where = sb3_result(task, seed, threads, work)
+    if not where.exists():
+        return None
+    if runner == "rl-runner":
+        r = read_rl_runner(task, where.parent, None)
+    else:
+        r = {**json.loads(where.read_text()), "process_seconds": None}
+    if r["status"] != "completed":
+        return None
+    ended = datetime.datetime.fromtimestamp(where.stat().st_mtime, datetime.timezone.utc)
+    return {**r, "kept": ended.strftime("%Y-%m-%d %H:%M")}
+
+
 # ---- running and reporting ---------------------------------------------------------------------
 def _subprocess(cmd: list[str], log: Path, cwd: Path) -> tuple[float, str | None]:
     """Run `cmd` with its output in `log`; (wall seconds, None or the reason it failed)."""
@@ -253,7 +283,13 @@ def fmt_return(r: dict) -> str:
 
 
 def fmt_load(r: dict) -> str:
+    if r.get("kept"):
+        return f"earlier run, ended {r['kept']}"
     return f"{r['load'][0]:.2f} / {r['load'][1]:.2f}"
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds:.1f}"
 
 
 def mean_std(values: list[float]) -> str:
@@ -271,7 +307,9 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
     start, end = markers(task_section(name))
     peer_class = {"ppo": "PPO", "trpo": "TRPO", "sac": "SAC"}[algo]
     lines = [start, f"## {algo.upper()} speed on {task.env}: rl-runner vs {peer}", "",
-             f"- Date: {started} (UTC)",
+             f"- Date: {started} (UTC)" + ("; the rows marked \"earlier run\" were kept "
+                                          "from earlier runs of the same code (--reuse)"
+                                          if any(r.get("kept") for r in rows) else ""),
              f"- Machine: {machine()}; 1-min load average {loads[0]:.2f} at start, "
              f"{loads[1]:.2f} at end",
              f"- Versions: {versions()}",
@@ -291,12 +329,12 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
     for r in rows:
         if r["status"] != "completed":
             lines.append(f"| {r['task']} | {r['seed']} | {r['runner']} | | | | | "
-                         f"{r['process_seconds']:.1f} | {fmt_load(r)} | "
+                         f"{fmt_seconds(r['process_seconds'])} | {fmt_load(r)} | "
                          f"{r['status']}: {r.get('error', '')[:120]} |")
             continue
         lines.append(f"| {r['task']} | {r['seed']} | {r['runner']} | {r['torch_threads']} | "
                      f"{r['env_steps']} | {r['loop_seconds']:.1f} | {r['sps']:.0f} | "
-                     f"{r['process_seconds']:.1f} | {fmt_load(r)} | {fmt_return(r)} |")
+                     f"{fmt_seconds(r['process_seconds'])} | {fmt_load(r)} | {fmt_return(r)} |")
     lines += ["", "rl-runner against each SB3 configuration (means over seeds; "
               "± is the std over seeds when there are several):", "",
               "| task | compared with | rl-runner steps/s | SB3 steps/s | "
@@ -375,6 +413,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "(default: %(default)s)")
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="keep run directories and logs here (default: a temporary directory)")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --runs-dir: take the runs already completed there (an interrupted "
+                   "benchmark, or more seeds added later, on unchanged code) instead of running "
+                   "them again; the table says which runs were kept and when they ended")
     args = p.parse_args(argv)
     args.task_list = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in args.task_list if t not in TASKS]
@@ -388,6 +430,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--seeds is empty")
     if not args.steps_scale > 0:
         p.error("--steps-scale must be positive")
+    if args.reuse and args.runs_dir is None:
+        p.error("--reuse needs --runs-dir (the directory with the earlier runs)")
     if args.sb3_threads is not None and args.sb3_threads < 1:
         p.error("--sb3-threads must be at least 1")
     return args
@@ -441,7 +485,11 @@ def main(argv: list[str]) -> int:
             for seed in args.seed_list:
                 for runner, threads in runners:
                     load = os.getloadavg()[0]
-                    if runner == "rl-runner":
+                    kept = kept_run(TASKS[name], seed, runner, threads, work) \
+                        if args.reuse else None
+                    if kept:
+                        r = kept
+                    elif runner == "rl-runner":
                         r = run_rl_runner(TASKS[name], seed, steps, work)
                     else:
                         r = run_sb3(TASKS[name], seed, steps, threads, eval_every, eval_episodes,
@@ -454,10 +502,11 @@ def main(argv: list[str]) -> int:
                         r.update(status="failed", error="config changed during the benchmark: "
                                  + "; ".join(r["mismatches"]))
                     rows.append(r)
-                    where = f"[{len(rows)}/{total}] {name} seed {seed} {runner}:"
+                    where = f"[{len(rows)}/{total}] {name} seed {seed} {runner}" + (
+                        f" (kept, ended {r['kept']}):" if r.get("kept") else ":")
                     if r["status"] == "completed":
                         print(f"{where} {r['env_steps']} env steps in {r['loop_seconds']:.1f} s "
-                              f"({r['sps']:.0f} steps/s; process {r['process_seconds']:.1f} s, "
+                              f"({r['sps']:.0f} steps/s; process {fmt_seconds(r['process_seconds'])} s, "
                               f"{r['torch_threads']} torch threads), eval return "
                               f"{fmt_return(r)}", flush=True)
                     else:
