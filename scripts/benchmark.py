@@ -228,7 +228,10 @@ def kept_run(task: Task, seed: int, runner: str, threads: int | None, work: Path
         where = sb3_result(task, seed, threads, work)
     if not where.exists():
         return None
-    if runner == "rl-runner":
+    row = row_file(task, seed, runner, work)
+    if row.exists():  # written by the benchmark that ran it: has its load and process time
+        r = json.loads(row.read_text())
+    elif runner == "rl-runner":
         r = read_rl_runner(task, where.parent, None)
     else:
         r = {**json.loads(where.read_text()), "process_seconds": None}
@@ -236,6 +239,10 @@ def kept_run(task: Task, seed: int, runner: str, threads: int | None, work: Path
         return None
     ended = datetime.datetime.fromtimestamp(where.stat().st_mtime, datetime.timezone.utc)
     return {**r, "kept": ended.strftime("%Y-%m-%d %H:%M")}
+
+
+def row_file(task: Task, seed: int, runner: str, work: Path) -> Path:
+    return work / f"row_{task.key}_s{seed}_{runner.replace(' ', '_')}.json"
 
 
 # ---- running and reporting ---------------------------------------------------------------------
@@ -283,6 +290,8 @@ def fmt_return(r: dict) -> str:
 
 
 def fmt_load(r: dict) -> str:
+    if r.get("kept") and r.get("load"):
+        return f"{r['load'][0]:.2f} / {r['load'][1]:.2f} (earlier run, ended {r['kept']})"
     if r.get("kept"):
         return f"earlier run, ended {r['kept']}"
     return f"{r['load'][0]:.2f} / {r['load'][1]:.2f}"
@@ -488,13 +497,16 @@ def main(argv: list[str]) -> int:
                     kept = kept_run(TASKS[name], seed, runner, threads, work) \
                         if args.reuse else None
                     if kept:
-                        r = kept
+                        r, load = kept, None
                     elif runner == "rl-runner":
                         r = run_rl_runner(TASKS[name], seed, steps, work)
                     else:
                         r = run_sb3(TASKS[name], seed, steps, threads, eval_every, eval_episodes,
                                     work)
-                    r.update(task=name, seed=seed, runner=runner, load=(load, os.getloadavg()[0]))
+                    r.update(task=name, seed=seed, runner=runner)
+                    if load is not None:  # a new run: its row is kept for a later --reuse
+                        r.update(load=(load, os.getloadavg()[0]))
+                        row_file(TASKS[name], seed, runner, work).write_text(json.dumps(r))
                     if r["status"] == "completed" and r["env_steps"] != steps:
                         r.update(status="failed", error=f"ran {r['env_steps']} env steps, "
                                  f"expected {steps}")
