@@ -364,15 +364,16 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
             lines.append(f"| {name} | {label} | {sps_a:.0f} | {sps_b:.0f} | {sps_a / sps_b:.2f} | "
                          f"{mean_std(ret_a)} | {mean_std(ret_b)} | "
                          f"{statistics.mean(ret_a) - statistics.mean(ret_b):+.1f} |")
-    lines += ["", f"Hyperparameters (RL Zoo `hyperparams/{algo}.yml`; the same for both "
-              "libraries; checked against rl-runner's composed config before and after each "
+    lines += ["", f"Hyperparameters (RL Zoo `hyperparams/{algo}.yml` unless the line says "
+              "otherwise; the same for both libraries; checked against rl-runner's composed config before and after each "
               "run):", ""]
     for name, (steps, every, episodes) in plan.items():
         t = TASKS[name]
         hp = ", ".join(f"{k} {v}" for k, v in t.algo.items() if k not in COMMON[algo])
         lines.append(f"- {name} ({t.env_id}): {t.n_envs} envs, {steps} env steps "
                      f"({t.total_steps} × {args.steps_scale:g}, whole updates), {hp}; "
-                     f"evaluation every {every} env steps, {episodes} episodes")
+                     f"evaluation every {every} env steps, {episodes} episodes"
+                     + (f"; not the RL Zoo's: {t.from_zoo}" if t.from_zoo else ""))
     lines.append(f"- both: {', '.join(f'{k} {v}' for k, v in COMMON[algo].items())}")
     lines += ["", "How this is measured: see the end of this file.", end]
     return "\n".join(lines) + "\n"
