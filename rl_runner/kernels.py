@@ -100,6 +100,23 @@ class MLPKernel:
         self._inputs, self._rows = x_BI, x_BI.shape[0]
         return h
 
+    def jvp(self, d_ws: list[np.ndarray], d_bs: list[np.ndarray]) -> np.ndarray:
+        """Directional derivative [K, B, out] of the last forward's output when the parameters
+        move along (d_ws, d_bs) (shaped like the weights and biases): forward-mode, one pass."""
+        work = self._work[self._rows]
+        t = None  # the tangent of the layer input (none for the observations)
+        last = len(self.ws) - 1
+        for i, (w, dw, db) in enumerate(zip(self.ws, d_ws, d_bs)):
+            tz = np.matmul(self._inputs if i == 0 else work["h"][i - 1], dw)
+            tz += db
+            if t is not None:
+                tz += np.matmul(t, w)
+            if i < last:
+                a = work["h"][i]
+                tz *= (a > 0.0) if self.relu else 1.0 - a * a
+            t = tz
+        return t
+
     def backward(self, g_KBO: np.ndarray, grad_ws: list[np.ndarray],
                  grad_bs: list[np.ndarray]) -> None:
         """Gradients of the last forward's output, written (not added) into grad_ws / grad_bs."""

@@ -1,8 +1,8 @@
 """TRPO (Schulman et al. 2015): natural-gradient policy steps inside a KL trust region.
 
 One policy step per rollout: the surrogate's gradient g, the search direction x ~ F^-1 g by
-conjugate gradient on Fisher-vector products (double backprop through the mean KL, so F is never
-formed), a step scaled to the KL radius, and a backtracking line search that keeps the step only
+conjugate gradient on Fisher-vector products (the Hessian of the mean KL as J^T H J, one
+forward-mode and one backward pass of the numpy kernel each, so F is never formed), a step scaled to the KL radius, and a backtracking line search that keeps the step only
 if the surrogate improves and the KL stays within the limit. The value function is fitted
 separately by Adam over minibatches, as in sb3-contrib's TRPO.
 """
@@ -12,10 +12,10 @@ import math
 from typing import Callable, NamedTuple
 
 import numpy as np
-import torch
 
 from rl_runner.algos.base import OnPolicyAlgorithm, Rollout, explained_variance
 from rl_runner.errors import UserError
+from rl_runner.heads import log_softmax
 from rl_runner.kernels import MLPKernel
 
 
@@ -100,6 +100,11 @@ class TRPO(OnPolicyAlgorithm):
         self.shrink, self.max_iter = line_search_shrinking_factor, line_search_max_iter
         self.value_epochs, self.batch_size, self.gae_lambda = value_epochs, batch_size, gae_lambda
         self._make_actor_leaves()
+        # the policy step's forward, Jacobian-vector and backward passes: the actor (row 0) alone
+        self._actor_kernel = MLPKernel(self.net.body, members=slice(0, 1))
+        self._fvp_ws = [np.empty_like(w) for w in self._actor_kernel.ws]
+        self._fvp_bs = [np.empty_like(b) for b in self._actor_kernel.bs]
+        self._leaf_ends = np.cumsum([t.numel() for t in self._leaves])[:-1]
         # the value fit touches the critic (row 1 of each stacked layer) alone: half the work
         self._critic_kernel = MLPKernel(self.net.body, members=slice(1, 2))
         self._critic_grads = ([g[1:2] for g in self._grad_ws], [g[1:2] for g in self._grad_bs])
@@ -110,25 +115,20 @@ class TRPO(OnPolicyAlgorithm):
         self.shrunk_steps = 0
 
     def _make_actor_leaves(self) -> None:
-        """Autograd leaves over the actor's rows of the flat parameter buffer, and their indices.
+        """The actor's parameters (row 0 of each ParallelMLP tensor, and the log-std) as views of
+        the flat parameter buffer, and their indices in it.
 
         Actor and critic are stacked on dim 0 of each ParallelMLP weight (row 0 the actor), so
         row 0 is a contiguous block of the flat buffer. The surrogate and the KL do not depend on
         the critic, so the natural gradient lives in these rows alone: working on them only
-        halves the forward and backward work and keeps the critic out of the CG vectors. Each
-        leaf shares memory with the buffer, so writes to the buffer are seen by the leaves and
-        by the numpy kernel alike.
+        halves the forward and backward work and keeps the critic out of the CG vectors. The
+        order (weight, bias per layer, then log-std) is that of the flat vectors g, x and F v.
         """
         flat = self.optimizer.flat
         body = self.net.body
-        self._layers = [(w.detach()[0].detach().requires_grad_(),
-                         b.detach()[0].detach().requires_grad_())
-                        for w, b in zip(body.weights, body.biases)]
-        self._log_std = (None if self.net.log_std is None
-                         else self.net.log_std.detach().requires_grad_())
-        self._leaves = [t for layer in self._layers for t in layer]
-        if self._log_std is not None:
-            self._leaves.append(self._log_std)
+        self._leaves = [t.detach()[0] for w, b in zip(body.weights, body.biases) for t in (w, b)]
+        if self.net.log_std is not None:
+            self._leaves.append(self.net.log_std.detach())
         base = flat.untyped_storage().data_ptr()
         assert all(t.untyped_storage().data_ptr() == base for t in self._leaves)
         self._actor_idx = np.concatenate([
@@ -194,33 +194,56 @@ class TRPO(OnPolicyAlgorithm):
 
     def surrogate_gradient_and_fvp(self, pb: PolicyBatch) -> tuple[
             np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-        """g = d surrogate / d actor params, and v -> (F + damping I) v on the same graph.
+        """g = d surrogate / d actor params, and v -> (F + damping I) v, by the numpy kernel.
 
         F is the Hessian of the mean KL(pi_old || pi_theta) at theta = theta_old, which is the
-        Fisher information of the policy (paper sec. 6 and appendix C): the KL's gradient is built
-        with its graph kept, and each product is one more backward through (grad KL) . v.
+        Fisher information of the policy (paper sec. 6 and appendix C). There the KL's gradient
+        in the actor output is zero, so its Hessian is J^T H J: J the Jacobian of the actor output
+        in the parameters, H the KL's Hessian in the output (categorical: diag(p) - p p^T;
+        Gaussian mean: 1 / var; log-std: 2 per dimension, not coupled to the mean). Each product
+        is one forward-mode pass for J v and one backward pass for J^T (H J v): F is never
+        formed, and no autograd graph is built (tests check it against autograd's Hessian).
         """
-        dist = self.net.dist
-        obs = torch.from_numpy(pb.obs)
-        out = self._actor_forward(obs)
-        logp, entropy = dist.log_prob_entropy(out, self._log_std, torch.from_numpy(pb.actions))
+        kernel, head, n = self._actor_kernel, self.head, len(pb.obs)
+        out = kernel.forward(pb.obs.reshape(n, -1))[0]
+        logp, _, _ = head.evaluate(out, self.log_std, pb.actions)
         # L(theta) = mean(pi_theta / pi_old * A) (+ entropy bonus), paper eq. 14
-        surrogate = (torch.exp(logp - torch.from_numpy(pb.old_logp))
-                     * torch.from_numpy(pb.adv)).mean()
-        if self.ent_coef:
-            surrogate = surrogate + self.ent_coef * entropy.mean()
-        g = _flat(torch.autograd.grad(surrogate, self._leaves, retain_graph=True))
-        old_log_std = None if self._log_std is None else self._log_std.detach()
-        kl = dist.kl(out.detach(), out, old_log_std, self._log_std).mean()
-        g_kl = _flat(torch.autograd.grad(kl, self._leaves, create_graph=True))
+        g_out, g_log_std = head.backward(np.exp(logp - pb.old_logp) * pb.adv / n,
+                                         np.full(n, self.ent_coef / n, np.float32))
+        g = self._actor_backward(g_out, g_log_std)
+        if head.discrete:
+            p = np.exp(log_softmax(out))
+
+            def hessian_out(jv: np.ndarray) -> np.ndarray:
+                return p * (jv - (p * jv).sum(axis=1, keepdims=True)) / n
+        else:
+            inv_var_n = np.exp(-2.0 * self.log_std) / n
+
+            def hessian_out(jv: np.ndarray) -> np.ndarray:
+                return jv * inv_var_n
         damping = self.cg_damping
 
         def fvp(v: np.ndarray) -> np.ndarray:
-            v32 = torch.from_numpy(np.asarray(v, np.float32))
-            hv = _flat(torch.autograd.grad(g_kl @ v32, self._leaves, retain_graph=True))
-            return hv.numpy().astype(np.float64) + damping * np.asarray(v, np.float64)
+            parts = np.split(np.asarray(v, np.float32), self._leaf_ends)
+            n_layers = len(kernel.ws)
+            d_ws = [d.reshape(w.shape) for d, w in zip(parts[0:2 * n_layers:2], kernel.ws)]
+            d_bs = [d.reshape(b.shape) for d, b in zip(parts[1:2 * n_layers:2], kernel.bs)]
+            jv = kernel.jvp(d_ws, d_bs)[0]
+            hv = self._actor_backward(hessian_out(jv),
+                                      2.0 * parts[-1] if self.log_std is not None else None)
+            return hv.astype(np.float64) + damping * np.asarray(v, np.float64)
 
-        return g.numpy().astype(np.float64), fvp
+        return g.astype(np.float64), fvp
+
+    def _actor_backward(self, g_out_BA: np.ndarray, g_log_std_A: np.ndarray | None) -> np.ndarray:
+        """J^T g: the gradient in the actor's parameters (flat, in actor-index order) of the last
+        actor forward, given the gradient in its output (and in the log-std, passed through)."""
+        ws, bs = self._fvp_ws, self._fvp_bs
+        self._actor_kernel.backward(g_out_BA[None], ws, bs)
+        parts = [a.ravel() for pair in zip(ws, bs) for a in pair]
+        if g_log_std_A is not None:
+            parts.append(np.asarray(g_log_std_A, np.float32).ravel())
+        return np.concatenate(parts)
 
     def line_search(self, pb: PolicyBatch, full_step: np.ndarray) -> LineSearch:
         """Try theta_old + shrink^i full_step for i = 0, 1, ...; keep the first that raises the
@@ -251,16 +274,6 @@ class TRPO(OnPolicyAlgorithm):
         entropy_mean = float(entropy.mean())
         surrogate = float((np.exp(logp - pb.old_logp) * pb.adv).mean())
         return surrogate + self.ent_coef * entropy_mean, float(kl.mean()), entropy_mean
-
-    def _actor_forward(self, obs_BD: torch.Tensor) -> torch.Tensor:
-        """The actor's output [B, A] from the actor leaves alone (ParallelMLP's row 0)."""
-        h = obs_BD
-        act, last = self.net.body.act, len(self._layers) - 1
-        for i, (w, b) in enumerate(self._layers):
-            h = torch.addmm(b, h, w)
-            if i < last:
-                h = act(h)
-        return h
 
     def fit_value(self, obs: np.ndarray, ret: np.ndarray) -> float:
         """`value_epochs` passes of Adam on the squared error, in minibatches of batch_size.
@@ -313,7 +326,3 @@ class TRPO(OnPolicyAlgorithm):
         super().load_state_dict(state)  # in place: the actor leaves keep pointing at the buffer
         self.policy_updates, self.rejected_steps = state["policy_updates"], state["rejected_steps"]
         self.shrunk_steps = state.get("shrunk_steps", 0)  # absent from the first TRPO checkpoints
-
-
-def _flat(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
