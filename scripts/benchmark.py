@@ -365,8 +365,8 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
                          f"{mean_std(ret_a)} | {mean_std(ret_b)} | "
                          f"{statistics.mean(ret_a) - statistics.mean(ret_b):+.1f} |")
     lines += ["", f"Hyperparameters (RL Zoo `hyperparams/{algo}.yml` unless the line says "
-              "otherwise; the same for both libraries; checked against rl-runner's composed config before and after each "
-              "run):", ""]
+              "otherwise; the same for both libraries; checked against rl-runner's composed "
+              "config before and after each run):", ""]
     for name, (steps, every, episodes) in plan.items():
         t = TASKS[name]
         hp = ", ".join(f"{k} {v}" for k, v in t.algo.items() if k not in COMMON[algo])
@@ -519,7 +519,8 @@ def main(argv: list[str]) -> int:
                         f" (kept, ended {r['kept']}):" if r.get("kept") else ":")
                     if r["status"] == "completed":
                         print(f"{where} {r['env_steps']} env steps in {r['loop_seconds']:.1f} s "
-                              f"({r['sps']:.0f} steps/s; process {fmt_seconds(r['process_seconds'])} s, "
+                              f"({r['sps']:.0f} steps/s; "
+                              f"process {fmt_seconds(r['process_seconds'])} s, "
                               f"{r['torch_threads']} torch threads), eval return "
                               f"{fmt_return(r)}", flush=True)
                     else:

@@ -2,8 +2,9 @@
 
 One policy step per rollout: the surrogate's gradient g, the search direction x ~ F^-1 g by
 conjugate gradient on Fisher-vector products (the Hessian of the mean KL as J^T H J, one
-forward-mode and one backward pass of the numpy kernel each, so F is never formed), a step scaled to the KL radius, and a backtracking line search that keeps the step only
-if the surrogate improves and the KL stays within the limit. The value function is fitted
+forward-mode and one backward pass of the numpy kernel each, so F is never formed), a step
+scaled to the KL radius, and a backtracking line search that keeps the step only if the
+surrogate improves and the KL stays within the limit. The value function is fitted
 separately by Adam over minibatches, as in sb3-contrib's TRPO.
 """
 from __future__ import annotations
