@@ -100,6 +100,15 @@ class MLPKernel:
         self._inputs, self._rows = x_BI, x_BI.shape[0]
         return h
 
+    def _activation_grad(self, a: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The activation's derivative at the pre-activations whose outputs are `a`, into `out`."""
+        if self.relu:
+            np.greater(a, 0.0, out=out)
+        else:  # tanh' = 1 - tanh^2
+            np.multiply(a, a, out=out)
+            np.subtract(1.0, out, out=out)
+        return out
+
     def jvp(self, d_ws: list[np.ndarray], d_bs: list[np.ndarray]) -> np.ndarray:
         """Directional derivative [K, B, out] of the last forward's output when the parameters
         move along (d_ws, d_bs) (shaped like the weights and biases): forward-mode, one pass."""
@@ -112,8 +121,7 @@ class MLPKernel:
             if t is not None:
                 tz += np.matmul(t, w)
             if i < last:
-                a = work["h"][i]
-                tz *= (a > 0.0) if self.relu else 1.0 - a * a
+                tz *= self._activation_grad(work["h"][i], work["tmp"][i])
             t = tz
         return t
 
@@ -132,10 +140,5 @@ class MLPKernel:
                 break
             a, tmp, g_prev = work["h"][i - 1], work["tmp"][i - 1], work["g"][i - 1]
             _bmm(g, self.ws[i].transpose(0, 2, 1), g_prev)
-            if self.relu:
-                np.greater(a, 0.0, out=tmp)
-            else:  # tanh' = 1 - tanh^2
-                np.multiply(a, a, out=tmp)
-                np.subtract(1.0, tmp, out=tmp)
-            g_prev *= tmp
+            g_prev *= self._activation_grad(a, tmp)
             g = g_prev
