@@ -498,14 +498,14 @@ def main(argv: list[str]) -> int:
                     kept = kept_run(TASKS[name], seed, runner, threads, work) \
                         if args.reuse else None
                     if kept:
-                        r, load = kept, None
+                        r = kept
                     elif runner == "rl-runner":
                         r = run_rl_runner(TASKS[name], seed, steps, work)
                     else:
                         r = run_sb3(TASKS[name], seed, steps, threads, eval_every, eval_episodes,
                                     work)
                     r.update(task=name, seed=seed, runner=runner)
-                    if load is not None:  # a new run: its row is kept for a later --reuse
+                    if not kept:  # a new run: its row is kept for a later --reuse
                         r.update(load=(load, os.getloadavg()[0]))
                         row_file(TASKS[name], seed, runner, work).write_text(json.dumps(r))
                     if r["status"] == "completed" and r["env_steps"] != steps:
