@@ -20,7 +20,7 @@ NON_NEGATIVE = {"lr", "ent_coef", "vf_coef", "eval_every", "checkpoint_every", "
                 "max_grad_norm", "value_epochs", "kl_target", "kl_beta", "clip_coef"}
 UNIT_INTERVAL = {"gamma", "gae_lambda", "tau"}
 TRAINER_TYPES = {"total_steps": int, "eval_every": int, "eval_episodes": int,
-                 "checkpoint_every": int, "torch_threads": int, "device": str,
+                 "checkpoint_every": int, "torch_threads": int | str, "device": str,
                  "save_replay_buffer": bool, "progress": bool}
 
 
@@ -67,6 +67,10 @@ def check_trainer(cfg: DictConfig) -> None:
     for key, value in cfg.trainer.items():
         if key in TRAINER_TYPES:
             check_value(f"trainer.{key}", value, TRAINER_TYPES[key])
+    threads = cfg.trainer.torch_threads
+    if isinstance(threads, str) and threads != "auto":
+        raise UserError(f"trainer.torch_threads={threads!r} is not allowed; expected a positive "
+                        "number of threads or auto")
     check_value("seed", cfg.seed, int)
     check_value("env.n_envs", cfg.env.n_envs, int)
     check_value("env.id", cfg.env.id, str)

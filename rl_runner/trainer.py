@@ -5,6 +5,7 @@ import ctypes
 import json
 import logging
 import math
+import os
 import platform
 import shlex
 import signal
@@ -50,6 +51,14 @@ FEEDERS = {"on_policy": _rollout_collector, "off_policy": ReplayFeeder}
 LOG_EVERY = {"on_policy": 1, "off_policy": 100}
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def keep_freed_memory() -> None:
     """Keep freed blocks in the heap instead of handing them back to the OS (glibc only).
 
@@ -85,10 +94,6 @@ class Trainer:
         self.cfg, self.run_dir, self.tcfg = cfg, Path(run_dir), cfg.trainer
         self.ckpt_dir = self.run_dir / "checkpoints"
         config_checks.check_trainer(cfg)
-        torch.set_num_threads(self.tcfg.torch_threads)
-        # numpy's OpenBLAS (the on-policy kernels, GAE) gets the same count: its default of one
-        # thread per core made a 256x64 matmul 2x slower while another process held a core
-        threadpool_limits(self.tcfg.torch_threads, user_api="blas")
         keep_freed_memory()
         checkpoint = load_checkpoint(self.ckpt_dir / "last.pt") if resume else None
         if not resume and ((self.ckpt_dir / "last.pt").exists()
@@ -102,6 +107,7 @@ class Trainer:
         self.envs.action_space.seed(cfg.seed)
         self.algo = self._build_algo(self.envs.single_observation_space,
                                      self.envs.single_action_space)
+        self.threads = self._set_threads()
         self.family = self.algo.family
         if self.family not in FEEDERS:
             raise UserError(f"algorithm family {self.family!r} is not supported by this trainer; "
@@ -157,12 +163,23 @@ class Trainer:
                            n_envs=cfg.env.n_envs, total_steps=self.tcfg.total_steps,
                            seed=cfg.seed, _convert_="all")
 
+    def _set_threads(self) -> int:
+        """trainer.torch_threads, or with `auto` the algorithm's choice for its matmul sizes."""
+        threads = self.tcfg.torch_threads
+        if threads == "auto":
+            threads = self.algo.preferred_threads(usable_cores())
+        torch.set_num_threads(threads)
+        # numpy's OpenBLAS (the on-policy kernels, GAE) gets the same count: its default of one
+        # thread per core made a 256x64 matmul 2x slower while another process held a core
+        threadpool_limits(threads, user_api="blas")
+        return threads
+
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict:
         total = self.budget
-        log.info("%s on %s: %d envs, %d env steps, seed %d, run dir %s",
+        log.info("%s on %s: %d envs, %d env steps, seed %d, %d torch threads, run dir %s",
                  self.algo_name, self.cfg.env.id, self.cfg.env.n_envs,
-                 total, self.cfg.seed, self.run_dir)
+                 total, self.cfg.seed, self.threads, self.run_dir)
         start, start_steps = time.perf_counter(), self.env_steps
         bar = tqdm.tqdm(total=total, initial=self.env_steps, unit="step", dynamic_ncols=True,
                         disable=not self.tcfg.progress, mininterval=0.5, smoothing=0.1)
@@ -348,7 +365,7 @@ class Trainer:
             "eval_step": self.last_eval_step,
             "best_eval_return_mean": self.best_eval if self.last_eval else float("nan"),
             "status": status, "versions": versions(), "run_dir": str(self.run_dir),
-            "total_steps": self.tcfg.total_steps,
+            "total_steps": self.tcfg.total_steps, "torch_threads": self.threads,
         }
         if error:
             results["error"] = error

@@ -73,7 +73,8 @@ How it is measured:
   (verbose=0, no tensorboard_log); rl-runner steps a gymnasium SyncVectorEnv, SB3 a DummyVecEnv of
   Monitor-wrapped envs (both in one process); linear schedules are evaluated one rollout apart
   (rl-runner at the progress before the rollout just collected, SB3 after it); rl-runner uses
-  trainer.torch_threads (default 1; it also caps numpy's BLAS threads),
+  trainer.torch_threads (default auto: 1, or every usable core for sac's big matmuls; it also
+  caps numpy's BLAS threads),
   SB3 torch's default (one thread per core, numpy's BLAS likewise) unless the runner name gives a
   thread count.
 """
@@ -147,7 +148,7 @@ def read_rl_runner(task: Task, run_dir: Path, proc_seconds: float | None) -> dic
     return {"status": res["status"], "env_steps": res["env_steps"],
             "loop_seconds": res["wall_seconds"], "sps": res["sps"],
             "eval_return_mean": res["eval_return_mean"], "eval_return_std": res["eval_return_std"],
-            "eval_episodes": res["eval_episodes"], "torch_threads": cfg["trainer"]["torch_threads"],
+            "eval_episodes": res["eval_episodes"], "torch_threads": res.get("torch_threads", cfg["trainer"]["torch_threads"]),
             "process_seconds": proc_seconds, "mismatches": config_mismatches(task, cfg)}
 
 

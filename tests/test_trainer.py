@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from rl_runner.trainer import train
+from rl_runner.trainer import train, usable_cores
 from tests.conftest import (FAST, NUMBERS, REPO, RESULT_KEYS, VERSION_KEYS, compose,
                             count_summary_tags, read_results, read_scalars, run_cli)
 
@@ -166,6 +166,19 @@ def test_torch_threads_sets_torch_and_numpy_blas_threads(tmp_path, threads):
     finally:
         torch.set_num_threads(before)
         threadpool_limits(max(blas_before, default=None), user_api="blas")
+
+
+def test_auto_threads_are_one_for_small_networks_and_every_core_for_big_sac(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        ppo = train(short_cfg("trainer.total_steps=256"), tmp_path / "ppo")
+        assert ppo["torch_threads"] == torch.get_num_threads() == 1
+        # no update runs before learning_starts: only the thread choice is exercised
+        sac = train(compose(["algo=sac", "env=pendulum", *FAST, "trainer.total_steps=50",
+                             "algo.learning_starts=100"]), tmp_path / "sac")
+        assert sac["torch_threads"] == torch.get_num_threads() == usable_cores()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_budget_rounds_down_to_whole_rollouts(tmp_path):

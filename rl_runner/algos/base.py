@@ -36,6 +36,10 @@ class Algorithm:
     def update(self, batch: Any) -> dict[str, float]:
         raise NotImplementedError
 
+    def preferred_threads(self, cores: int) -> int:
+        """Torch threads for trainer.torch_threads=auto: one, fastest for small networks."""
+        return 1
+
     def state_dict(self) -> dict:
         raise NotImplementedError
 

@@ -326,3 +326,11 @@ def test_discrete_sac_learns_cartpole(tmp_path):
     res = train(cfg, tmp_path / "run")
     assert res["env_steps"] <= 100_000
     assert res["eval_return_mean"] >= 400, res
+
+
+@pytest.mark.parametrize("hidden, batch, threads", [([256, 256], 256, 4), ([400, 300], 256, 4),
+                                                    ([64, 64], 256, 4), ([64, 64], 64, 1),
+                                                    ([128, 128], 32, 1), ([1024], 256, 1)])
+def test_auto_threads_take_every_core_only_for_big_matmuls(hidden, batch, threads):
+    algo = make_sac(PENDULUM_ACT, hidden_sizes=hidden, batch_size=batch)
+    assert algo.preferred_threads(4) == threads
