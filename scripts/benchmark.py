@@ -418,7 +418,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="torch.set_num_threads for the SB3 runs (default: torch's default, as "
                    "an RL Zoo user runs it)")
     p.add_argument("--sb3-one-thread", action="store_true",
-                   help="add a third runner, SB3 with torch.set_num_threads(1) (rl-runner uses one for all but sac's big matmuls)")
+                   help="add a third runner, SB3 with torch.set_num_threads(1) (rl-runner "
+                        "uses one thread for all but sac's big matmuls)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
                    help="markdown file whose speed-<task> sections are replaced "
                    "(default: %(default)s)")
