@@ -32,7 +32,7 @@ def check_env_id(env_id: str) -> None:
     raise UserError(f"env.id={env_id!r} is not a registered gymnasium environment{hint}")
 
 
-def _make_one(env_id: str, kwargs: dict) -> gym.Env:
+def make_one(env_id: str, kwargs: dict) -> gym.Env:
     env = gym.make(env_id, **kwargs)
     if not isinstance(env.observation_space, gym.spaces.Box):
         env = gym.wrappers.FlattenObservation(env)  # e.g. Discrete observations become one-hot
@@ -46,7 +46,7 @@ class _EnvFn:
         self.env_id, self.kwargs = env_id, kwargs
 
     def __call__(self) -> gym.Env:
-        return _make_one(self.env_id, self.kwargs)
+        return make_one(self.env_id, self.kwargs)
 
 
 def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
@@ -55,7 +55,7 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
     check_env_id(env_id)
     kwargs = dict(kwargs or {})
     try:
-        _make_one(env_id, kwargs).close()  # surface bad kwargs as one line, not a worker crash
+        make_one(env_id, kwargs).close()  # surface bad kwargs as one line, not a worker crash
     except TypeError as e:
         raise UserError(f"env.kwargs {kwargs} rejected by {env_id}: {e}") from None
     fns = [_EnvFn(env_id, kwargs) for _ in range(n_envs)]

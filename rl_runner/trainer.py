@@ -9,7 +9,6 @@ import os
 import platform
 import shlex
 import signal
-import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -87,6 +86,24 @@ def algo_class(cfg: DictConfig) -> type:
         raise UserError(f"algo._target_={cfg.algo._target_!r} cannot be imported ({e})") from None
 
 
+def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
+    """The algorithm of `cfg.algo` for these spaces, its hyperparameters checked first."""
+    cls = algo_class(cfg)
+    name = getattr(cls, "name", "") or cls.__name__.lower()
+    if not cls.supports(action_space):
+        able = config_checks.algos_supporting(action_space)
+        raise UserError(f"{name} cannot handle the action space {action_space} of "
+                        f"{cfg.env.id} (it takes "
+                        f"{', '.join(t.__name__ for t in cls.action_spaces)}); algorithms "
+                        f"that can: {', '.join(able) if able else 'none yet'}")
+    provided = {"observation_space", "action_space", "n_envs", "total_steps", "seed"}
+    kwargs = {k: config_checks.to_plain(v) for k, v in cfg.algo.items() if k != "_target_"}
+    config_checks.check_algo_kwargs(name, cls, kwargs, provided)
+    return instantiate(cfg.algo, observation_space=obs_space, action_space=action_space,
+                       n_envs=cfg.env.n_envs, total_steps=cfg.trainer.total_steps,
+                       seed=cfg.seed, _convert_="all")
+
+
 class Trainer:
     """Owns envs, the feeder, counters, logging, evaluation, checkpoints and signals."""
 
@@ -105,8 +122,9 @@ class Trainer:
         self.envs = make_vec_env(cfg.env.id, cfg.env.n_envs, env_kwargs,
                                  cfg.env.get("vectorization", "sync"))
         self.envs.action_space.seed(cfg.seed)
-        self.algo = self._build_algo(self.envs.single_observation_space,
-                                     self.envs.single_action_space)
+        self.algo = build_algo(cfg, self.envs.single_observation_space,
+                               self.envs.single_action_space)
+        self.algo_name = self.algo.name or type(self.algo).__name__.lower()
         self.threads = self._set_threads()
         self.family = self.algo.family
         if self.family not in FEEDERS:
@@ -146,23 +164,6 @@ class Trainer:
             self.logger.hparams(flat, ["eval/return_mean", "charts/episodic_return"])
 
     # ---- construction -------------------------------------------------------------------------
-    def _build_algo(self, obs_space: gym.Space, action_space: gym.Space):
-        cfg = self.cfg
-        cls = algo_class(cfg)
-        name = self.algo_name = getattr(cls, "name", "") or cls.__name__.lower()
-        if not cls.supports(action_space):
-            able = config_checks.algos_supporting(action_space)
-            raise UserError(f"{name} cannot handle the action space {action_space} of "
-                            f"{cfg.env.id} (it takes "
-                            f"{', '.join(t.__name__ for t in cls.action_spaces)}); algorithms "
-                            f"that can: {', '.join(able) if able else 'none yet'}")
-        provided = {"observation_space", "action_space", "n_envs", "total_steps", "seed"}
-        kwargs = {k: config_checks.to_plain(v) for k, v in cfg.algo.items() if k != "_target_"}
-        config_checks.check_algo_kwargs(name, cls, kwargs, provided)
-        return instantiate(cfg.algo, observation_space=obs_space, action_space=action_space,
-                           n_envs=cfg.env.n_envs, total_steps=self.tcfg.total_steps,
-                           seed=cfg.seed, _convert_="all")
-
     def _set_threads(self) -> int:
         """trainer.torch_threads, or with `auto` the algorithm's choice for its matmul sizes."""
         threads = self.tcfg.torch_threads

@@ -1,0 +1,131 @@
+"""Transition datasets for imitation and offline RL: one .npz file, arrays plus JSON metadata.
+
+Arrays, one row per environment step (N rows), in collection order:
+    observations [N, *obs_shape] float32     next_observations [N, *obs_shape] float32
+    actions [N] int64 (Discrete) or [N, *act_shape] float32 (Box, in the env's units)
+    rewards [N] float32   terminations [N] bool   truncations [N] bool   episode_starts [N] bool
+`next_observations` is the real successor, the final observation where an episode ended.
+`metadata` is a JSON string: format, env_id, env_kwargs, observation_space, action_space, source
+(checkpoint and its env steps), collection (settings), episode_returns, episode_lengths (complete
+episodes only), created, rl_runner version.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from rl_runner.errors import UserError
+
+FORMAT = "rl-runner-dataset-1"
+ARRAYS = ("observations", "actions", "rewards", "next_observations", "terminations",
+          "truncations", "episode_starts")
+
+
+@dataclass
+class Dataset:
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_observations: np.ndarray
+    terminations: np.ndarray
+    truncations: np.ndarray
+    episode_starts: np.ndarray
+    metadata: dict
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in ARRAYS}
+
+
+def describe_space(space: gym.Space) -> dict:
+    """A JSON description of a Box or Discrete space, enough to check a match later."""
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, gym.spaces.Box):
+        return {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype),
+                "low": np.asarray(space.low, np.float64).reshape(-1).tolist(),
+                "high": np.asarray(space.high, np.float64).reshape(-1).tolist()}
+    raise UserError(f"datasets hold Box or Discrete spaces, not {space}")
+
+
+def save_dataset(path: Path, data: Dataset) -> None:
+    """Write atomically; an existing file is never replaced."""
+    path = Path(path)
+    if path.exists():
+        raise UserError(f"{path} already exists; choose another out=")
+    check_arrays(path, data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    meta = np.array(json.dumps({"format": FORMAT, **data.metadata}))
+    np.savez_compressed(tmp, metadata=meta, **data.arrays())
+    os.replace(tmp, path)
+
+
+def load_dataset(path: Path) -> Dataset:
+    """Read and check a dataset file; anything wrong is one UserError naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"dataset {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in (*ARRAYS, "metadata") if k not in f.files]
+            if missing:
+                raise UserError(f"dataset {path}: not an rl-runner dataset (missing "
+                                f"{', '.join(missing)})")
+            arrays = {k: f[k] for k in ARRAYS}
+            meta = json.loads(str(f["metadata"]))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise UserError(f"dataset {path}: not a readable .npz file ({type(e).__name__})") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"dataset {path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    data = Dataset(**arrays, metadata=meta)
+    check_arrays(path, data)
+    return data
+
+
+def check_arrays(path: Path, data: Dataset) -> None:
+    n = len(data.rewards)
+    if n == 0:
+        raise UserError(f"dataset {path}: no transitions")
+    for name, arr in data.arrays().items():
+        if len(arr) != n:
+            raise UserError(f"dataset {path}: {name} has {len(arr)} rows, rewards has {n}")
+    if data.observations.shape != data.next_observations.shape:
+        raise UserError(f"dataset {path}: observations {data.observations.shape} and "
+                        f"next_observations {data.next_observations.shape} differ in shape")
+    for name in ("terminations", "truncations", "episode_starts"):
+        if getattr(data, name).dtype != np.bool_:
+            raise UserError(f"dataset {path}: {name} must be bool, not "
+                            f"{getattr(data, name).dtype}")
+
+
+def check_matches(data: Dataset, path: Path, env_id: str, obs_space: gym.Space,
+                  action_space: gym.Space) -> None:
+    """Fail with one line where the dataset was not collected on this env and these spaces."""
+    meta = data.metadata
+    if meta.get("env_id") != env_id:
+        raise UserError(f"dataset {path} was collected on {meta.get('env_id')}, but this run's "
+                        f"env is {env_id}")
+    obs_shape = tuple(data.observations.shape[1:])
+    if obs_shape != tuple(obs_space.shape):
+        raise UserError(f"dataset {path}: observations of shape {obs_shape}, but {env_id} "
+                        f"gives {tuple(obs_space.shape)}")
+    if isinstance(action_space, gym.spaces.Discrete):
+        ok = data.actions.ndim == 1 and np.issubdtype(data.actions.dtype, np.integer)
+        ok = ok and bool(((data.actions >= action_space.start)
+                          & (data.actions < action_space.start + action_space.n)).all())
+        want = f"integers in [{action_space.start}, {action_space.start + action_space.n})"
+    else:
+        ok = tuple(data.actions.shape[1:]) == tuple(action_space.shape)
+        want = f"rows of shape {tuple(action_space.shape)}"
+    if not ok:
+        raise UserError(f"dataset {path}: its actions {data.actions.dtype} "
+                        f"{tuple(data.actions.shape)} do not fit {action_space} ({want})")

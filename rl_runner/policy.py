@@ -1,0 +1,74 @@
+"""A trained policy from a run directory: the algorithm rebuilt from one of its checkpoints."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rl_runner.algos.base import Algorithm
+from rl_runner.checkpoint import load_checkpoint
+from rl_runner.config import to_plain
+from rl_runner.envs import make_vec_env
+from rl_runner.errors import UserError
+
+NAMED = ("best", "last")  # checkpoint=best|last name files in <run>/checkpoints/
+
+
+@dataclass
+class Policy:
+    algo: Algorithm
+    config: DictConfig  # the training run's resolved config, as saved in the checkpoint
+    checkpoint: Path
+    env_steps: int  # how long the policy had trained when the checkpoint was written
+
+    @property
+    def env_id(self) -> str:
+        return self.config.env.id
+
+    @property
+    def env_kwargs(self) -> dict:
+        return to_plain(self.config.env.get("kwargs")) or {}
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        return self.algo.act(obs, deterministic=deterministic)
+
+
+def find_checkpoint(run: Path, checkpoint: str = "best") -> Path:
+    """best.pt (falling back to last.pt when no evaluation improved), last.pt, or a file."""
+    if checkpoint not in NAMED:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise UserError(f"checkpoint={checkpoint}: no such file; allowed: best, last or the "
+                            "path of a .pt file")
+        return path
+    if not run.is_dir():
+        raise UserError(f"run={run}: no such run directory")
+    names = ["best.pt", "last.pt"] if checkpoint == "best" else ["last.pt"]
+    for name in names:
+        if (run / "checkpoints" / name).is_file():
+            return run / "checkpoints" / name
+    raise UserError(f"run={run}: no checkpoint ({' or '.join(names)}) in {run / 'checkpoints'}; "
+                    "a run writes them at each evaluation")
+
+
+def load_policy(run: Path, checkpoint: str = "best") -> Policy:
+    """Rebuild the run's algorithm from the config inside the checkpoint and load its state."""
+    from rl_runner.trainer import build_algo  # the trainer pulls in tensorboard; load it late
+
+    path = find_checkpoint(Path(run), checkpoint)
+    state = load_checkpoint(path)
+    if "config" not in state or "algo" not in state:
+        raise UserError(f"{path}: a checkpoint without the run's config and algorithm state")
+    cfg = OmegaConf.create(state["config"])
+    envs = make_vec_env(cfg.env.id, 1, to_plain(cfg.env.get("kwargs")) or {})
+    try:
+        torch.manual_seed(cfg.seed)
+        algo = build_algo(cfg, envs.single_observation_space, envs.single_action_space)
+    finally:
+        envs.close()
+    algo.load_state_dict(state["algo"])
+    steps = state.get("counters", {}).get("env_steps", 0)
+    return Policy(algo=algo, config=cfg, checkpoint=path, env_steps=int(steps))

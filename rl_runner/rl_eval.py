@@ -1,0 +1,122 @@
+"""`rl-eval run=<run dir>`: evaluate a checkpoint, write eval.json, optionally record mp4s."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rl_runner.errors import UserError
+from rl_runner.evaluation import Evaluator
+from rl_runner.options import Option, run_tool
+from rl_runner.policy import Policy, load_policy
+
+SUMMARY = ("Evaluate a trained policy: N episodes on fresh envs, mean and std of the return, "
+           "written to <run>/eval.json (earlier results kept under 'previous').")
+OPTIONS = {
+    "run": Option(None, str, "the run directory, e.g. outputs/2026-12-03/10-00-00_ppo_cartpole_s0"),
+    "checkpoint": Option("best", str, "best (last.pt where no best.pt), last, or a .pt file"),
+    "episodes": Option(20, int, "episodes to run"),
+    "deterministic": Option(True, bool, "act with the policy's mode; false samples actions"),
+    "seed": Option(None, int | None, "seed of the first episode; null: the run's seed + 10000, "
+                                     "the seeds of its own evaluations"),
+    "video": Option(False, bool, "record every episode as an mp4 in <run>/videos/ (needs the "
+                                 "video extra: pip install -c constraints.txt -e '.[video]')"),
+}
+
+
+def evaluate(opts: dict[str, Any]) -> dict[str, Any]:
+    if opts["run"] is None:
+        raise UserError("run=<run directory> is required")
+    if opts["episodes"] <= 0:
+        raise UserError(f"episodes={opts['episodes']} must be positive")
+    run = Path(opts["run"])
+    policy = load_policy(run, opts["checkpoint"])
+    seed = policy.config.seed + 10_000 if opts["seed"] is None else opts["seed"]
+    deterministic = opts["deterministic"]
+    if opts["video"]:
+        result, videos = record(policy, run / "videos", opts["episodes"], seed, deterministic)
+    else:
+        evaluator = Evaluator(policy.env_id, opts["episodes"], seed, policy.env_kwargs)
+        try:
+            result = evaluator.run(lambda obs: policy.act(obs, deterministic))
+        finally:
+            evaluator.close()
+        videos = []
+    result = {"env_id": policy.env_id, "checkpoint": str(policy.checkpoint),
+              "checkpoint_env_steps": policy.env_steps, "deterministic": deterministic,
+              "seed": seed, **result, "videos": videos,
+              "time": datetime.datetime.now().isoformat(timespec="seconds")}
+    write_eval_json(run / "eval.json", result)
+    print(f"{policy.env_id}: return {result['return_mean']:.2f} +- {result['return_std']:.2f} "
+          f"over {result['episodes']} episodes ({policy.checkpoint.name}, "
+          f"{policy.env_steps} env steps); written to {run / 'eval.json'}")
+    return result
+
+
+def write_eval_json(path: Path, result: dict) -> None:
+    """The latest result at the top level; earlier ones move, whole, into 'previous'."""
+    previous: list = []
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{path} exists but is not JSON; move it away first") from None
+        previous = [{k: v for k, v in old.items() if k != "previous"}, *old.get("previous", [])]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**result, "previous": previous}, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def record(policy: Policy, folder: Path, episodes: int, seed: int,
+           deterministic: bool) -> tuple[dict, list[str]]:
+    """Episodes one after another in one rendering env, episode i seeded seed + i (as the
+    evaluator seeds its i-th env, so up to 20 episodes give the numbers of a run without video)."""
+    import gymnasium as gym
+    from gymnasium.error import DependencyNotInstalled
+
+    from rl_runner.envs import make_one
+
+    try:
+        env = make_one(policy.env_id, {**policy.env_kwargs, "render_mode": "rgb_array"})
+    except Exception as e:
+        raise UserError(f"{policy.env_id} cannot render rgb_array frames for video ({e})") from None
+    if "rgb_array" not in env.metadata.get("render_modes", []):
+        env.close()
+        raise UserError(f"{policy.env_id} cannot render rgb_array frames for video; its render "
+                        f"modes: {', '.join(env.metadata.get('render_modes', [])) or 'none'}")
+    prefix = f"{policy.checkpoint.stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        env = gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True,
+                                       name_prefix=prefix, disable_logger=True)
+    except DependencyNotInstalled:
+        env.close()
+        raise UserError("video=true needs moviepy: pip install -c constraints.txt -e "
+                        "'.[video]'") from None
+    returns, lengths = [], []
+    try:
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            total, steps, done = 0.0, 0, False
+            while not done:
+                action = policy.act(np.asarray(obs)[None], deterministic)[0]
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total, steps, done = total + float(reward), steps + 1, terminated or truncated
+            returns.append(total)
+            lengths.append(steps)
+    finally:
+        env.close()
+    videos = sorted(str(p) for p in folder.glob(f"{prefix}-episode-*.mp4"))
+    return ({"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+             "length_mean": float(np.mean(lengths)), "episodes": episodes}, videos)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_tool("rl-eval", SUMMARY, OPTIONS, evaluate, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""rl-eval: a checkpoint evaluated again gives the run's own numbers; eval.json; video; errors."""
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from rl_runner.errors import UserError
+from rl_runner.rl_eval import main, record
+from rl_runner.trainer import train
+from tests.conftest import FAST, compose
+
+PPO_FAST = ["algo=ppo", "env=cartpole", "env.n_envs=8", "algo.n_steps=32", "algo.batch_size=256",
+            *FAST, "trainer.total_steps=2048", "trainer.eval_every=1024"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("eval") / "run"
+    train(compose(PPO_FAST), run_dir)
+    return run_dir
+
+
+def exit_line(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rl-eval: error: ")
+    return err[0]
+
+
+def test_best_checkpoint_gives_the_runs_best_evaluation_and_eval_json_keeps_earlier(run, capsys):
+    results = json.loads((run / "results.json").read_text())
+    main([f"run={run}", "episodes=2"])  # the trainer evaluated 2 episodes from seed + 10000
+    first = json.loads((run / "eval.json").read_text())
+    assert first["return_mean"] == pytest.approx(results["best_eval_return_mean"])
+    assert first["episodes"] == 2 and first["checkpoint"].endswith("best.pt")
+    assert first["previous"] == []
+    assert "return" in capsys.readouterr().out
+    main([f"run={run}", "checkpoint=last", "episodes=3", "seed=5"])
+    second = json.loads((run / "eval.json").read_text())
+    assert second["episodes"] == 3 and second["seed"] == 5
+    assert second["checkpoint"].endswith("last.pt")
+    assert second["previous"] == [{k: v for k, v in first.items() if k != "previous"}]
+
+
+def test_video_frames_read_back_and_numbers_match_a_run_without_video(run):
+    main([f"run={run}", "episodes=2", "video=true"])
+    result = json.loads((run / "eval.json").read_text())
+    main([f"run={run}", "episodes=2"])
+    plain = json.loads((run / "eval.json").read_text())
+    assert result["return_mean"] == plain["return_mean"]
+    assert len(result["videos"]) == 2
+    from moviepy import VideoFileClip
+
+    with VideoFileClip(result["videos"][0]) as clip:
+        frames = list(clip.iter_frames())
+    assert frames[0].shape == (400, 600, 3)  # CartPole's rgb_array frame
+    assert len(frames) >= 10
+    assert np.ptp(np.stack(frames).astype(np.float32)) > 0  # not a blank picture
+
+
+def test_no_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    line = exit_line(capsys, [f"run={tmp_path / 'empty'}"])
+    assert "no checkpoint" in line and str(tmp_path / "empty") in line
+    assert "no such run directory" in exit_line(capsys, [f"run={tmp_path / 'nope'}"])
+
+
+@pytest.mark.parametrize("argv, says", [(["episodes=3"], "run=<run directory> is required"),
+                                        (["run=x", "episode=3"], "unknown key 'episode'"),
+                                        (["run=x", "episodes=many"], "wrong type"),
+                                        (["run=x", "video"], "not KEY=VALUE")])
+def test_bad_arguments_are_one_line_and_exit_2(argv, says, capsys):
+    assert says in exit_line(capsys, argv)
+
+
+class NoFrames(gym.Env):
+    """An env without an rgb_array render mode."""
+    metadata = {"render_modes": []}
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+
+@pytest.mark.filterwarnings("ignore:.*render_mode=.rgb_array. that is not in the possible")
+def test_an_env_that_cannot_render_is_a_clear_error(tmp_path):
+    gym.register("NoFrames-v0", entry_point=NoFrames)
+    policy = types.SimpleNamespace(env_id="NoFrames-v0", env_kwargs={},
+                                   checkpoint=tmp_path / "best.pt")
+    with pytest.raises(UserError, match="NoFrames-v0 cannot render rgb_array"):
+        record(policy, tmp_path / "videos", 1, 0, True)
+    assert not (tmp_path / "videos").exists()
