@@ -109,3 +109,28 @@ def cli(tmp_path):
     def _run(args, **kwargs):
         return run_cli(args, tmp_path, **kwargs)
     return _run
+
+
+# a short ppo CartPole run: its checkpoints feed the rl-eval, rl-collect and dataset tests
+PPO_FAST = ["algo=ppo", "env=cartpole", "env.n_envs=8", "algo.n_steps=32", "algo.batch_size=256",
+            *FAST, "trainer.total_steps=2048", "trainer.eval_every=1024"]
+
+
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory) -> Path:
+    """A trained run directory, one per test module (its tests may write into it)."""
+    from rl_runner.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("cartpole") / "run"
+    train(compose(PPO_FAST), run_dir)
+    return run_dir
+
+
+def tool_error(capsys, main, argv: list[str], prog: str) -> str:
+    """Run a KEY=VALUE tool's main(argv), expecting exit 2 and one `prog: error:` line."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{prog}: error: ")
+    return err[0]

@@ -9,18 +9,10 @@ from rl_runner.envs import make_one
 from rl_runner.errors import UserError
 from rl_runner.rl_collect import main
 from rl_runner.trainer import train
-from tests.conftest import FAST, compose
-from tests.test_rl_eval import PPO_FAST
+from tests.conftest import FAST, compose, tool_error
 
 SAC_FAST = ["algo=sac", "env=pendulum", *FAST, "algo.hidden_sizes=[32,32]", "algo.batch_size=32",
             "algo.learning_starts=100", "trainer.total_steps=300", "trainer.eval_every=150"]
-
-
-@pytest.fixture(scope="module")
-def cartpole_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("collect") / "ppo"
-    train(compose(PPO_FAST), run_dir)
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +23,7 @@ def pendulum_run(tmp_path_factory):
 
 
 def exit_line(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("rl-collect: error: ")
-    return err[0]
+    return tool_error(capsys, main, argv, "rl-collect")
 
 
 def test_episodes_round_trip_with_consistent_bookkeeping(cartpole_run, tmp_path):

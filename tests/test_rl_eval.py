@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import types
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -11,30 +10,16 @@ import pytest
 
 from rl_runner.errors import UserError
 from rl_runner.rl_eval import main, record
-from rl_runner.trainer import train
-from tests.conftest import FAST, compose
-
-PPO_FAST = ["algo=ppo", "env=cartpole", "env.n_envs=8", "algo.n_steps=32", "algo.batch_size=256",
-            *FAST, "trainer.total_steps=2048", "trainer.eval_every=1024"]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("eval") / "run"
-    train(compose(PPO_FAST), run_dir)
-    return run_dir
+from tests.conftest import tool_error
 
 
 def exit_line(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("rl-eval: error: ")
-    return err[0]
+    return tool_error(capsys, main, argv, "rl-eval")
 
 
-def test_best_checkpoint_gives_the_runs_best_evaluation_and_eval_json_keeps_earlier(run, capsys):
+def test_best_checkpoint_gives_the_runs_best_eval_and_eval_json_keeps_earlier(cartpole_run,
+                                                                              capsys):
+    run = cartpole_run
     results = json.loads((run / "results.json").read_text())
     main([f"run={run}", "episodes=2"])  # the trainer evaluated 2 episodes from seed + 10000
     first = json.loads((run / "eval.json").read_text())
@@ -49,7 +34,8 @@ def test_best_checkpoint_gives_the_runs_best_evaluation_and_eval_json_keeps_earl
     assert second["previous"] == [{k: v for k, v in first.items() if k != "previous"}]
 
 
-def test_video_frames_read_back_and_numbers_match_a_run_without_video(run):
+def test_video_frames_read_back_and_numbers_match_a_run_without_video(cartpole_run):
+    run = cartpole_run
     main([f"run={run}", "episodes=2", "video=true"])
     result = json.loads((run / "eval.json").read_text())
     main([f"run={run}", "episodes=2"])
