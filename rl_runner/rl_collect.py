@@ -76,8 +76,10 @@ def default_name(policy: Policy, opts: dict, episodes: int | None, steps: int | 
     return "_".join(parts) + ".npz"
 
 
-def rollout(policy: Policy, episodes: int | None, steps: int | None, opts: dict) -> Dataset:
-    """One env, episode i reset with seed + i; the policy acts on one observation at a time."""
+def rollout(policy: Policy, episodes: int | None, steps: int | None, opts: dict,
+            progress: bool = True) -> Dataset:
+    """One env, episode i reset with seed + i; the policy acts on one observation at a time.
+    The progress bar shows on a terminal only, and never with progress=False."""
     seed, noise, epsilon = opts["seed"], opts["noise"], opts["epsilon"]
     env = make_one(policy.env_id, policy.env_kwargs)
     space = env.action_space
@@ -91,7 +93,7 @@ def rollout(policy: Policy, episodes: int | None, steps: int | None, opts: dict)
                                              "truncations", "episode_starts")}
     returns, lengths = [], []
     bar = tqdm.tqdm(total=steps or episodes, unit="step" if steps else "episode", leave=False,
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, disable=None if progress else True)
     try:
         episode = 0
         while (steps is None and episode < episodes) or (steps is not None and

@@ -30,6 +30,7 @@ from rl_runner.envs import env_state, make_vec_env, restore_env_state
 from rl_runner.errors import UserError
 from rl_runner.evaluation import Evaluator
 from rl_runner.logger import TBLogger
+from rl_runner.offline import offline_feeder
 from rl_runner.replay import ReplayFeeder
 from rl_runner.rollout import RolloutCollector
 
@@ -43,11 +44,13 @@ def _rollout_collector(envs: gym.vector.VectorEnv, algo: OnPolicyAlgorithm,
 
 # family -> feeder(envs, algo, seed); `collect(algo)` takes algo.n_steps x n_envs env steps and
 # returns (batch for `update`, or None when there is nothing to learn from yet; episodes)
+# (the offline family's feeder samples a dataset instead: rl_runner.offline)
 FEEDERS = {"on_policy": _rollout_collector, "off_policy": ReplayFeeder}
+FAMILIES = (*FEEDERS, "offline")
 # env steps between logged losses and SPS (at least every update's steps). Off-policy updates come
 # every env step: ~8 TensorBoard events per step took ~2 ms of a 12 ms SAC step (the writer
 # thread competes for the GIL); CleanRL's SAC logs every 100 steps too.
-LOG_EVERY = {"on_policy": 1, "off_policy": 100}
+LOG_EVERY = {"on_policy": 1, "off_policy": 100, "offline": 100}
 
 
 def usable_cores() -> int:
@@ -127,12 +130,17 @@ class Trainer:
         self.algo_name = self.algo.name or type(self.algo).__name__.lower()
         self.threads = self._set_threads()
         self.family = self.algo.family
-        if self.family not in FEEDERS:
+        if self.family not in FAMILIES:
             raise UserError(f"algorithm family {self.family!r} is not supported by this trainer; "
-                            f"supported: {', '.join(FEEDERS)}")
-        self.feeder = FEEDERS[self.family](self.envs, self.algo, cfg.seed)
+                            f"supported: {', '.join(FAMILIES)}")
+        if self.family == "offline":
+            self.feeder = offline_feeder(cfg, self.envs, self.algo)
+        else:
+            self.feeder = FEEDERS[self.family](self.envs, self.algo, cfg.seed)
         # whole feeder steps only, so that the budget is never exceeded (at least one)
-        self.step_size = step_size = self.algo.n_steps * cfg.env.n_envs
+        # offline: one gradient step per update, whatever env.n_envs says
+        self.step_size = step_size = (1 if self.family == "offline"
+                                      else self.algo.n_steps * cfg.env.n_envs)
         self.log_every = max(step_size, LOG_EVERY.get(self.family, 1))
         self.budget = max(step_size, self.tcfg.total_steps // step_size * step_size)
         if self.budget != self.tcfg.total_steps:
@@ -178,9 +186,10 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict:
         total = self.budget
-        log.info("%s on %s: %d envs, %d env steps, seed %d, %d torch threads, run dir %s",
+        unit = "gradient steps" if self.family == "offline" else "env steps"
+        log.info("%s on %s: %d envs, %d %s, seed %d, %d torch threads, run dir %s",
                  self.algo_name, self.cfg.env.id, self.cfg.env.n_envs,
-                 total, self.cfg.seed, self.threads, self.run_dir)
+                 total, unit, self.cfg.seed, self.threads, self.run_dir)
         start, start_steps = time.perf_counter(), self.env_steps
         bar = tqdm.tqdm(total=total, initial=self.env_steps, unit="step", dynamic_ncols=True,
                         disable=not self.tcfg.progress, mininterval=0.5, smoothing=0.1)
@@ -193,6 +202,9 @@ class Trainer:
                 elapsed = time.perf_counter() - start
                 sps = (self.env_steps - start_steps) / max(elapsed, 1e-9)
                 if self.env_steps >= self.next_log or self.env_steps >= total:
+                    validation = getattr(self.feeder, "validation", None)
+                    if validation is not None:  # offline: the held-out split's loss
+                        metrics.update(self.algo.validate(validation))
                     self.logger.metrics(metrics, self.env_steps)
                     self.logger.scalar("charts/SPS", sps, self.env_steps)
                     self.next_log = _next_multiple(self.env_steps, self.log_every)
@@ -228,8 +240,8 @@ class Trainer:
             log.info("stopped at step %d; last.pt saved. Resume with:\n  rl-run resume=%s",
                      self.env_steps, shlex.quote(str(self.run_dir)))
         else:
-            log.info("done: %d env steps in %.1f s (%.0f steps/s); eval return %.2f +- %.2f",
-                     self.env_steps, results["wall_seconds"], results["sps"],
+            log.info("done: %d %s in %.1f s (%.0f steps/s); eval return %.2f +- %.2f",
+                     self.env_steps, unit, results["wall_seconds"], results["sps"],
                      results["eval_return_mean"], results["eval_return_std"])
         if hasattr(self.algo, "summary"):  # an algorithm's own record of the run, if it keeps one
             log.info("%s", self.algo.summary())

@@ -23,8 +23,14 @@ SAC_ARGS = ["algo=sac", "env=pendulum", "env.n_envs=1", *FAST, "algo.hidden_size
             "seed=1"]
 SAC_CURVES = ("losses/qf_loss", "losses/actor_loss", "losses/alpha", "losses/alpha_loss",
               "charts/episodic_return", "eval/return_mean")
+# offline: 2 episodes of the bundled CartPole expert, cached in the test's own directory
+BC_ARGS = ["algo=bc", "env=cartpole", *FAST, "dataset.expert_episodes=2",
+           "trainer.total_steps=4000", "trainer.checkpoint_every=100", "trainer.eval_every=1000",
+           "seed=1"]
+BC_CURVES = ("losses/bc_loss", "losses/val_loss", "eval/return_mean")
 CASES = {"ppo": (ARGS, CURVES),
-         "sac": ([*SAC_ARGS, "trainer.save_replay_buffer=true"], SAC_CURVES)}
+         "sac": ([*SAC_ARGS, "trainer.save_replay_buffer=true"], SAC_CURVES),
+         "bc": (BC_ARGS, BC_CURVES)}
 
 
 def interrupt_when_checkpointed(args: list[str], run_dir: Path, cwd: Path,
@@ -56,11 +62,13 @@ def runs(request, tmp_path_factory):
     args, curves = CASES[request.param]
     base = tmp_path_factory.mktemp(f"resume_{request.param}")
     a_dir, b_dir = base / "A", base / "B"
-    a = run_cli([*args, f"hydra.run.dir={a_dir}"], base)
-    assert a.returncode == 0, a.stderr
-    stopped = interrupt_when_checkpointed(args, b_dir, base)
-    interrupted = read_results(b_dir)
-    resumed = run_cli([f"resume={b_dir}"], base)
+    with pytest.MonkeyPatch.context() as mp:  # the subprocesses inherit it
+        mp.setenv("XDG_CACHE_HOME", str(base / "cache"))
+        a = run_cli([*args, f"hydra.run.dir={a_dir}"], base)
+        assert a.returncode == 0, a.stderr
+        stopped = interrupt_when_checkpointed(args, b_dir, base)
+        interrupted = read_results(b_dir)
+        resumed = run_cli([f"resume={b_dir}"], base)
     return {"A": a_dir, "B": b_dir, "stopped": stopped, "interrupted": interrupted,
             "resumed": resumed, "curves": curves}
 

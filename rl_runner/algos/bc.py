@@ -1,0 +1,153 @@
+"""Behavioural cloning: supervised learning of the dataset's actions from its observations.
+
+Discrete actions by maximum likelihood (cross-entropy on the logits). Box actions, rescaled from
+the env's bounds to [-1, 1], by the negative log-likelihood of a diagonal Gaussian with a learned
+state-independent log-std, or by mean squared error of the mean (algo.loss=mse). Observations
+are standardised with the training split's mean and std, fixed before the first step.
+"""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rl_runner.algos.base import Algorithm
+from rl_runner.datasets import Dataset
+from rl_runner.errors import UserError
+from rl_runner.nets import ACTIVATIONS, LOG_2PI, ParallelMLP
+from rl_runner.offline import OfflineBatch
+
+LOSSES = ("nll", "mse")
+
+
+class BC(Algorithm):
+    name = "bc"
+    family = "offline"
+
+    def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
+                 total_steps: int, seed: int = 0, lr: float = 1e-3,
+                 hidden_sizes: list[int] = (64, 64), activation: str = "relu",
+                 batch_size: int = 64, loss: str = "nll", val_fraction: float = 0.1,
+                 weight_decay: float = 0.0):
+        if loss not in LOSSES:
+            raise UserError(f"algo.loss={loss!r} is not known; allowed: {', '.join(LOSSES)}")
+        if activation not in ACTIVATIONS:
+            raise UserError(f"algo.activation={activation!r} is not known; allowed: "
+                            f"{', '.join(ACTIVATIONS)}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise UserError(f"algo.val_fraction={val_fraction} must lie in [0, 1)")
+        self.total_steps, self.batch_size, self.loss = total_steps, batch_size, loss
+        self.val_fraction, self.seed = val_fraction, seed
+        self.obs_dim = int(np.prod(observation_space.shape))
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            out = int(action_space.n)
+            self.start = int(action_space.start)
+        else:
+            low = np.asarray(action_space.low, np.float32).reshape(-1)
+            high = np.asarray(action_space.high, np.float32).reshape(-1)
+            if not (np.isfinite(low).all() and np.isfinite(high).all()):
+                raise UserError(f"bc rescales actions into the env's bounds, but {action_space} "
+                                "is unbounded; wrap the env with gymnasium.wrappers.ClipAction")
+            self.center, self.scale = (high + low) / 2, (high - low) / 2
+            self.action_shape = tuple(action_space.shape)
+            out = len(low)
+        self.net = ParallelMLP(self.obs_dim, list(hidden_sizes), out, k=1, activation=activation,
+                               out_gains=(0.01,))
+        self.log_std = nn.Parameter(torch.zeros(out)) if not self.discrete else None
+        params = [*self.net.parameters(), *([self.log_std] if self.log_std is not None else [])]
+        self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        self.obs_mean = torch.zeros(self.obs_dim)
+        self.obs_std = torch.ones(self.obs_dim)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.grad_steps = 0
+
+    @property
+    def n_steps(self) -> int:
+        return 1  # one gradient step per trainer step: the budget counts gradient steps
+
+    # ---- data ---------------------------------------------------------------------------------
+    def fit_dataset(self, train: Dataset) -> None:
+        """Fix the observation statistics from the training split (before any step)."""
+        obs = torch.from_numpy(train.observations.reshape(len(train), -1))
+        self.obs_mean = obs.mean(0)
+        self.obs_std = obs.std(0, unbiased=False).clamp(min=1e-6) if len(obs) > 1 else \
+            torch.ones(self.obs_dim)
+
+    def policy_actions(self, actions: np.ndarray) -> torch.Tensor:
+        """Dataset actions as the loss takes them: indices, or Box actions in [-1, 1]."""
+        if self.discrete:
+            return torch.from_numpy(np.asarray(actions, np.int64).reshape(-1) - self.start)
+        a = (np.asarray(actions, np.float32).reshape(len(actions), -1) - self.center) / self.scale
+        return torch.from_numpy(np.clip(a, -1.0, 1.0).astype(np.float32))
+
+    # ---- acting -------------------------------------------------------------------------------
+    def _out(self, obs: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(obs, np.float32).reshape(len(obs), -1))
+        return self.net((x - self.obs_mean) / self.obs_std)[0]
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        out = self._out(obs)
+        if self.discrete:
+            if deterministic:
+                return out.argmax(-1).numpy() + self.start
+            return torch.multinomial(torch.softmax(out, -1), 1, generator=self.gen)[:, 0].numpy() \
+                + self.start
+        if not deterministic and self.loss == "nll":
+            out = out + self.log_std.exp() * torch.randn(out.shape, generator=self.gen)
+        a = np.clip(out.numpy(), -1.0, 1.0) * self.scale + self.center
+        return a.reshape(len(obs), *self.action_shape)
+
+    # ---- learning -----------------------------------------------------------------------------
+    def loss_terms(self, obs: np.ndarray, actions: np.ndarray) -> torch.Tensor:
+        out = self._out(obs)
+        target = self.policy_actions(actions)
+        if self.discrete:
+            return F.cross_entropy(out, target)
+        if self.loss == "mse":
+            return F.mse_loss(out, target)
+        # -log N(a; mu, sigma), summed over action dimensions, averaged over the batch
+        z = (target - out) / self.log_std.exp()
+        return (0.5 * z.pow(2) + self.log_std + 0.5 * LOG_2PI).sum(-1).mean()
+
+    def update(self, batch: OfflineBatch) -> dict[str, float]:
+        loss = self.loss_terms(batch.obs, batch.actions)
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        self.optimizer.step()
+        self.grad_steps += 1
+        metrics = {"bc_loss": loss.item()}
+        if self.log_std is not None and self.loss == "nll":
+            metrics["log_std"] = self.log_std.detach().mean().item()
+        return metrics
+
+    @torch.no_grad()
+    def validate(self, val: Dataset) -> dict[str, float]:
+        """The loss on the held-out split, and the share of its actions the policy's mode gets."""
+        loss = self.loss_terms(val.observations, val.actions).item()
+        mode = self.act(val.observations, deterministic=True)
+        if self.discrete:
+            match = float(np.mean(mode.reshape(-1) == val.actions.reshape(-1)))
+            return {"val_loss": loss, "val_accuracy": match}
+        err = np.abs(mode.reshape(len(mode), -1) - val.actions.reshape(len(mode), -1)).mean()
+        return {"val_loss": loss, "val_action_error": float(err)}
+
+    # ---- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "log_std": None if self.log_std is None else self.log_std.detach().clone(),
+                "obs_mean": self.obs_mean.clone(), "obs_std": self.obs_std.clone(),
+                "gen": self.gen.get_state(), "grad_steps": self.grad_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.log_std is not None:
+            with torch.no_grad():
+                self.log_std.copy_(state["log_std"])
+        self.obs_mean, self.obs_std = state["obs_mean"].clone(), state["obs_std"].clone()
+        self.gen.set_state(state["gen"])
+        self.grad_steps = state["grad_steps"]

@@ -1,0 +1,150 @@
+"""Where the demonstrations come from (dataset.*) and the feeder of the offline family.
+
+With no dataset.path, the dataset is collected from the bundled expert for the env on first use
+and cached under $XDG_CACHE_HOME/rl-runner/datasets (default ~/.cache); the file name holds a hash
+of the expert file and the collection settings, so a new expert or new settings collect afresh.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
+
+import gymnasium as gym
+import numpy as np
+from omegaconf import DictConfig
+
+from rl_runner.config import check_value
+from rl_runner.datasets import Dataset, check_matches, load_dataset, save_dataset
+from rl_runner.errors import UserError
+
+log = logging.getLogger("rl_runner")
+
+
+class OfflineBatch(NamedTuple):
+    """One minibatch of dataset rows."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_obs: np.ndarray
+    terminated: np.ndarray
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "rl-runner" / "datasets"
+
+
+def expert_dataset(env_name: str, episodes: int, seed: int,
+                   progress: bool = True) -> tuple[Dataset, Path]:
+    """The bundled expert's dataset for env_name, collected once and then read from the cache."""
+    from rl_runner.experts import expert_path
+    from rl_runner.policy import load_policy
+    from rl_runner.rl_collect import rollout
+
+    expert = expert_path(env_name)
+    settings = {"episodes": episodes, "seed": seed, "deterministic": True, "noise": 0.0,
+                "epsilon": 0.0}
+    digest = hashlib.sha256(expert.read_bytes())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    path = cache_dir() / f"{env_name}_expert_{digest.hexdigest()[:16]}.npz"
+    if path.is_file():
+        return load_dataset(path), path
+    policy = load_policy(expert.parent, str(expert))
+    data = rollout(policy, episodes, None, settings, progress)
+    save_dataset(path, data)
+    rets = data.metadata["episode_returns"]
+    log.info("collected %d episodes from the bundled %s expert (return %.1f +- %.1f) into %s",
+             len(rets), env_name, np.mean(rets), np.std(rets), path)
+    return data, path
+
+
+def training_dataset(cfg: DictConfig, obs_space: gym.Space,
+                     action_space: gym.Space) -> tuple[Dataset, Path]:
+    """dataset.path or the bundled expert's data, checked against the env, then subsampled."""
+    d = cfg.dataset
+    for key, kind in (("path", str | None), ("episodes", int | None), ("max_samples", int | None),
+                      ("expert_episodes", int), ("expert_seed", int)):
+        check_value(f"dataset.{key}", d[key], kind)
+    if d.expert_episodes <= 0:
+        raise UserError(f"dataset.expert_episodes={d.expert_episodes} must be positive")
+    if d.path:
+        path = Path(d.path)
+        data = load_dataset(path)
+    else:
+        data, path = expert_dataset(cfg.env.name, d.expert_episodes, d.expert_seed,
+                                    cfg.trainer.progress)
+    check_matches(data, path, cfg.env.id, obs_space, action_space)
+    return subsample(data, d.episodes, d.max_samples, cfg.seed), path
+
+
+def subsample(data: Dataset, episodes: int | None, max_samples: int | None,
+              seed: int) -> Dataset:
+    """The first `episodes` episodes, then `max_samples` rows drawn without replacement (seeded),
+    kept in their order."""
+    keep = np.arange(len(data))
+    if episodes is not None:
+        if episodes <= 0:
+            raise UserError(f"dataset.episodes={episodes} must be positive")
+        episode_of_row = np.cumsum(data.episode_starts) - 1
+        n = int(episode_of_row[-1]) + 1
+        if episodes > n:
+            raise UserError(f"dataset.episodes={episodes}, but the dataset holds {n}")
+        keep = keep[episode_of_row < episodes]
+    if max_samples is not None:
+        if max_samples <= 0:
+            raise UserError(f"dataset.max_samples={max_samples} must be positive")
+        if max_samples < len(keep):
+            rng = np.random.default_rng(seed + 40_000)
+            keep = np.sort(rng.choice(keep, max_samples, replace=False))
+    return take(data, keep)
+
+
+def take(data: Dataset, rows: np.ndarray) -> Dataset:
+    arrays = {name: arr[rows] for name, arr in data.arrays().items()}
+    return replace(data, **arrays)
+
+
+class OfflineFeeder:
+    """Minibatches drawn uniformly from the training rows; a held-out split for validation.
+
+    The split holds out `val_fraction` of the rows at random (seeded), so that it works for one
+    trajectory as for many; no environment is stepped.
+    """
+
+    def __init__(self, data: Dataset, algo, seed: int):
+        self.rng = np.random.default_rng(seed + 20_000)
+        n = len(data)
+        n_val = int(round(getattr(algo, "val_fraction", 0.0) * n))
+        n_val = min(n_val, n - 1)
+        order = np.random.default_rng(seed + 30_000).permutation(n)
+        self.train = take(data, np.sort(order[n_val:]))
+        self.validation = take(data, np.sort(order[:n_val])) if n_val > 0 else None
+        self.batch_size = algo.batch_size
+
+    def collect(self, algo) -> tuple[OfflineBatch, list]:
+        idx = self.rng.integers(0, len(self.train), self.batch_size)
+        t = self.train
+        return OfflineBatch(t.observations[idx], t.actions[idx], t.rewards[idx],
+                            t.next_observations[idx], t.terminations[idx]), []
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+def offline_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo) -> OfflineFeeder:
+    """The dataset of cfg.dataset for these envs, split, and the algorithm fitted to its rows."""
+    data, path = training_dataset(cfg, envs.single_observation_space, envs.single_action_space)
+    feeder = OfflineFeeder(data, algo, cfg.seed)
+    algo.fit_dataset(feeder.train)
+    log.info("dataset %s: %d rows for training, %d held out", path, len(feeder.train),
+             len(feeder.validation or ()))
+    return feeder
