@@ -148,3 +148,10 @@ def offline_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo) -> Offline
     log.info("dataset %s: %d rows for training, %d held out", path, len(feeder.train),
              len(feeder.validation or ()))
     return feeder
+
+
+def fit_expert_data(cfg: DictConfig, envs: gym.vector.VectorEnv, algo) -> None:
+    """Imitation beside the env (gail): the algorithm gets the whole dataset of cfg.dataset."""
+    data, path = training_dataset(cfg, envs.single_observation_space, envs.single_action_space)
+    algo.fit_dataset(data)
+    log.info("expert data %s: %d pairs", path, len(data))

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tqdm
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
@@ -30,7 +31,7 @@ from rl_runner.envs import env_state, make_vec_env, restore_env_state
 from rl_runner.errors import UserError
 from rl_runner.evaluation import Evaluator
 from rl_runner.logger import TBLogger
-from rl_runner.offline import offline_feeder
+from rl_runner.offline import fit_expert_data, offline_feeder
 from rl_runner.replay import ReplayFeeder
 from rl_runner.rollout import RolloutCollector
 
@@ -102,9 +103,14 @@ def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
     provided = {"observation_space", "action_space", "n_envs", "total_steps", "seed"}
     kwargs = {k: config_checks.to_plain(v) for k, v in cfg.algo.items() if k != "_target_"}
     config_checks.check_algo_kwargs(name, cls, kwargs, provided)
-    return instantiate(cfg.algo, observation_space=obs_space, action_space=action_space,
-                       n_envs=cfg.env.n_envs, total_steps=cfg.trainer.total_steps,
-                       seed=cfg.seed, _convert_="all")
+    try:
+        return instantiate(cfg.algo, observation_space=obs_space, action_space=action_space,
+                           n_envs=cfg.env.n_envs, total_steps=cfg.trainer.total_steps,
+                           seed=cfg.seed, _convert_="all")
+    except InstantiationException as e:  # Hydra wraps what the constructor raised
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise
 
 
 class Trainer:
@@ -137,6 +143,8 @@ class Trainer:
             self.feeder = offline_feeder(cfg, self.envs, self.algo)
         else:
             self.feeder = FEEDERS[self.family](self.envs, self.algo, cfg.seed)
+            if hasattr(self.algo, "fit_dataset"):  # imitation beside the env (gail)
+                fit_expert_data(cfg, self.envs, self.algo)
         # whole feeder steps only, so that the budget is never exceeded (at least one)
         # offline: one gradient step per update, whatever env.n_envs says
         self.step_size = step_size = (1 if self.family == "offline"

@@ -20,6 +20,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from doc_sections import read_section, replace_section
+
 ROOT = Path(__file__).resolve().parent.parent
 RL_RUN = Path(sys.executable).with_name("rl-run")
 START, END = "<!-- returns:start -->", "<!-- returns:end -->"
@@ -78,20 +80,14 @@ def merge_table(old_section: str, new_rows: dict[tuple[str, str], str]) -> str:
 
 
 def write_section(path: Path, new_rows: dict[tuple[str, str], str]) -> str:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    old = text[text.index(START):text.index(END)] if START in text and END in text else ""
+    old = read_section(path, START, END)
     body = (f"## Returns with default hyperparameters\n\n"
             f"Final deterministic evaluation, 20 episodes, after the whole budget (`rl-run "
             f"algo=<algo> env=<env> seed=<seed>`, nothing else). Machine: {platform.machine()}, "
             f"{os.cpu_count()} cores. Made by `python scripts/returns.py <algo>:<env> ... "
             f"--seeds 0,1,2 --jobs N`; each row is replaced when its pair is measured again.\n\n"
             f"{merge_table(old, new_rows)}")
-    section = f"{START}\n{body}\n{END}"
-    if old:
-        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    replace_section(path, START, END, body)
     return body
 
 

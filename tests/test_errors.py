@@ -89,6 +89,11 @@ def test_budget_of_the_wrong_type(cli):
     assert_says(line, "trainer.total_steps", "abc", "wrong type", "int")
 
 
+def test_a_value_the_algorithm_itself_refuses(cli):
+    line = error_line(cli(["algo.objective=foo", *FAST]))
+    assert_says(line, "algo.objective='foo'", "clip, kl_penalty")
+
+
 def test_thread_count_that_is_neither_a_number_nor_auto(cli):
     line = error_line(cli(["trainer.torch_threads=many", *FAST]))
     assert_says(line, "trainer.torch_threads='many'", "auto")

@@ -1,0 +1,159 @@
+"""GAIL (Ho & Ermon 2016): adversarial imitation with an on-policy learner held inside.
+
+A discriminator D(s, a) = P(the pair is the learner's) is trained to tell the learner's pairs from
+the expert's; the learner (ppo, or trpo) gets r = -log D(s, a) in place of the env's reward, so it
+is paid for pairs the discriminator takes for the expert's. The env's own return is still what
+the trainer logs as charts/episodic_return. Observations reach D standardised with the expert
+data's mean and std, actions one-hot (Discrete) or rescaled from the env's bounds to [-1, 1].
+"""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import get_class
+
+from rl_runner import config as config_checks
+from rl_runner.algos.base import Algorithm, Rollout
+from rl_runner.datasets import Dataset
+from rl_runner.errors import UserError
+from rl_runner.nets import ParallelMLP
+
+LEARNERS = {"ppo": "rl_runner.algos.ppo.PPO", "trpo": "rl_runner.algos.trpo.TRPO"}
+
+
+class GAIL(Algorithm):
+    name = "gail"
+    family = "on_policy"
+
+    def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
+                 total_steps: int, seed: int = 0, learner: str = "ppo",
+                 learner_kwargs: dict | None = None, disc_hidden_sizes: list[int] = (64, 64),
+                 disc_lr: float = 3e-4, disc_steps: int = 5, disc_batch_size: int = 256,
+                 grad_penalty: float = 0.0):
+        if learner not in LEARNERS:
+            raise UserError(f"algo.learner={learner!r} is not known; allowed: "
+                            f"{', '.join(LEARNERS)}")
+        cls = get_class(LEARNERS[learner])
+        kwargs = dict(learner_kwargs or {})
+        provided = {"observation_space", "action_space", "n_envs", "total_steps", "seed"}
+        config_checks.check_algo_kwargs(f"{learner} (algo.learner_kwargs)", cls, kwargs, provided)
+        self.learner = cls(observation_space=observation_space, action_space=action_space,
+                           n_envs=n_envs, total_steps=total_steps, seed=seed, **kwargs)
+        self.disc_steps, self.disc_batch_size = disc_steps, disc_batch_size
+        self.grad_penalty = grad_penalty
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            self.n_actions, self.start = int(action_space.n), int(action_space.start)
+            act_dim = self.n_actions
+        else:
+            low = np.asarray(action_space.low, np.float32).reshape(-1)
+            high = np.asarray(action_space.high, np.float32).reshape(-1)
+            self.center, self.scale = (high + low) / 2, (high - low) / 2
+            act_dim = len(low)
+        obs_dim = int(np.prod(observation_space.shape))
+        self.disc = ParallelMLP(obs_dim + act_dim, list(disc_hidden_sizes), 1, k=1,
+                                activation="tanh")
+        self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=disc_lr)
+        self.obs_mean = np.zeros(obs_dim, np.float32)
+        self.obs_std = np.ones(obs_dim, np.float32)
+        self.expert: np.ndarray | None = None  # D's inputs for every expert pair
+        self.rng = np.random.default_rng(seed + 50_000)
+        self._raw_obs: list[np.ndarray] = []  # the rollout's observations as the env gave them
+
+    # ---- the learner's on-policy interface ----------------------------------------------------
+    @property
+    def n_steps(self) -> int:
+        return self.learner.n_steps
+
+    @property
+    def grad_steps(self) -> int:
+        return self.learner.grad_steps
+
+    def explore(self, obs: np.ndarray) -> tuple[np.ndarray, ...]:
+        self._raw_obs.append(np.array(obs, np.float32))
+        return self.learner.explore(obs)
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        return self.learner.value(obs)
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        return self.learner.act(obs, deterministic)
+
+    # ---- discriminator ------------------------------------------------------------------------
+    def fit_dataset(self, data: Dataset) -> None:
+        """Expert statistics for D's observation scaling, and D's inputs for the expert pairs."""
+        obs = data.observations.reshape(len(data), -1).astype(np.float32)
+        self.obs_mean = obs.mean(0)
+        self.obs_std = np.maximum(obs.std(0), 1e-6).astype(np.float32)
+        self.expert = self.inputs(obs, data.actions)
+
+    def inputs(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """[B, obs + action features]: scaled observations and one-hot or rescaled actions."""
+        x = (obs.reshape(len(obs), -1) - self.obs_mean) / self.obs_std
+        if self.discrete:
+            a = np.eye(self.n_actions, dtype=np.float32)[np.asarray(actions).reshape(-1)
+                                                         - self.start]
+        else:
+            a = (np.asarray(actions, np.float32).reshape(len(obs), -1) - self.center) / self.scale
+            a = np.clip(a, -1.0, 1.0)
+        return np.concatenate([x, a], 1).astype(np.float32)
+
+    def logits(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.disc(torch.as_tensor(x))[0, :, 0]
+
+    def rewards(self, x: np.ndarray) -> np.ndarray:
+        """r = -log D(s, a) = softplus(-logit), D the probability of the learner."""
+        with torch.no_grad():
+            return F.softplus(-self.logits(x)).numpy()
+
+    def disc_step(self, learner_x: np.ndarray) -> dict[str, float]:
+        """One Adam step on the discriminator's cross-entropy: learner pairs 1, expert pairs 0."""
+        n = min(self.disc_batch_size, len(learner_x))
+        lx = torch.from_numpy(learner_x[self.rng.integers(0, len(learner_x), n)])
+        ex = torch.from_numpy(self.expert[self.rng.integers(0, len(self.expert), n)])
+        l_logit, e_logit = self.logits(lx), self.logits(ex)
+        loss = (F.binary_cross_entropy_with_logits(l_logit, torch.ones_like(l_logit))
+                + F.binary_cross_entropy_with_logits(e_logit, torch.zeros_like(e_logit)))
+        gp = torch.zeros(())
+        if self.grad_penalty > 0:  # Gulrajani et al. 2017: unit gradient norm between the two
+            eps = torch.from_numpy(self.rng.random((n, 1), dtype=np.float32))
+            mix = (eps * ex + (1 - eps) * lx).requires_grad_(True)
+            grad, = torch.autograd.grad(self.logits(mix).sum(), mix, create_graph=True)
+            gp = self.grad_penalty * (grad.norm(dim=1) - 1).pow(2).mean()
+        self.disc_opt.zero_grad()
+        (loss + gp).backward()
+        self.disc_opt.step()
+        return {"disc_loss": loss.item(), "disc_grad_penalty": gp.item(),
+                "charts/disc_learner_acc": (l_logit > 0).float().mean().item(),
+                "charts/disc_expert_acc": (e_logit < 0).float().mean().item()}
+
+    # ---- learning -----------------------------------------------------------------------------
+    def update(self, batch: Rollout) -> dict[str, float]:
+        if self.expert is None:
+            raise UserError("gail needs expert data: the trainer gives it from dataset.*")
+        T, N = batch.rewards.shape
+        raw = np.stack(self._raw_obs[-T:])
+        self._raw_obs.clear()
+        actions = batch.actions.reshape(T * N, *batch.actions.shape[2:])
+        if not self.discrete:  # what the env received: the learner's samples, clipped
+            actions = np.clip(actions, self.learner.low, self.learner.high)
+        learner_x = self.inputs(raw.reshape(T * N, -1), actions)
+        stats = [self.disc_step(learner_x) for _ in range(self.disc_steps)]
+        rewards = self.rewards(learner_x).reshape(T, N).astype(np.float32)
+        metrics = self.learner.update(batch._replace(rewards=rewards))
+        metrics.update({k: float(np.mean([s[k] for s in stats])) for k in stats[0]})
+        metrics["gail_reward"] = float(rewards.mean())
+        return metrics
+
+    # ---- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"learner": self.learner.state_dict(), "disc": self.disc.state_dict(),
+                "disc_opt": self.disc_opt.state_dict(), "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.disc.load_state_dict(state["disc"])
+        self.disc_opt.load_state_dict(state["disc_opt"])
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,117 @@
+"""Imitation check: gail and bc from the bundled experts' data, final returns against the expert's.
+
+    python scripts/imitation_benchmark.py --experiments cartpole-30-pairs --seeds 0,1,2 --jobs 2
+
+Each (experiment, algo, seed) is one `rl-run` with the listed dataset overrides and the tuned
+defaults. The table goes to the `imitation` section of docs/benchmarks.md (rows of the experiments
+run are replaced, others kept), with the expert's own return from rl_runner/experts/experts.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from doc_sections import read_section, replace_section
+
+ROOT = Path(__file__).resolve().parent.parent
+RL_RUN = Path(sys.executable).with_name("rl-run")
+START, END = "<!-- imitation:start -->", "<!-- imitation:end -->"
+# experiment -> (env, dataset overrides, algos): the seed experiment is 30 (s, a) pairs drawn
+# from one expert trajectory; the others give 10 whole expert episodes
+EXPERIMENTS = {
+    "cartpole-30-pairs": ("cartpole", ["dataset.episodes=1", "dataset.max_samples=30"],
+                          ["gail", "bc"]),
+    "cartpole-10-episodes": ("cartpole", ["dataset.episodes=10"], ["bc", "gail"]),
+    "lunarlander-10-episodes": ("lunarlander", ["dataset.episodes=10"], ["bc"]),
+    "pendulum-10-episodes": ("pendulum", ["dataset.episodes=10"], ["bc"]),
+}
+HEADER = ["| experiment | algo | env | budget | seeds | final eval return per seed | mean | "
+          "expert return (50 episodes) | mean / expert | wall s per seed | date |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def run_one(experiment: str, algo: str, seed: int, work: Path) -> dict:
+    env, overrides, _ = EXPERIMENTS[experiment]
+    run_dir = work / f"{experiment}_{algo}_s{seed}"
+    cmd = [str(RL_RUN), f"algo={algo}", f"env={env}", f"seed={seed}", *overrides,
+           "trainer.progress=false", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"{experiment} {algo} seed {seed} failed: {proc.stderr.strip()[-300:]}", flush=True)
+        return {"experiment": experiment, "algo": algo, "seed": seed, "status": "failed"}
+    res = json.loads((run_dir / "results.json").read_text())
+    print(f"{experiment} {algo} seed {seed}: {res['eval_return_mean']:.1f} after "
+          f"{res['env_steps']} steps, {res['wall_seconds']:.0f} s", flush=True)
+    return {**res, "experiment": experiment}
+
+
+def rows(results: list[dict], stamp: str) -> dict[tuple[str, str], str]:
+    experts = json.loads((ROOT / "rl_runner" / "experts" / "experts.json").read_text())
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["experiment"], r["algo"]), []).append(r)
+    out = {}
+    for (experiment, algo), rs in groups.items():
+        env = EXPERIMENTS[experiment][0]
+        ok = [r for r in rs if r.get("status") == "completed"]
+        if not ok:
+            out[experiment, algo] = f"| {experiment} | {algo} | {env} | failed |" + " - |" * 7
+            continue
+        returns = [r["eval_return_mean"] for r in ok]
+        expert = experts[env]["return_mean_50_episodes"]
+        mean = statistics.mean(returns)
+        unit = "gradient" if algo == "bc" else "env"
+        out[experiment, algo] = (
+            f"| {experiment} | {algo} | {env} | {ok[0]['env_steps']} {unit} steps | "
+            f"{','.join(str(r['seed']) for r in ok)} | {', '.join(f'{x:.1f}' for x in returns)} | "
+            f"{mean:.1f} | {expert:.1f} | {mean / expert:.2f} | "
+            f"{', '.join(str(round(r['wall_seconds'])) for r in ok)} | {stamp} |")
+    return out
+
+
+def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str) -> str:
+    table = {}
+    for line in read_section(path, START, END).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 11 and cells[0] not in ("experiment", "---"):
+            table[cells[0], cells[1]] = line
+    table.update(new_rows)
+    body = ("## Imitation from the bundled experts\n\n"
+            "Final deterministic evaluation, 20 episodes, after the whole budget. Data: the "
+            "bundled expert's episodes (seeds 0, 1, ...), `dataset.episodes` of them, then "
+            "`dataset.max_samples` (s, a) pairs drawn at random. Made by `" + command + "`; rows "
+            "of the experiments run are replaced.\n\n" + "\n".join(HEADER + list(table.values())))
+    replace_section(path, START, END, body)
+    return body
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--experiments", default=",".join(EXPERIMENTS),
+                   help=f"comma list of {', '.join(EXPERIMENTS)} (default: all)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = p.parse_args()
+    names = args.experiments.split(",")
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        p.error(f"unknown experiment {', '.join(unknown)}; choices: {', '.join(EXPERIMENTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    jobs = [(n, a, s) for n in names for a in EXPERIMENTS[n][2] for s in seeds]
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda j: run_one(*j, Path(tmp)), jobs))
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+    command = "python scripts/imitation_benchmark.py " + " ".join(sys.argv[1:])
+    print(write_section(args.out, rows(results, stamp), command.strip()))
+
+
+if __name__ == "__main__":
+    main()
