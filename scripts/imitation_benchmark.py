@@ -32,6 +32,8 @@ EXPERIMENTS = {
     "lunarlander-10-episodes": ("lunarlander", ["dataset.episodes=10"], ["bc"]),
     "pendulum-10-episodes": ("pendulum", ["dataset.episodes=10"], ["bc"]),
 }
+# bc learns from every pair it is given (no held-out split), as gail does
+ALGO_OVERRIDES = {"bc": ["algo.val_fraction=0"]}
 HEADER = ["| experiment | algo | env | budget | seeds | final eval return per seed | mean | "
           "expert return (50 episodes) | mean / expert | wall s per seed | date |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -41,6 +43,7 @@ def run_one(experiment: str, algo: str, seed: int, work: Path) -> dict:
     env, overrides, _ = EXPERIMENTS[experiment]
     run_dir = work / f"{experiment}_{algo}_s{seed}"
     cmd = [str(RL_RUN), f"algo={algo}", f"env={env}", f"seed={seed}", *overrides,
+           *ALGO_OVERRIDES.get(algo, []),
            "trainer.progress=false", f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -86,7 +89,8 @@ def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str
     body = ("## Imitation from the bundled experts\n\n"
             "Final deterministic evaluation, 20 episodes, after the whole budget. Data: the "
             "bundled expert's episodes (seeds 0, 1, ...), `dataset.episodes` of them, then "
-            "`dataset.max_samples` (s, a) pairs drawn at random. Made by `" + command + "`; rows "
+            "`dataset.max_samples` (s, a) pairs drawn at random; bc with `algo.val_fraction=0`. "
+            "Made by `" + command + "`; rows "
             "of the experiments run are replaced.\n\n" + "\n".join(HEADER + list(table.values())))
     replace_section(path, START, END, body)
     return body
@@ -96,6 +100,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--experiments", default=",".join(EXPERIMENTS),
                    help=f"comma list of {', '.join(EXPERIMENTS)} (default: all)")
+    p.add_argument("--algos", default="", help="comma list: only these algorithms (default: "
+                   "each experiment's)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -105,7 +111,9 @@ def main() -> None:
     if unknown:
         p.error(f"unknown experiment {', '.join(unknown)}; choices: {', '.join(EXPERIMENTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    jobs = [(n, a, s) for n in names for a in EXPERIMENTS[n][2] for s in seeds]
+    only = set(filter(None, args.algos.split(",")))
+    jobs = [(n, a, s) for n in names for a in EXPERIMENTS[n][2] for s in seeds
+            if not only or a in only]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: run_one(*j, Path(tmp)), jobs))
     stamp = datetime.datetime.now().strftime("%Y-%m-%d")

@@ -146,6 +146,9 @@ class SAC(OffPolicyAlgorithm):
         self.log_alpha = nn.Parameter(torch.full((1,), math.log(alpha_init)))
         self.alpha_opt = FlatAdam([self.log_alpha], lr=self.lr)
         self.gen = torch.Generator().manual_seed(self.seed)
+        # an extra term for the critics' loss, (s, s', Q(s, a) [K, B], Q(s, .) [K, B, |A|] or
+        # None) -> scalar; cql sets it, sac leaves it None
+        self.critic_penalty = None
 
     def preferred_threads(self, cores: int) -> int:
         h = self.hidden_sizes
@@ -225,11 +228,13 @@ class SAC(OffPolicyAlgorithm):
         self.alpha_opt.step()
         return loss
 
-    def _critic_step(self, q_KB: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
-        """Soft Bellman residual of both critics (2018b eq. 5), one Adam step; Polyak later."""
+    def _critic_step(self, q_KB: torch.Tensor, y_B: torch.Tensor,
+                     penalty: torch.Tensor | None = None) -> torch.Tensor:
+        """Soft Bellman residual of both critics (2018b eq. 5), one Adam step; Polyak later.
+        `penalty` (cql's conservative term) is added to the loss the critics descend."""
         qf_loss = 0.5 * (q_KB - y_B).pow(2).mean(1).sum()
         self.critic_opt.zero_grad()
-        qf_loss.backward()
+        (qf_loss if penalty is None else qf_loss + penalty).backward()
         self.critic_opt.step()
         return qf_loss.detach()
 
@@ -257,7 +262,8 @@ class SAC(OffPolicyAlgorithm):
             q_next_KB = self.target(torch.cat([next_obs_BD, a_next], -1))[..., 0]
             y_B = rewards_B + discount_B * (q_next_KB.min(0).values - alpha * logp_next)
         q_KB = self.q(torch.cat([obs_BD, actions_BA], -1))[..., 0]
-        qf_loss = self._critic_step(q_KB, y_B)
+        penalty = self.critic_penalty and self.critic_penalty(obs_BD, next_obs_BD, q_KB, None)
+        qf_loss = self._critic_step(q_KB, y_B, penalty)
         # actor (2018b eq. 9, reparameterised) against the critics just updated, as SB3 does
         q_pi_KB = self.q(torch.cat([obs_BD, a_pi], -1))[..., 0]
         actor_loss = (alpha * logp_pi - q_pi_KB.min(0).values).mean()
@@ -280,7 +286,8 @@ class SAC(OffPolicyAlgorithm):
         q_KBA = self.q(obs_BD)
         index = actions_B1.long().unsqueeze(0).expand(q_KBA.shape[0], -1, -1)
         q_KB = q_KBA.gather(2, index)[..., 0]
-        qf_loss = self._critic_step(q_KB, y_B)
+        penalty = self.critic_penalty and self.critic_penalty(obs_BD, next_obs_BD, q_KB, q_KBA)
+        qf_loss = self._critic_step(q_KB, y_B, penalty)
         # policy loss: pi(s)^T [alpha log pi(s) - min_j Q_j(s)], with Q from the forward above
         # (before this step's critic update), which saves a critic forward per step
         q_min_BA = q_KBA.detach().min(0).values

@@ -1,0 +1,111 @@
+"""CQL: the conservative term on hand-checked numbers, its effect on Q, alpha' tuning, runs."""
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rl_runner.algos.cql import CQL
+from rl_runner.algos.sac import squashed_gaussian
+from rl_runner.offline import OfflineBatch
+from rl_runner.trainer import train
+from tests.algos.helpers import PENDULUM_ACT, PENDULUM_OBS
+from tests.conftest import FAST, compose, read_scalars
+
+
+def make_cql(action_space=PENDULUM_ACT, obs_space=PENDULUM_OBS, **kw) -> CQL:
+    torch.manual_seed(0)
+    args = dict(observation_space=obs_space, action_space=action_space, n_envs=1,
+                total_steps=1000, seed=0, hidden_sizes=[32, 32], batch_size=64)
+    return CQL(**{**args, **kw})
+
+
+def test_discrete_term_is_logsumexp_minus_the_dataset_q_by_hand():
+    cql = make_cql(gym.spaces.Discrete(2), gym.spaces.Box(-1, 1, (4,), np.float32),
+                   cql_weight=2.0)
+    q_KBA = torch.tensor([[[1.0, 2.0], [0.0, 0.0]], [[3.0, 1.0], [1.0, 1.0]]])
+    q_KB = torch.tensor([[2.0, 0.0], [3.0, 1.0]])  # the dataset took actions 1, then 0
+    lse = [(math.log(math.exp(1) + math.exp(2)) + math.log(2)) / 2,
+           (math.log(math.exp(3) + math.exp(1)) + (1 + math.log(2))) / 2]
+    gaps = [lse[0] - 1.0, lse[1] - 2.0]
+    penalty = cql.penalty(None, None, q_KB, q_KBA)
+    assert penalty.item() == pytest.approx(2.0 * sum(gaps), rel=1e-6)
+    assert cql._stats["q_data"] == pytest.approx(1.5)
+    assert cql._stats["cql_gap"] == pytest.approx(sum(gaps) / 2, rel=1e-6)
+
+
+def test_box_logsumexp_matches_a_loop_over_the_importance_weighted_samples():
+    cql = make_cql(n_action_samples=3)
+    sac = cql.sac
+    obs = torch.randn(5, 3)
+    next_obs = torch.randn(5, 3)
+    state = sac.gen.get_state()
+    got = cql.logsumexp_q(obs, next_obs)
+    sac.gen.set_state(state)  # the same draws, in the same order, one state at a time below
+    with torch.no_grad():
+        rand = torch.rand((15, 1), generator=sac.gen) * 2 - 1
+        m, ls = sac._actor_out(obs.repeat_interleave(3, 0))
+        a_cur, lp_cur = squashed_gaussian(m, ls, torch.randn(m.shape, generator=sac.gen))
+        m, ls = sac._actor_out(next_obs.repeat_interleave(3, 0))
+        a_nxt, lp_nxt = squashed_gaussian(m, ls, torch.randn(m.shape, generator=sac.gen))
+        for b in range(5):
+            terms = []
+            for k in range(2):
+                row = []
+                for i in range(3 * b, 3 * b + 3):
+                    for a, log_density in ((rand[i], -math.log(2.0)), (a_cur[i], lp_cur[i]),
+                                           (a_nxt[i], lp_nxt[i])):
+                        q = sac.q(torch.cat([obs[b], a])[None])[k, 0, 0]
+                        row.append(q - log_density)
+                terms.append(torch.logsumexp(torch.stack(row), 0))
+            np.testing.assert_allclose(got[:, b].detach().numpy(), torch.stack(terms).numpy(),
+                                       rtol=1e-5)
+
+
+def batch_of(obs, actions, rng) -> OfflineBatch:
+    n = len(obs)
+    return OfflineBatch(obs, actions, rng.normal(size=n).astype(np.float32),
+                        obs + rng.normal(0, 0.1, obs.shape).astype(np.float32), np.zeros(n, bool))
+
+
+def test_the_term_keeps_q_of_unseen_actions_below_the_datas():
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(64, 3)).astype(np.float32)
+    actions = np.full((64, 1), 1.5, np.float32)  # the data only ever pushes +1.5
+    gaps = {}
+    for weight in (0.0, 5.0):
+        cql = make_cql(cql_weight=weight)
+        for _ in range(150):
+            cql.update(batch_of(obs, actions, rng))
+        x = torch.from_numpy(obs)
+        with torch.no_grad():
+            q_data = cql.sac.q(torch.cat([x, torch.full((64, 1), 0.75)], -1)).mean()
+            q_other = cql.sac.q(torch.cat([x, torch.full((64, 1), -0.75)], -1)).mean()
+        gaps[weight] = (q_data - q_other).item()
+    assert gaps[5.0] > gaps[0.0] + 1.0
+
+
+def test_lagrange_raises_alpha_prime_while_the_gap_exceeds_its_target():
+    for target, direction in ((-100.0, 1), (100.0, -1)):
+        cql = make_cql(lagrange=True, target_gap=target)
+        before = cql.alpha_prime().item()
+        rng = np.random.default_rng(0)
+        cql.update(batch_of(rng.normal(size=(64, 3)).astype(np.float32),
+                            rng.uniform(-2, 2, (64, 1)).astype(np.float32), rng))
+        assert (cql.alpha_prime().item() - before) * direction > 0
+
+
+def test_cql_through_the_trainer_logs_q_data_and_naive_sac_does_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = ["algo=cql", "env=cartpole", *FAST, "dataset.expert_episodes=1",
+            "algo.hidden_sizes=[32,32]", "trainer.total_steps=200", "trainer.eval_every=100"]
+    res = train(compose(args), tmp_path / "cql")
+    assert res["grad_steps"] == 200 == res["env_steps"]
+    tags = set(read_scalars(tmp_path / "cql" / "tb"))
+    assert {"losses/q_data", "losses/cql_gap", "losses/qf_loss", "eval/return_mean"} <= tags
+    train(compose([*args, "algo.cql_weight=0"]), tmp_path / "naive")
+    tags = set(read_scalars(tmp_path / "naive" / "tb"))
+    assert "losses/q_data" in tags and "losses/cql_gap" not in tags
