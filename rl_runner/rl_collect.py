@@ -14,10 +14,12 @@ from rl_runner.datasets import Dataset, describe_space, save_dataset
 from rl_runner.envs import make_one
 from rl_runner.errors import UserError
 from rl_runner.options import Option, run_tool
+from rl_runner.checkpoint import load_checkpoint
 from rl_runner.policy import Policy, load_policy
 
 SUMMARY = ("Roll out a trained policy and write its transitions as a dataset (.npz; format in "
-           "docs/datasets.md) for bc, gail and cql. Give episodes=N or steps=N.")
+           "docs/datasets.md) for bc, gail and cql. Give episodes=N or steps=N; or write an "
+           "off-policy run's saved replay buffer with source=replay.")
 OPTIONS = {
     "run": Option(None, str, "the run directory of the policy"),
     "checkpoint": Option("best", str, "best (last.pt where no best.pt), last, or a .pt file"),
@@ -32,6 +34,9 @@ OPTIONS = {
     "seed": Option(0, int, "episode i starts from seed + i; noise and random actions too"),
     "out": Option(None, str | None, "the dataset file; null: <run>/datasets/<name>.npz; an "
                                     "existing file is never replaced"),
+    "source": Option("policy", str, "policy: roll the policy out; replay: the replay buffer "
+                                    "that an off-policy run saved in last.pt "
+                                    "(trainer.save_replay_buffer=true), oldest row first"),
 }
 
 
@@ -50,6 +55,10 @@ def collect(opts: dict[str, Any]) -> Path:
     if opts["noise"] < 0:
         raise UserError(f"noise={opts['noise']} must not be negative")
     run = Path(opts["run"])
+    if opts["source"] not in ("policy", "replay"):
+        raise UserError(f"source={opts['source']!r} is not known; allowed: policy, replay")
+    if opts["source"] == "replay":
+        return write_replay(run, opts)
     policy = load_policy(run, opts["checkpoint"])
     out = Path(opts["out"]) if opts["out"] else run / "datasets" / default_name(policy, opts,
                                                                                   episodes, steps)
@@ -62,6 +71,50 @@ def collect(opts: dict[str, Any]) -> Path:
                "episodes" if rets else "no complete episode")
     print(f"wrote {out}: {len(data)} transitions, {summary}")
     return out
+
+
+def write_replay(run: Path, opts: dict) -> Path:
+    """The replay buffer saved in <run>/checkpoints/last.pt as a dataset: e.g. the "medium-replay"
+    data of an off-policy run stopped before it was good."""
+    policy = load_policy(run, "last")
+    buffer = load_checkpoint(policy.checkpoint).get("replay_buffer")
+    if buffer is None:
+        raise UserError(f"{policy.checkpoint} holds no replay buffer; train with "
+                        "trainer.save_replay_buffer=true (off-policy algorithms)")
+    out = Path(opts["out"]) if opts["out"] else run / "datasets" / "replay.npz"
+    if out.exists():
+        raise UserError(f"{out} already exists; choose another out=")
+    data = replay_rows(policy, buffer)
+    save_dataset(out, data)
+    print(f"wrote {out}: {len(data)} transitions from the replay buffer of "
+          f"{policy.env_steps} env steps")
+    return out
+
+
+def replay_rows(policy: Policy, buffer: dict) -> Dataset:
+    """Rows oldest first; actions back in the env's units. A buffer keeps no time-limit ends:
+    truncations are all false, and episode_starts mark the first row and rows after a
+    termination (with several envs, their steps interleave)."""
+    rows, size, pos = buffer["data"], buffer["size"], buffer["pos"]
+    if size == buffer["capacity"]:  # the ring wrapped: the oldest row is the next to be written
+        rows = np.concatenate([rows[pos:], rows[:pos]])
+    algo = policy.algo
+    obs_dim = (rows.shape[1] - 2 - algo.buffer_action_dim) // 2
+    a_end = obs_dim + algo.buffer_action_dim
+    actions = rows[:, obs_dim:a_end]
+    actions = actions[:, 0].astype(np.int64) if algo.discrete else algo.to_env(actions)
+    terminated = rows[:, a_end + 1] > 0.5
+    starts = np.concatenate([[True], terminated[:-1]])
+    env = make_one(policy.env_id, policy.env_kwargs)
+    meta = metadata(policy, env, None, len(rows), {"deterministic": None, "noise": 0.0,
+                                                   "epsilon": 0.0, "seed": None}, [], [])
+    env.close()
+    meta["collection"] = {"source": "replay", "rows": len(rows)}
+    return Dataset(observations=rows[:, :obs_dim].copy(),
+                   actions=np.asarray(actions, np.int64 if algo.discrete else np.float32),
+                   rewards=rows[:, a_end].copy(), next_observations=rows[:, a_end + 2:].copy(),
+                   terminations=terminated, truncations=np.zeros(len(rows), bool),
+                   episode_starts=starts, metadata=meta)
 
 
 def default_name(policy: Policy, opts: dict, episodes: int | None, steps: int | None) -> str:

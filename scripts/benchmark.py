@@ -148,7 +148,8 @@ def read_rl_runner(task: Task, run_dir: Path, proc_seconds: float | None) -> dic
     return {"status": res["status"], "env_steps": res["env_steps"],
             "loop_seconds": res["wall_seconds"], "sps": res["sps"],
             "eval_return_mean": res["eval_return_mean"], "eval_return_std": res["eval_return_std"],
-            "eval_episodes": res["eval_episodes"], "torch_threads": res.get("torch_threads", cfg["trainer"]["torch_threads"]),
+            "eval_episodes": res["eval_episodes"],
+            "torch_threads": res.get("torch_threads", cfg["trainer"]["torch_threads"]),
             "process_seconds": proc_seconds, "mismatches": config_mismatches(task, cfg)}
 
 

@@ -131,3 +131,26 @@ def test_corrupt_or_inconsistent_files_are_clear_errors(tmp_path):
     with pytest.raises(UserError, match="do not fit Discrete"):
         check_matches(load_dataset(tmp_path / "ok.npz"), tmp_path / "ok.npz", "Pendulum-v1",
                       env.observation_space, wrong.action_space)
+
+
+@pytest.mark.parametrize("buffer_size", [1000, 150])  # 150 < 300 steps: the ring wrapped
+def test_a_saved_replay_buffer_becomes_a_dataset_oldest_row_first(tmp_path, buffer_size):
+    run = tmp_path / "sac"
+    train(compose([*SAC_FAST, "trainer.save_replay_buffer=true",
+                   f"algo.buffer_size={buffer_size}"]), run)
+    main([f"run={run}", "source=replay"])
+    data = load_dataset(run / "datasets" / "replay.npz")
+    assert len(data) == min(300, buffer_size)
+    assert data.metadata["collection"] == {"source": "replay", "rows": len(data)}
+    assert data.actions.shape == (len(data), 1) and np.abs(data.actions).max() <= 2.0
+    # consecutive rows chain, except where Pendulum's 200-step time limit reset the episode
+    first_step = 300 - len(data)
+    chained = [(first_step + i + 1) % 200 != 0 for i in range(len(data) - 1)]
+    np.testing.assert_array_equal(data.next_observations[:-1][chained],
+                                  data.observations[1:][chained])
+    assert data.episode_starts[0] and not data.truncations.any()
+
+
+def test_replay_source_without_a_saved_buffer_is_exit_2(pendulum_run, tmp_path, capsys):
+    line = exit_line(capsys, [f"run={pendulum_run}", "source=replay", f"out={tmp_path / 'r.npz'}"])
+    assert "holds no replay buffer" in line and "trainer.save_replay_buffer=true" in line

@@ -130,7 +130,8 @@ class CQL(Algorithm):
 
     # ---- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"sac": self.sac.state_dict(), "log_alpha_prime": self.log_alpha_prime.detach().clone(),
+        return {"sac": self.sac.state_dict(),
+                "log_alpha_prime": self.log_alpha_prime.detach().clone(),
                 "alpha_prime_opt": self.alpha_prime_opt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
