@@ -109,3 +109,12 @@ def test_cql_through_the_trainer_logs_q_data_and_naive_sac_does_too(tmp_path, mo
     train(compose([*args, "algo.cql_weight=0"]), tmp_path / "naive")
     tags = set(read_scalars(tmp_path / "naive" / "tb"))
     assert "losses/q_data" in tags and "losses/cql_gap" not in tags
+
+
+@pytest.mark.slow
+def test_cql_learns_cartpole_from_two_expert_episodes(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    res = train(compose(["algo=cql", "env=cartpole", "trainer.progress=false",
+                         "dataset.expert_episodes=2", "trainer.total_steps=1000",
+                         "trainer.eval_every=1000"]), tmp_path / "run")
+    assert res["eval_return_mean"] >= 475
