@@ -56,14 +56,15 @@ def describe_space(space: gym.Space) -> dict:
     raise UserError(f"datasets hold Box or Discrete spaces, not {space}")
 
 
-def save_dataset(path: Path, data: Dataset) -> None:
-    """Write atomically; an existing file is never replaced."""
+def save_dataset(path: Path, data: Dataset, unique_tmp: bool = False) -> None:
+    """Write atomically; an existing file is never replaced. unique_tmp: a temp file of this
+    process's own (the cache, which parallel runs may fill at once with the same data)."""
     path = Path(path)
     if path.exists():
         raise UserError(f"{path} already exists; choose another out=")
     check_arrays(path, data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = path.with_name(f"{path.name}.{os.getpid() if unique_tmp else 'tmp'}.npz")
     meta = np.array(json.dumps({"format": FORMAT, **data.metadata}))
     np.savez_compressed(tmp, metadata=meta, **data.arrays())
     os.replace(tmp, path)

@@ -57,7 +57,9 @@ def expert_dataset(env_name: str, episodes: int, seed: int,
         return load_dataset(path), path
     policy = load_policy(expert.parent, str(expert))
     data = rollout(policy, episodes, None, settings, progress)
-    save_dataset(path, data)
+    if path.is_file():  # a parallel run (a sweep) collected the same data meanwhile
+        return load_dataset(path), path
+    save_dataset(path, data, unique_tmp=True)
     rets = data.metadata["episode_returns"]
     log.info("collected %d episodes from the bundled %s expert (return %.1f +- %.1f) into %s",
              len(rets), env_name, np.mean(rets), np.std(rets), path)

@@ -38,14 +38,14 @@ class Policy:
 
 def find_checkpoint(run: Path, checkpoint: str = "best") -> Path:
     """best.pt (falling back to last.pt when no evaluation improved), last.pt, or a file."""
+    if not run.is_dir():
+        raise UserError(f"run={run}: no such run directory")
     if checkpoint not in NAMED:
         path = Path(checkpoint)
         if not path.is_file():
             raise UserError(f"checkpoint={checkpoint}: no such file; allowed: best, last or the "
                             "path of a .pt file")
         return path
-    if not run.is_dir():
-        raise UserError(f"run={run}: no such run directory")
     names = ["best.pt", "last.pt"] if checkpoint == "best" else ["last.pt"]
     for name in names:
         if (run / "checkpoints" / name).is_file():
@@ -65,8 +65,9 @@ def load_policy(run: Path, checkpoint: str = "best") -> Policy:
     cfg = OmegaConf.create(state["config"])
     envs = make_vec_env(cfg.env.id, 1, to_plain(cfg.env.get("kwargs")) or {})
     try:
-        torch.manual_seed(cfg.seed)
-        algo = build_algo(cfg, envs.single_observation_space, envs.single_action_space)
+        with torch.random.fork_rng():  # the caller's torch RNG (a run in progress) is left as is
+            torch.manual_seed(cfg.seed)
+            algo = build_algo(cfg, envs.single_observation_space, envs.single_action_space)
     finally:
         envs.close()
     algo.load_state_dict(state["algo"])

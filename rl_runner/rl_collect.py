@@ -52,8 +52,8 @@ def collect(opts: dict[str, Any]) -> Path:
         raise UserError(f"{'episodes' if steps is None else 'steps'} must be positive")
     if not 0.0 <= opts["epsilon"] <= 1.0:
         raise UserError(f"epsilon={opts['epsilon']} must lie in [0, 1]")
-    if opts["noise"] < 0:
-        raise UserError(f"noise={opts['noise']} must not be negative")
+    if opts["noise"] < 0 or opts["seed"] < 0:
+        raise UserError(f"noise={opts['noise']} and seed={opts['seed']} must not be negative")
     run = Path(opts["run"])
     if opts["source"] not in ("policy", "replay"):
         raise UserError(f"source={opts['source']!r} is not known; allowed: policy, replay")

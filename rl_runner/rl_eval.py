@@ -33,6 +33,8 @@ def evaluate(opts: dict[str, Any]) -> dict[str, Any]:
         raise UserError("run=<run directory> is required")
     if opts["episodes"] <= 0:
         raise UserError(f"episodes={opts['episodes']} must be positive")
+    if opts["seed"] is not None and opts["seed"] < 0:
+        raise UserError(f"seed={opts['seed']} must not be negative")
     run = Path(opts["run"])
     policy = load_policy(run, opts["checkpoint"])
     seed = policy.config.seed + 10_000 if opts["seed"] is None else opts["seed"]
@@ -52,8 +54,8 @@ def evaluate(opts: dict[str, Any]) -> dict[str, Any]:
               "time": datetime.datetime.now().isoformat(timespec="seconds")}
     write_eval_json(run / "eval.json", result)
     print(f"{policy.env_id}: return {result['return_mean']:.2f} +- {result['return_std']:.2f} "
-          f"over {result['episodes']} episodes ({policy.checkpoint.name}, "
-          f"{policy.env_steps} env steps); written to {run / 'eval.json'}")
+          f"over {result['episodes']} episodes ({policy.checkpoint.name} after "
+          f"{policy.env_steps} training steps); written to {run / 'eval.json'}")
     return result
 
 

@@ -331,7 +331,9 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise UserError(f"{self.ckpt_dir / 'last.pt'} does not fit this run's config "
                             f"({type(e).__name__}: {e})") from None
-        if ckpt["env"]["state"] is not None:
+        if self.family == "offline":  # no env is stepped while learning: nothing to restore
+            pass
+        elif ckpt["env"]["state"] is not None:
             restore_env_state(self.envs, ckpt["env"]["state"])
         else:
             self.feeder.obs, _ = self.envs.reset(seed=self.cfg.seed + self.env_steps)

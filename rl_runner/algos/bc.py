@@ -38,8 +38,7 @@ class BC(Algorithm):
                             f"{', '.join(ACTIVATIONS)}")
         if not 0.0 <= val_fraction < 1.0:
             raise UserError(f"algo.val_fraction={val_fraction} must lie in [0, 1)")
-        self.total_steps, self.batch_size, self.loss = total_steps, batch_size, loss
-        self.val_fraction, self.seed = val_fraction, seed
+        self.batch_size, self.loss, self.val_fraction = batch_size, loss, val_fraction
         self.obs_dim = int(np.prod(observation_space.shape))
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         if self.discrete:
@@ -63,10 +62,6 @@ class BC(Algorithm):
         self.obs_std = torch.ones(self.obs_dim)
         self.gen = torch.Generator().manual_seed(seed)
         self.grad_steps = 0
-
-    @property
-    def n_steps(self) -> int:
-        return 1  # one gradient step per trainer step: the budget counts gradient steps
 
     # ---- data ---------------------------------------------------------------------------------
     def fit_dataset(self, train: Dataset) -> None:

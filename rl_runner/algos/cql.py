@@ -43,6 +43,7 @@ class CQL(Algorithm):
                        tau=tau, hidden_sizes=hidden_sizes, batch_size=batch_size,
                        ent_coef=ent_coef, activation=activation, learning_starts=0)
         self.batch_size, self.discrete = batch_size, self.sac.discrete
+        self.start = int(action_space.start) if self.discrete else 0
         self.cql_weight, self.lagrange, self.target_gap = cql_weight, lagrange, target_gap
         self.n_samples = n_action_samples
         self.log_alpha_prime = torch.zeros(1, requires_grad=True)
@@ -70,7 +71,8 @@ class CQL(Algorithm):
         return self.log_alpha_prime.detach().exp().clamp(0.0, 1e6)[0]
 
     def logsumexp_q(self, obs_BD: torch.Tensor, next_obs_BD: torch.Tensor) -> torch.Tensor:
-        """CQL(H)'s importance-sampled log-sum-exp of Q(s, .) for Box actions: [K, B]."""
+        """CQL(H)'s importance-sampled log of the integral of exp Q(s, .) for Box actions:
+        [K, B]."""
         sac, n = self.sac, self.n_samples
         B, A = len(obs_BD), sac.action_dim
         with torch.no_grad():
@@ -86,7 +88,9 @@ class CQL(Algorithm):
         q = sac.q(torch.cat([obs_n.repeat(3, 1), actions], -1))[..., 0]  # [K, 3 B n]
         log_density = torch.cat([torch.full((B * n,), -A * math.log(2.0)), logp_cur, logp_next])
         weighted = (q - log_density).reshape(len(q), 3, B, n)
-        return torch.logsumexp(weighted.permute(0, 2, 1, 3).reshape(len(q), B, 3 * n), -1)
+        # log of the mean of exp(Q - log density): an estimate of log of the integral of exp Q
+        lse = torch.logsumexp(weighted.permute(0, 2, 1, 3).reshape(len(q), B, 3 * n), -1)
+        return lse - math.log(3 * n)
 
     def penalty(self, obs_BD, next_obs_BD, q_KB, q_KBA) -> torch.Tensor:
         """alpha' x (log-sum-exp Q - dataset Q), summed over the critics; steps alpha' if tuned."""
@@ -110,8 +114,8 @@ class CQL(Algorithm):
     # ---- learning -----------------------------------------------------------------------------
     def update(self, batch: OfflineBatch) -> dict[str, float]:
         sac, B = self.sac, len(batch.rewards)
-        if self.discrete:  # stored as the replay buffer stores them: one float column
-            actions = np.asarray(batch.actions, np.float32).reshape(B, 1)
+        if self.discrete:  # from 0, one float column, as the replay buffer stores them
+            actions = (np.asarray(batch.actions).reshape(B, 1) - self.start).astype(np.float32)
         else:  # the env's units to the policy space [-1, 1]
             actions = (np.asarray(batch.actions, np.float32).reshape(B, -1)
                        - sac.action_center) / sac.action_scale

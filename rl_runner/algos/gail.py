@@ -32,6 +32,10 @@ class GAIL(Algorithm):
                  learner_kwargs: dict | None = None, disc_hidden_sizes: list[int] = (64, 64),
                  disc_lr: float = 3e-4, disc_steps: int = 5, disc_batch_size: int = 256,
                  grad_penalty: float = 0.0):
+        if disc_steps <= 0 or disc_batch_size <= 0 or disc_lr <= 0 or grad_penalty < 0:
+            raise UserError(f"algo.disc_steps={disc_steps}, algo.disc_batch_size="
+                            f"{disc_batch_size} and algo.disc_lr={disc_lr} must be positive, "
+                            f"algo.grad_penalty={grad_penalty} not negative")
         if learner not in LEARNERS:
             raise UserError(f"algo.learner={learner!r} is not known; allowed: "
                             f"{', '.join(LEARNERS)}")
@@ -87,14 +91,15 @@ class GAIL(Algorithm):
         obs = data.observations.reshape(len(data), -1).astype(np.float32)
         self.obs_mean = obs.mean(0)
         self.obs_std = np.maximum(obs.std(0), 1e-6).astype(np.float32)
-        self.expert = self.inputs(obs, data.actions)
+        actions = data.actions - self.start if self.discrete else data.actions
+        self.expert = self.inputs(obs, actions)
 
     def inputs(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """[B, obs + action features]: scaled observations and one-hot or rescaled actions."""
+        """[B, obs + action features]: scaled observations and one-hot (actions counted from
+        0, as the learners act) or rescaled actions."""
         x = (obs.reshape(len(obs), -1) - self.obs_mean) / self.obs_std
         if self.discrete:
-            a = np.eye(self.n_actions, dtype=np.float32)[np.asarray(actions).reshape(-1)
-                                                         - self.start]
+            a = np.eye(self.n_actions, dtype=np.float32)[np.asarray(actions).reshape(-1)]
         else:
             a = (np.asarray(actions, np.float32).reshape(len(obs), -1) - self.center) / self.scale
             a = np.clip(a, -1.0, 1.0)

@@ -1,7 +1,6 @@
 """Bundled expert policies (<env>.pt), trained by rl-run itself: scripts/train_experts.py."""
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -21,8 +20,3 @@ def expert_path(env: str) -> Path:
                         "give dataset.path=<a file from rl-collect>")
     return path
 
-
-def expert_info(env: str) -> dict:
-    """What scripts/train_experts.py recorded about the expert: its return, budget, seed."""
-    manifest = json.loads((resources.files(__name__) / "experts.json").read_text())
-    return manifest.get(env, {})

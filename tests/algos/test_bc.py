@@ -158,3 +158,18 @@ def test_a_dataset_of_another_env_or_a_corrupt_file_is_exit_2(cli, tmp_path):
 def test_bad_dataset_settings_are_exit_2(cli, override, says):
     proc = cli(["algo=bc", "env=cartpole", *FAST, override])
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+
+
+def test_an_offline_run_resumes_on_an_env_that_cannot_save_its_state(tmp_path):
+    # Box2D envs cannot be pickled mid-episode; offline runs step no env, so nothing to restore
+    path = tmp_path / "ll.npz"
+    data = rule_dataset(200, discrete=True)
+    data.observations = np.tile(data.observations, (1, 3))[:, :8]
+    data.next_observations = np.tile(data.next_observations, (1, 3))[:, :8]
+    data.metadata = {"env_id": "LunarLander-v3"}
+    save_dataset(path, data)
+    args = ["algo=bc", "env=lunarlander", *FAST, f"dataset.path={path}",
+            "trainer.eval_every=100"]
+    train(compose([*args, "trainer.total_steps=100"]), tmp_path / "run")
+    res = train(compose([*args, "trainer.total_steps=200"]), tmp_path / "run", resume=True)
+    assert res["status"] == "completed" and res["grad_steps"] == 200

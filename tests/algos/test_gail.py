@@ -37,9 +37,11 @@ def expert_data(obs: np.ndarray, actions: np.ndarray) -> Dataset:
 def test_inputs_scale_observations_by_the_expert_and_encode_actions():
     gail = make_gail(gym.spaces.Discrete(3, start=1))
     obs = np.array([[0, 0, 0, 0], [2, 4, 0, 0]], np.float32)
-    gail.fit_dataset(expert_data(obs, np.array([1, 3])))
+    gail.fit_dataset(expert_data(obs, np.array([1, 3])))  # the env's own action numbers
     np.testing.assert_allclose(gail.obs_mean, [1, 2, 0, 0])
-    x = gail.inputs(np.array([[1, 2, 0, 0], [3, 6, 0, 0]], np.float32), np.array([2, 3]))
+    np.testing.assert_allclose(gail.expert[:, 4:], [[1, 0, 0], [0, 0, 1]])
+    # the learners act from 0, whatever the space's start
+    x = gail.inputs(np.array([[1, 2, 0, 0], [3, 6, 0, 0]], np.float32), np.array([1, 2]))
     # (obs - mean) / std with std (1, 2, tiny): zero-variance features stay 0, then one-hot
     np.testing.assert_allclose(x, [[0, 0, 0, 0, 0, 1, 0], [2, 2, 0, 0, 0, 0, 1]])
     box = make_gail(PENDULUM_ACT, PENDULUM_OBS)
