@@ -121,6 +121,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         config_checks.check_trainer(cfg)
         keep_freed_memory()
+        self._set_threads()
         checkpoint = load_checkpoint(self.ckpt_dir / "last.pt") if resume else None
         if not resume and ((self.ckpt_dir / "last.pt").exists()
                            or (self.run_dir / "results.json").exists()):
@@ -134,7 +135,7 @@ class Trainer:
         self.algo = build_algo(cfg, self.envs.single_observation_space,
                                self.envs.single_action_space)
         self.algo_name = self.algo.name or type(self.algo).__name__.lower()
-        self.threads = self._set_threads()
+        self.threads = self._set_threads(self.algo)
         self.family = self.algo.family
         if self.family not in FAMILIES:
             raise UserError(f"algorithm family {self.family!r} is not supported by this trainer; "
@@ -180,11 +181,15 @@ class Trainer:
             self.logger.hparams(flat, ["eval/return_mean", "charts/episodic_return"])
 
     # ---- construction -------------------------------------------------------------------------
-    def _set_threads(self) -> int:
-        """trainer.torch_threads, or with `auto` the algorithm's choice for its matmul sizes."""
+    def _set_threads(self, algo=None) -> int:
+        """trainer.torch_threads, or with `auto` the algorithm's choice for its matmul sizes.
+
+        Called before the networks are built (`auto`: one thread, so that initial weights do not
+        depend on the machine's cores: orthogonal init's QR differs in its last bits with the
+        thread count) and again after, with the algorithm."""
         threads = self.tcfg.torch_threads
         if threads == "auto":
-            threads = self.algo.preferred_threads(usable_cores())
+            threads = 1 if algo is None else algo.preferred_threads(usable_cores())
         torch.set_num_threads(threads)
         # numpy's OpenBLAS (the on-policy kernels, GAE) gets the same count: its default of one
         # thread per core made a 256x64 matmul 2x slower while another process held a core

@@ -181,6 +181,24 @@ def test_auto_threads_are_one_for_small_networks_and_every_core_for_big_sac(tmp_
         torch.set_num_threads(before)
 
 
+def test_initial_weights_do_not_depend_on_the_threads_the_process_had(tmp_path):
+    # orthogonal init's QR differs in its last bits between 1 and 2 threads (LunarLander's ppo
+    # nets): the networks are built on one thread whatever torch was set to before
+    from rl_runner.trainer import Trainer
+
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            t = Trainer(compose(["algo=ppo", "env=lunarlander", *FAST]), tmp_path / str(threads))
+            weights.append(torch.cat([p.detach().reshape(-1) for p in t.algo.net.parameters()]))
+            t.logger.close()
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(weights[0], weights[1])
+
+
 def test_budget_rounds_down_to_whole_rollouts(tmp_path):
     res = train(short_cfg("trainer.total_steps=1000"), tmp_path / "r")
     assert res["env_steps"] == 1000 // 256 * 256  # rollout: 32 steps x 8 envs
