@@ -29,8 +29,8 @@ EXPERIMENTS = {
     "cartpole-30-pairs": ("cartpole", ["dataset.episodes=1", "dataset.max_samples=30"],
                           ["gail", "bc"]),
     "cartpole-10-episodes": ("cartpole", ["dataset.episodes=10"], ["bc", "gail"]),
-    "lunarlander-10-episodes": ("lunarlander", ["dataset.episodes=10"], ["bc"]),
-    "pendulum-10-episodes": ("pendulum", ["dataset.episodes=10"], ["bc"]),
+    "lunarlander-10-episodes": ("lunarlander", ["dataset.episodes=10"], ["bc", "gail"]),
+    "pendulum-10-episodes": ("pendulum", ["dataset.episodes=10"], ["bc", "gail"]),
 }
 # bc learns from every pair it is given (no held-out split), as gail does
 ALGO_OVERRIDES = {"bc": ["algo.val_fraction=0"]}
