@@ -90,6 +90,8 @@ def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str
             "Final deterministic evaluation, 20 episodes, after the whole budget. Data: the "
             "bundled expert's episodes (seeds 0, 1, ...), `dataset.episodes` of them, then "
             "`dataset.max_samples` (s, a) pairs drawn at random; bc with `algo.val_fraction=0`. "
+            "Where returns are negative (pendulum), mean / expert below 1 is better than the "
+            "expert. "
             "Made by `python scripts/imitation_benchmark.py` (last: `" + command + "`); rows "
             "of the experiments run are replaced.\n\n" + "\n".join(HEADER + list(table.values())))
     replace_section(path, START, END, body)
