@@ -193,6 +193,23 @@ class OnPolicyAlgorithm(Algorithm):
         self.env_steps, self.grad_steps = state["env_steps"], state["grad_steps"]
 
 
+def box_bounds(space: gym.spaces.Box, who: str, verb: str) -> tuple[np.ndarray, np.ndarray]:
+    """(center, half-range) of a bounded Box, flattened, float32: the map to [-1, 1]^A; one
+    UserError naming `who` (which `verb` actions into the bounds) where the Box is unbounded."""
+    low = np.asarray(space.low, np.float32).reshape(-1)
+    high = np.asarray(space.high, np.float32).reshape(-1)
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise UserError(f"{who} {verb} actions into the env's bounds, but {space} is unbounded; "
+                        "wrap the env with gymnasium.wrappers.RescaleAction or ClipAction")
+    return (high + low) / 2, (high - low) / 2
+
+
+def to_unit_box(actions: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Box actions in the env's units as [B, A] float32 in [-1, 1] (clipped): box_bounds' map."""
+    a = (np.asarray(actions, np.float32).reshape(len(actions), -1) - center) / scale
+    return np.clip(a, -1.0, 1.0).astype(np.float32, copy=False)
+
+
 class OffPolicyAlgorithm(Algorithm):
     """Shared by off-policy algorithms: replay settings, action scaling, random warm-up actions.
 
@@ -222,13 +239,8 @@ class OffPolicyAlgorithm(Algorithm):
             self.n_actions = int(action_space.n)
         else:
             self.action_shape = tuple(action_space.shape)
-            low = np.asarray(action_space.low, np.float32).reshape(-1)
-            high = np.asarray(action_space.high, np.float32).reshape(-1)
-            if not (np.isfinite(low).all() and np.isfinite(high).all()):
-                raise UserError(f"{self.name or type(self).__name__} squashes actions into the "
-                                f"env's bounds, but {action_space} is unbounded; wrap the env "
-                                "with gymnasium.wrappers.RescaleAction or ClipAction")
-            self.action_center, self.action_scale = (high + low) / 2, (high - low) / 2
+            self.action_center, self.action_scale = box_bounds(
+                action_space, self.name or type(self).__name__, "squashes")
         self.grad_steps = 0
 
     @property

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl_runner.algos.base import Algorithm
+from rl_runner.algos.base import Algorithm, box_bounds, to_unit_box
 from rl_runner.datasets import Dataset
 from rl_runner.errors import UserError
 from rl_runner.nets import ACTIVATIONS, LOG_2PI, ParallelMLP
@@ -45,14 +45,9 @@ class BC(Algorithm):
             out = int(action_space.n)
             self.start = int(action_space.start)
         else:
-            low = np.asarray(action_space.low, np.float32).reshape(-1)
-            high = np.asarray(action_space.high, np.float32).reshape(-1)
-            if not (np.isfinite(low).all() and np.isfinite(high).all()):
-                raise UserError(f"bc rescales actions into the env's bounds, but {action_space} "
-                                "is unbounded; wrap the env with gymnasium.wrappers.ClipAction")
-            self.center, self.scale = (high + low) / 2, (high - low) / 2
+            self.center, self.scale = box_bounds(action_space, "bc", "rescales")
             self.action_shape = tuple(action_space.shape)
-            out = len(low)
+            out = len(self.center)
         self.net = ParallelMLP(self.obs_dim, list(hidden_sizes), out, k=1, activation=activation,
                                out_gains=(0.01,))
         self.log_std = nn.Parameter(torch.zeros(out)) if not self.discrete else None
@@ -75,8 +70,7 @@ class BC(Algorithm):
         """Dataset actions as the loss takes them: indices, or Box actions in [-1, 1]."""
         if self.discrete:
             return torch.from_numpy(np.asarray(actions, np.int64).reshape(-1) - self.start)
-        a = (np.asarray(actions, np.float32).reshape(len(actions), -1) - self.center) / self.scale
-        return torch.from_numpy(np.clip(a, -1.0, 1.0).astype(np.float32))
+        return torch.from_numpy(to_unit_box(actions, self.center, self.scale))
 
     # ---- acting -------------------------------------------------------------------------------
     def _out(self, obs: np.ndarray) -> torch.Tensor:

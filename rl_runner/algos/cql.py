@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rl_runner.algos.base import Algorithm
+from rl_runner.algos.base import Algorithm, to_unit_box
 from rl_runner.algos.sac import SAC, squashed_gaussian
 from rl_runner.datasets import Dataset
 from rl_runner.errors import UserError
@@ -117,9 +117,7 @@ class CQL(Algorithm):
         if self.discrete:  # from 0, one float column, as the replay buffer stores them
             actions = (np.asarray(batch.actions).reshape(B, 1) - self.start).astype(np.float32)
         else:  # the env's units to the policy space [-1, 1]
-            actions = (np.asarray(batch.actions, np.float32).reshape(B, -1)
-                       - sac.action_center) / sac.action_scale
-            actions = actions.clip(-1.0, 1.0).astype(np.float32)
+            actions = to_unit_box(batch.actions, sac.action_center, sac.action_scale)
         replay = ReplayBatch(batch.obs.reshape(1, B, -1).astype(np.float32), actions[None],
                              batch.rewards.reshape(1, B).astype(np.float32),
                              batch.terminated.reshape(1, B).astype(np.float32),

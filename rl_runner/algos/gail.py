@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hydra.utils import get_class
 
 from rl_runner import config as config_checks
-from rl_runner.algos.base import Algorithm, Rollout
+from rl_runner.algos.base import Algorithm, Rollout, box_bounds, to_unit_box
 from rl_runner.datasets import Dataset
 from rl_runner.errors import UserError
 from rl_runner.nets import ParallelMLP
@@ -52,10 +52,8 @@ class GAIL(Algorithm):
             self.n_actions, self.start = int(action_space.n), int(action_space.start)
             act_dim = self.n_actions
         else:
-            low = np.asarray(action_space.low, np.float32).reshape(-1)
-            high = np.asarray(action_space.high, np.float32).reshape(-1)
-            self.center, self.scale = (high + low) / 2, (high - low) / 2
-            act_dim = len(low)
+            self.center, self.scale = box_bounds(action_space, "gail", "rescales")
+            act_dim = len(self.center)
         obs_dim = int(np.prod(observation_space.shape))
         self.disc = ParallelMLP(obs_dim + act_dim, list(disc_hidden_sizes), 1, k=1,
                                 activation="tanh")
@@ -101,8 +99,7 @@ class GAIL(Algorithm):
         if self.discrete:
             a = np.eye(self.n_actions, dtype=np.float32)[np.asarray(actions).reshape(-1)]
         else:
-            a = (np.asarray(actions, np.float32).reshape(len(obs), -1) - self.center) / self.scale
-            a = np.clip(a, -1.0, 1.0)
+            a = to_unit_box(actions, self.center, self.scale)
         return np.concatenate([x, a], 1).astype(np.float32)
 
     def logits(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -112,6 +112,8 @@ def test_bad_learner_settings_are_user_errors():
         make_gail(learner="sac")
     with pytest.raises(UserError, match="algo.n_stepz is not a hyperparameter of ppo"):
         make_gail(learner_kwargs={"n_stepz": 8})
+    with pytest.raises(UserError, match="gail rescales actions into the env's bounds"):
+        make_gail(gym.spaces.Box(-np.inf, np.inf, (1,), np.float32), PENDULUM_OBS)
 
 
 def test_gail_through_the_trainer_logs_the_discriminator_and_the_true_return(tmp_path,
