@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from rl_runner.config import check_value
 from rl_runner.datasets import Dataset, check_matches, load_dataset, save_dataset
 from rl_runner.errors import UserError
+from rl_runner.minari_data import is_minari, load_minari
 
 log = logging.getLogger("rl_runner")
 
@@ -75,7 +76,10 @@ def training_dataset(cfg: DictConfig, obs_space: gym.Space,
         check_value(f"dataset.{key}", d[key], kind)
     if d.expert_episodes <= 0:
         raise UserError(f"dataset.expert_episodes={d.expert_episodes} must be positive")
-    if d.path:
+    if d.path and is_minari(d.path):
+        path = Path(d.path)
+        data = load_minari(d.path)
+    elif d.path:
         path = Path(d.path)
         data = load_dataset(path)
     else:

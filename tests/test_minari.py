@@ -1,0 +1,111 @@
+"""Minari datasets on disk as dataset.path: rows as rl-collect writes them, clear refusals."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from rl_runner.errors import UserError
+from rl_runner.minari_data import is_minari, load_minari
+from tests.conftest import FAST, error_line, read_results
+
+minari = pytest.importorskip("minari")
+
+
+def random_episodes(env_id: str, n: int) -> list:
+    """n episodes of uniform random actions, as Minari's episode buffers (no jax needed)."""
+    import gymnasium as gym
+    from minari.data_collector import EpisodeBuffer
+
+    env, buffers = gym.make(env_id, max_episode_steps=30), []
+    env.action_space.seed(0)
+    for i in range(n):
+        obs, _ = env.reset(seed=i)
+        steps = {"observations": [obs], "actions": [], "rewards": [], "terminations": [],
+                 "truncations": []}
+        done = False
+        while not done:
+            action = env.action_space.sample()
+            obs, reward, term, trunc, _ = env.step(action)
+            for key, value in zip(steps, (obs, action, reward, term, trunc)):
+                steps[key].append(value)
+            done = term or trunc
+        buffers.append(EpisodeBuffer(
+            id=i, infos={}, observations=np.array(steps.pop("observations")),
+            actions=np.array(steps.pop("actions")), **steps))
+    return buffers
+
+
+@pytest.fixture
+def minari_root(tmp_path, monkeypatch):
+    root = tmp_path / "minari"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    with warnings.catch_warnings():  # minari warns about the optional extras it lacks
+        warnings.simplefilter("ignore")
+        for env_id, name in (("CartPole-v1", "cartpole/random-v0"),
+                             ("Pendulum-v1", "pendulum/random-v0")):
+            minari.create_dataset_from_buffers(name, random_episodes(env_id, 3), env=env_id,
+                                               algorithm_name="random")
+    return root
+
+
+def test_episodes_become_rows_with_the_next_observation_of_each_step(minari_root):
+    source = minari.load_dataset("cartpole/random-v0")
+    data = load_minari("minari:cartpole/random-v0")
+    assert len(data) == source.total_steps
+    assert data.episode_starts.sum() == 3 and data.episode_starts[0]
+    assert data.actions.dtype == np.int64 and data.actions.ndim == 1
+    assert data.observations.dtype == np.float32
+    row = 0
+    for episode in source.iterate_episodes():
+        n = len(episode)
+        np.testing.assert_allclose(data.observations[row:row + n], episode.observations[:-1])
+        np.testing.assert_allclose(data.next_observations[row:row + n], episode.observations[1:])
+        np.testing.assert_array_equal(data.actions[row:row + n], episode.actions)
+        assert data.terminations[row + n - 1] or data.truncations[row + n - 1]
+        row += n
+    meta = data.metadata
+    assert meta["env_id"] == "CartPole-v1" and meta["source"]["minari"] == "cartpole/random-v0"
+    assert len(meta["episode_returns"]) == 3
+
+
+def test_a_directory_and_box_actions(minari_root):
+    directory = minari_root / "pendulum" / "random-v0"
+    assert is_minari(str(directory)) and is_minari(str(directory / "data"))
+    data = load_minari(str(directory))
+    assert data.actions.dtype == np.float32 and data.actions.shape == (len(data), 1)
+    assert data.metadata["env_id"] == "Pendulum-v1"
+
+
+def test_a_missing_minari_dataset_is_a_user_error_that_does_not_download(minari_root):
+    with pytest.raises(UserError, match="no such Minari dataset on disk"):
+        load_minari("minari:cartpole/expert-v9")
+
+
+def test_bc_trains_from_a_minari_dataset_and_refuses_another_envs(minari_root, cli, tmp_path):
+    ok = cli(["algo=bc", "env=cartpole", "dataset.path=minari:cartpole/random-v0", *FAST,
+              "trainer.total_steps=20", "trainer.eval_every=20"])
+    assert ok.returncode == 0, ok.stderr
+    assert read_results(tmp_path / "run")["status"] == "completed"
+    bad = cli(["algo=bc", "env=acrobot", "dataset.path=minari:cartpole/random-v0", *FAST],
+              run_dir=tmp_path / "bad")
+    assert "was collected on CartPole-v1" in error_line(bad)
+
+
+def test_an_rl_runner_dataset_round_trips_through_minari(minari_root, cartpole_run, tmp_path,
+                                                         capsys):
+    from rl_runner.datasets import load_dataset
+    from rl_runner.rl_collect import main as collect
+    from scripts.to_minari import main as to_minari
+
+    out = tmp_path / "d.npz"
+    collect([f"run={cartpole_run}", "episodes=3", f"out={out}"])
+    to_minari([str(out), "cartpole/ppo-v0"])
+    ours, back = load_dataset(out), load_minari("minari:cartpole/ppo-v0")
+    for name, arr in ours.arrays().items():
+        np.testing.assert_array_equal(getattr(back, name), arr, err_msg=name)
+    assert back.metadata["episode_returns"] == pytest.approx(ours.metadata["episode_returns"])
+    with pytest.raises(SystemExit) as e:  # the id exists: refused, nothing replaced
+        to_minari([str(out), "cartpole/ppo-v0"])
+    assert e.value.code == 2 and "to_minari: error:" in capsys.readouterr().err
