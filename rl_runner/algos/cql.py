@@ -1,11 +1,13 @@
-"""CQL (Kumar et al. 2020): conservative Q-learning from a fixed dataset, on the SAC learner.
+"""CQL (Kumar et al. 2020): conservative Q-learning from a fixed dataset.
 
 The critics' loss gains alpha' * (E_s[log sum_a exp Q(s, a)] - E_(s,a)~D[Q(s, a)]) per critic,
 pushing Q down on actions the dataset does not hold and up on those it does.
 - Box actions, CQL(H) (the paper's appendix F): the log-sum-exp over a in `n_action_samples`
   uniform actions, as many current-policy actions at s and as many policy actions at s' (each
   evaluated at s), importance-corrected by their densities (uniform: 2^-A on [-1, 1]^A).
-- Discrete actions: the exact log-sum-exp over all actions of the discrete-SAC critics.
+- Discrete actions: the exact log-sum-exp over all actions of a double-DQN Q-network (qlearn.py),
+  whose argmax is the policy (the paper's discrete CQL is on QR-DQN; the SAC learner's entropy
+  bonus, as large as CartPole's reward, held it near the data's policy).
 alpha' is `cql_weight`, or with `lagrange=true` it is tuned by dual gradient ascent so that the
 gap stays near `target_gap` (alpha' in [0, 1e6]). `cql_weight=0` gives naive offline SAC.
 """
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from rl_runner.algos.base import Algorithm, to_unit_box
+from rl_runner.algos.qlearn import QLearner
 from rl_runner.algos.sac import SAC, squashed_gaussian
 from rl_runner.datasets import Dataset
 from rl_runner.errors import UserError
@@ -38,31 +41,39 @@ class CQL(Algorithm):
         if cql_weight < 0 or n_action_samples <= 0:
             raise UserError(f"algo.cql_weight={cql_weight} must not be negative and "
                             f"algo.n_action_samples={n_action_samples} must be positive")
-        self.sac = SAC(observation_space=observation_space, action_space=action_space,
-                       n_envs=n_envs, total_steps=total_steps, seed=seed, lr=lr, gamma=gamma,
-                       tau=tau, hidden_sizes=hidden_sizes, batch_size=batch_size,
-                       ent_coef=ent_coef, activation=activation, learning_starts=0)
-        self.batch_size, self.discrete = batch_size, self.sac.discrete
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.start = int(action_space.start) if self.discrete else 0
+        if self.discrete:
+            self.learner = QLearner(obs_dim=int(np.prod(observation_space.shape)),
+                                    n_actions=int(action_space.n), start=self.start,
+                                    hidden_sizes=hidden_sizes, lr=lr, gamma=gamma, tau=tau,
+                                    seed=seed, activation=activation)
+        else:
+            self.sac = self.learner = SAC(
+                observation_space=observation_space, action_space=action_space, n_envs=n_envs,
+                total_steps=total_steps, seed=seed, lr=lr, gamma=gamma, tau=tau,
+                hidden_sizes=hidden_sizes, batch_size=batch_size, ent_coef=ent_coef,
+                activation=activation, learning_starts=0)
+        self.batch_size = batch_size
         self.cql_weight, self.lagrange, self.target_gap = cql_weight, lagrange, target_gap
         self.n_samples = n_action_samples
         self.log_alpha_prime = torch.zeros(1, requires_grad=True)
         self.alpha_prime_opt = torch.optim.Adam([self.log_alpha_prime], lr=lr)
-        self.sac.critic_penalty = self.penalty if cql_weight > 0 or lagrange else None
+        self.learner.critic_penalty = self.penalty if cql_weight > 0 or lagrange else None
         self._stats: dict[str, float] = {}
 
     @property
     def grad_steps(self) -> int:
-        return self.sac.grad_steps
+        return self.learner.grad_steps
 
     def fit_dataset(self, train: Dataset) -> None:
         """Nothing to fit: the critics see observations as they are, as SAC does."""
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        return self.sac.act(obs, deterministic)
+        return self.learner.act(obs, deterministic)
 
     def preferred_threads(self, cores: int) -> int:
-        return self.sac.preferred_threads(cores)
+        return self.learner.preferred_threads(cores)
 
     # ---- the conservative term ----------------------------------------------------------------
     def alpha_prime(self) -> torch.Tensor:
@@ -113,17 +124,17 @@ class CQL(Algorithm):
 
     # ---- learning -----------------------------------------------------------------------------
     def update(self, batch: OfflineBatch) -> dict[str, float]:
-        sac, B = self.sac, len(batch.rewards)
+        B = len(batch.rewards)
         if self.discrete:  # from 0, one float column, as the replay buffer stores them
             actions = (np.asarray(batch.actions).reshape(B, 1) - self.start).astype(np.float32)
         else:  # the env's units to the policy space [-1, 1]
-            actions = to_unit_box(batch.actions, sac.action_center, sac.action_scale)
+            actions = to_unit_box(batch.actions, self.sac.action_center, self.sac.action_scale)
         replay = ReplayBatch(batch.obs.reshape(1, B, -1).astype(np.float32), actions[None],
                              batch.rewards.reshape(1, B).astype(np.float32),
                              batch.terminated.reshape(1, B).astype(np.float32),
                              batch.next_obs.reshape(1, B, -1).astype(np.float32),
-                             sac.grad_steps)
-        metrics = sac.update(replay)
+                             self.grad_steps)
+        metrics = self.learner.update(replay)
         if self._stats:
             metrics.update(self._stats)
         else:  # cql_weight=0: still show the Q estimate on dataset actions
@@ -132,12 +143,12 @@ class CQL(Algorithm):
 
     # ---- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"sac": self.sac.state_dict(),
+        return {"learner": self.learner.state_dict(),
                 "log_alpha_prime": self.log_alpha_prime.detach().clone(),
                 "alpha_prime_opt": self.alpha_prime_opt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sac.load_state_dict(state["sac"])
+        self.learner.load_state_dict(state["learner"])
         with torch.no_grad():
             self.log_alpha_prime.copy_(state["log_alpha_prime"])
         self.alpha_prime_opt.load_state_dict(state["alpha_prime_opt"])

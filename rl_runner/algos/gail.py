@@ -20,6 +20,11 @@ from rl_runner.datasets import Dataset
 from rl_runner.errors import UserError
 from rl_runner.nets import ParallelMLP
 
+# the learner's reward from D's logit l = log(D / (1 - D)), D = P(learner):
+# gail: -log D = softplus(-l), always positive, as Ho & Ermon pay it;
+# airl: log(1 - D) - log D = -l, positive where the pair looks the expert's, negative elsewhere
+# (the form of Fu et al. 2018's reward; no constant pay for merely staying in the episode)
+REWARDS = ("gail", "airl")
 LEARNERS = {"ppo": "rl_runner.algos.ppo.PPO", "trpo": "rl_runner.algos.trpo.TRPO"}
 
 
@@ -31,7 +36,9 @@ class GAIL(Algorithm):
                  total_steps: int, seed: int = 0, learner: str = "ppo",
                  learner_kwargs: dict | None = None, disc_hidden_sizes: list[int] = (64, 64),
                  disc_lr: float = 3e-4, disc_steps: int = 5, disc_batch_size: int = 256,
-                 grad_penalty: float = 0.0):
+                 grad_penalty: float = 0.0, reward: str = "gail"):
+        if reward not in REWARDS:
+            raise UserError(f"algo.reward={reward!r} is not known; allowed: {', '.join(REWARDS)}")
         if disc_steps <= 0 or disc_batch_size <= 0 or disc_lr <= 0 or grad_penalty < 0:
             raise UserError(f"algo.disc_steps={disc_steps}, algo.disc_batch_size="
                             f"{disc_batch_size} and algo.disc_lr={disc_lr} must be positive, "
@@ -46,7 +53,7 @@ class GAIL(Algorithm):
         self.learner = cls(observation_space=observation_space, action_space=action_space,
                            n_envs=n_envs, total_steps=total_steps, seed=seed, **kwargs)
         self.disc_steps, self.disc_batch_size = disc_steps, disc_batch_size
-        self.grad_penalty = grad_penalty
+        self.grad_penalty, self.reward = grad_penalty, reward
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         if self.discrete:
             self.n_actions, self.start = int(action_space.n), int(action_space.start)
@@ -106,9 +113,10 @@ class GAIL(Algorithm):
         return self.disc(torch.as_tensor(x))[0, :, 0]
 
     def rewards(self, x: np.ndarray) -> np.ndarray:
-        """r = -log D(s, a) = softplus(-logit), D the probability of the learner."""
+        """The learner's reward (REWARDS above), D the probability of the learner."""
         with torch.no_grad():
-            return F.softplus(-self.logits(x)).numpy()
+            logit = self.logits(x)
+            return (F.softplus(-logit) if self.reward == "gail" else -logit).numpy()
 
     def disc_step(self, learner_x: np.ndarray) -> dict[str, float]:
         """One Adam step on the discriminator's cross-entropy: learner pairs 1, expert pairs 0."""

@@ -119,3 +119,33 @@ def test_cql_learns_cartpole_from_two_expert_episodes(tmp_path, monkeypatch):
                          "dataset.expert_episodes=2", "trainer.total_steps=1000",
                          "trainer.eval_every=1000"]), tmp_path / "run")
     assert res["eval_return_mean"] >= 475
+
+
+def test_discrete_q_learner_steps_towards_the_double_dqn_target():
+    from rl_runner.algos.qlearn import QLearner
+    from rl_runner.replay import ReplayBatch
+
+    q = QLearner(obs_dim=2, n_actions=3, start=1, hidden_sizes=[8], lr=1e-2, gamma=0.9,
+                 tau=0.5, seed=0)
+    obs = np.array([[0.5, -1.0], [1.0, 2.0]], np.float32)
+    next_obs = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    with torch.no_grad():  # perturb the target so that its argmax and the online one differ
+        q.target_flat.add_(torch.randn(q.target_flat.shape, generator=torch.Generator()
+                                       .manual_seed(1)))
+        online, target = q.net(torch.from_numpy(next_obs))[0], q.target(
+            torch.from_numpy(next_obs))[0]
+        q_sa = q.net(torch.from_numpy(obs))[0, [0, 1], [2, 0]]
+    best = online.argmax(-1)
+    y = np.array([1.0, -1.0]) + 0.9 * np.array([1.0, 0.0]) * target[[0, 1], best].numpy()
+    assert not torch.equal(best, target.argmax(-1))  # the test tells the two targets apart
+    batch = ReplayBatch(obs[None], np.array([[[2.0], [0.0]]], np.float32),
+                        np.array([[1.0, -1.0]], np.float32), np.array([[0.0, 1.0]], np.float32),
+                        next_obs[None], 0)
+    before = np.abs(q_sa.numpy() - y)
+    metrics = q.update(batch)
+    with torch.no_grad():
+        after = np.abs(q.net(torch.from_numpy(obs))[0, [0, 1], [2, 0]].numpy() - y)
+    huber = np.where(before < 1, 0.5 * before ** 2, before - 0.5).mean()
+    assert metrics["qf_loss"] == pytest.approx(huber, rel=1e-5)
+    assert after.sum() < before.sum() and q.grad_steps == 1
+    assert set(q.act(obs, deterministic=True)) <= {1, 2, 3}  # the space's own numbers

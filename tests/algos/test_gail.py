@@ -58,6 +58,9 @@ def test_reward_is_minus_log_d_and_the_loss_is_the_two_cross_entropies():
     with torch.no_grad():
         d = torch.sigmoid(gail.logits(x)).numpy()
     np.testing.assert_allclose(gail.rewards(x), -np.log(d), rtol=1e-5)
+    gail.reward = "airl"
+    np.testing.assert_allclose(gail.rewards(x), np.log(1 - d) - np.log(d), rtol=1e-4, atol=1e-6)
+    gail.reward = "gail"
     learner_x = gail.inputs(rng.normal(size=(32, 4)).astype(np.float32), rng.integers(0, 2, 32))
     with torch.no_grad():
         l_d = torch.sigmoid(gail.logits(learner_x)).numpy()
@@ -112,6 +115,8 @@ def test_bad_learner_settings_are_user_errors():
         make_gail(learner="sac")
     with pytest.raises(UserError, match="algo.n_stepz is not a hyperparameter of ppo"):
         make_gail(learner_kwargs={"n_stepz": 8})
+    with pytest.raises(UserError, match="algo.reward='wgan' is not known; allowed: gail, airl"):
+        make_gail(reward="wgan")
     with pytest.raises(UserError, match="gail rescales actions into the env's bounds"):
         make_gail(gym.spaces.Box(-np.inf, np.inf, (1,), np.float32), PENDULUM_OBS)
 
