@@ -12,16 +12,14 @@ import argparse
 import datetime
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from doc_sections import read_section, replace_section
+from bench_common import read_section, replace_section, rl_run
 
 ROOT = Path(__file__).resolve().parent.parent
-RL_RUN = Path(sys.executable).with_name("rl-run")
 START, END = "<!-- imitation:start -->", "<!-- imitation:end -->"
 # experiment -> (env, dataset overrides, algos): the seed experiment is 30 (s, a) pairs drawn
 # from one expert trajectory; the others give 10 whole expert episodes
@@ -41,18 +39,10 @@ HEADER = ["| experiment | algo | env | budget | seeds | final eval return per se
 
 def run_one(experiment: str, algo: str, seed: int, work: Path) -> dict:
     env, overrides, _ = EXPERIMENTS[experiment]
-    run_dir = work / f"{experiment}_{algo}_s{seed}"
-    cmd = [str(RL_RUN), f"algo={algo}", f"env={env}", f"seed={seed}", *overrides,
-           *ALGO_OVERRIDES.get(algo, []),
-           "trainer.progress=false", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"{experiment} {algo} seed {seed} failed: {proc.stderr.strip()[-300:]}", flush=True)
-        return {"experiment": experiment, "algo": algo, "seed": seed, "status": "failed"}
-    res = json.loads((run_dir / "results.json").read_text())
-    print(f"{experiment} {algo} seed {seed}: {res['eval_return_mean']:.1f} after "
-          f"{res['env_steps']} steps, {res['wall_seconds']:.0f} s", flush=True)
-    return {**res, "experiment": experiment}
+    result = rl_run([f"algo={algo}", f"env={env}", f"seed={seed}", *overrides,
+                     *ALGO_OVERRIDES.get(algo, [])], work / f"{experiment}_{algo}_s{seed}",
+                    f"{experiment} {algo} seed {seed}")
+    return {"algo": algo, "seed": seed, **result, "experiment": experiment}
 
 
 def rows(results: list[dict], stamp: str) -> dict[tuple[str, str], str]:

@@ -10,35 +10,23 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from doc_sections import read_section, replace_section
+from bench_common import read_section, replace_section, rl_run
 
 ROOT = Path(__file__).resolve().parent.parent
-RL_RUN = Path(sys.executable).with_name("rl-run")
 START, END = "<!-- returns:start -->", "<!-- returns:end -->"
 
 
 def run_one(algo: str, env: str, seed: int, out_dir: Path) -> dict:
-    run_dir = out_dir / f"{algo}_{env}_s{seed}"
-    cmd = [str(RL_RUN), f"algo={algo}", f"env={env}", f"seed={seed}", "trainer.progress=false",
-           f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"algo": algo, "env": env, "seed": seed, "status": "failed",
-                "error": proc.stderr.strip().splitlines()[-1:]}
-    result = json.loads((run_dir / "results.json").read_text())
-    print(f"{algo} {env} seed {seed}: {result['eval_return_mean']:.1f} after "
-          f"{result['env_steps']} steps, {result['wall_seconds']:.0f} s", flush=True)
-    return result
+    result = rl_run([f"algo={algo}", f"env={env}", f"seed={seed}"],
+                    out_dir / f"{algo}_{env}_s{seed}", f"{algo} {env} seed {seed}")
+    return {"algo": algo, "env": env, "seed": seed, **result}
 
 
 HEADER = ["| algo | env | budget (env steps) | seeds | final eval return per seed | mean | "

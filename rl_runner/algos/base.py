@@ -177,6 +177,23 @@ class OnPolicyAlgorithm(Algorithm):
         self.optimizer.step()
         self.grad_steps += 1
 
+    def clone(self, obs: np.ndarray, actions: np.ndarray, steps: int, batch_size: int,
+              rng: np.random.Generator) -> float:
+        """Behavioural cloning of the policy: `steps` Adam steps on -mean log pi(a|s) over
+        minibatches of (obs, actions) (actions as the policy samples them); the last loss."""
+        obs = self.obs_norm(obs.reshape(len(obs), -1), update=True)  # the data's statistics
+        zero_v = np.zeros(min(batch_size, len(obs)), np.float32)
+        loss = float("nan")
+        for _ in range(steps):
+            idx = rng.integers(0, len(obs), len(zero_v))
+            out, _ = self.forward(obs[idx])
+            logp = self.head.evaluate(out, self.log_std, actions[idx])[0]
+            g_actor, g_log_std = self.head.backward(np.full(len(idx), -1.0 / len(idx),
+                                                            np.float32), 0.0)
+            self.gradient_step(g_actor, g_log_std, zero_v)
+            loss = -float(logp.mean())
+        return loss
+
     # ---- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -36,13 +36,15 @@ class GAIL(Algorithm):
                  total_steps: int, seed: int = 0, learner: str = "ppo",
                  learner_kwargs: dict | None = None, disc_hidden_sizes: list[int] = (64, 64),
                  disc_lr: float = 3e-4, disc_steps: int = 5, disc_batch_size: int = 256,
-                 grad_penalty: float = 0.0, reward: str = "gail"):
+                 grad_penalty: float = 0.0, reward: str = "gail", bc_init_steps: int = 0):
         if reward not in REWARDS:
             raise UserError(f"algo.reward={reward!r} is not known; allowed: {', '.join(REWARDS)}")
-        if disc_steps <= 0 or disc_batch_size <= 0 or disc_lr <= 0 or grad_penalty < 0:
+        if disc_steps <= 0 or disc_batch_size <= 0 or disc_lr <= 0 or grad_penalty < 0 \
+                or bc_init_steps < 0:
             raise UserError(f"algo.disc_steps={disc_steps}, algo.disc_batch_size="
                             f"{disc_batch_size} and algo.disc_lr={disc_lr} must be positive, "
-                            f"algo.grad_penalty={grad_penalty} not negative")
+                            f"algo.grad_penalty={grad_penalty} and algo.bc_init_steps="
+                            f"{bc_init_steps} not negative")
         if learner not in LEARNERS:
             raise UserError(f"algo.learner={learner!r} is not known; allowed: "
                             f"{', '.join(LEARNERS)}")
@@ -54,6 +56,7 @@ class GAIL(Algorithm):
                            n_envs=n_envs, total_steps=total_steps, seed=seed, **kwargs)
         self.disc_steps, self.disc_batch_size = disc_steps, disc_batch_size
         self.grad_penalty, self.reward = grad_penalty, reward
+        self.bc_init_steps = bc_init_steps
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         if self.discrete:
             self.n_actions, self.start = int(action_space.n), int(action_space.start)
@@ -70,6 +73,7 @@ class GAIL(Algorithm):
         self.expert: np.ndarray | None = None  # D's inputs for every expert pair
         self.rng = np.random.default_rng(seed + 50_000)
         self._raw_obs: list[np.ndarray] = []  # the rollout's observations as the env gave them
+        self.bc_loss: float | None = None
 
     # ---- the learner's on-policy interface ----------------------------------------------------
     @property
@@ -98,6 +102,9 @@ class GAIL(Algorithm):
         self.obs_std = np.maximum(obs.std(0), 1e-6).astype(np.float32)
         actions = data.actions - self.start if self.discrete else data.actions
         self.expert = self.inputs(obs, actions)
+        if self.bc_init_steps:  # on resume the checkpoint's learner then replaces this one
+            self.bc_loss = self.learner.clone(obs, np.asarray(actions), self.bc_init_steps,
+                                              self.disc_batch_size, self.rng)
 
     def inputs(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """[B, obs + action features]: scaled observations and one-hot (actions counted from
@@ -155,6 +162,8 @@ class GAIL(Algorithm):
         metrics = self.learner.update(batch._replace(rewards=rewards))
         metrics.update({k: float(np.mean([s[k] for s in stats])) for k in stats[0]})
         metrics["gail_reward"] = float(rewards.mean())
+        if self.bc_loss is not None:  # the warm start's last loss, logged once
+            metrics["bc_init_loss"], self.bc_loss = self.bc_loss, None
         return metrics
 
     # ---- state --------------------------------------------------------------------------------

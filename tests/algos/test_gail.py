@@ -144,3 +144,18 @@ def test_gail_learns_cartpole_from_the_bundled_expert(tmp_path, monkeypatch):
                 tmp_path / "run")
     assert res["eval_return_mean"] >= 475
     assert not math.isnan(res["best_eval_return_mean"])
+
+
+def test_bc_init_clones_the_expert_into_the_learner_before_any_rollout():
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(512, 4)).astype(np.float32)
+    actions = (obs[:, 2] > 0).astype(np.int64)  # a threshold rule on one feature
+    plain, cloned = make_gail(), make_gail(bc_init_steps=300)
+    for gail in (plain, cloned):
+        gail.fit_dataset(expert_data(obs, actions))
+    agree = {name: float((g.act(obs, deterministic=True) == actions).mean())
+             for name, g in (("plain", plain), ("cloned", cloned))}
+    assert agree["cloned"] > 0.95 > agree["plain"]
+    assert cloned.bc_loss < 0.3 and plain.bc_loss is None
+    with pytest.raises(UserError, match="algo.bc_init_steps=-1"):
+        make_gail(bc_init_steps=-1)

@@ -1,0 +1,41 @@
+"""Shared by the benchmark scripts: one `rl-run` as a subprocess, and the marked sections of
+docs/benchmarks.md (<!-- name:start --> ... <!-- name:end -->)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+RL_RUN = Path(sys.executable).with_name("rl-run")
+
+
+def rl_run(args: list[str], run_dir: Path, label: str) -> dict:
+    """`rl-run ARGS` quietly into run_dir; its results.json, or {"status": "failed", "error"}."""
+    cmd = [str(RL_RUN), *args, "trainer.progress=false", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        error = proc.stderr.strip()[-300:]
+        print(f"{label} failed: {error}", flush=True)
+        return {"status": "failed", "error": error}
+    result = json.loads((Path(run_dir) / "results.json").read_text())
+    print(f"{label}: {result['eval_return_mean']:.1f} after {result['env_steps']} steps, "
+          f"{result['wall_seconds']:.0f} s", flush=True)
+    return result
+
+
+def read_section(path: Path, start: str, end: str) -> str:
+    """The section's current text between its markers, or "" where it is not there yet."""
+    text = path.read_text() if path.exists() else ""
+    return text[text.index(start):text.index(end)] if start in text and end in text else ""
+
+
+def replace_section(path: Path, start: str, end: str, body: str) -> None:
+    """Put `body` between the markers, in place, or append the section at the end."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)

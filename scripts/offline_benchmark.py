@@ -1,0 +1,171 @@
+"""Offline check: cql against naive offline learning (algo.cql_weight=0) on fixed datasets.
+
+    python scripts/offline_benchmark.py --experiments pendulum-medium-replay --seeds 0,1,2 --jobs 2
+
+Each experiment first makes its dataset with rl-run and rl-collect (a policy stopped before it
+is good), then runs cql and naive for each seed with the tuned defaults. The table goes to the
+`offline` section of docs/benchmarks.md (rows of the experiments run are replaced): final returns,
+and the critics' mean Q on the dataset's actions at the end (losses/q_data) beside the data's own
+discounted return-to-go, which shows overestimation.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bench_common import read_section, replace_section, rl_run
+
+ROOT = Path(__file__).resolve().parent.parent
+RL_COLLECT = Path(sys.executable).with_name("rl-collect")
+START, END = "<!-- offline:start -->", "<!-- offline:end -->"
+GAMMA = 0.99  # cql's default discount, for the data's return-to-go
+# experiment -> (env, the source run's overrides, rl-collect's arguments, what the data is)
+EXPERIMENTS = {
+    "pendulum-medium-replay": (
+        "pendulum",
+        ["algo=sac", "trainer.total_steps=2000", "trainer.eval_every=1000",
+         "trainer.save_replay_buffer=true", "trainer.torch_threads=1"],
+        ["source=replay"],
+        "sac's replay buffer, stopped at 2000 env steps"),
+    "cartpole-mixed": (
+        "cartpole",
+        ["algo=ppo", "trainer.total_steps=20000"],
+        ["checkpoint=last", "steps=50000", "epsilon=0.3", "deterministic=false"],
+        "ppo stopped at 20k env steps, sampled, 30% uniform random actions, 50k steps"),
+}
+VARIANTS = {"cql": [], "naive": ["algo.cql_weight=0"]}
+HEADER = ["| experiment | algo | data | budget | seeds | final eval return per seed | mean | "
+          "Q on the data's actions at the end | the data's return-to-go | wall s per seed | "
+          "date |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def make_dataset(experiment: str, work: Path) -> dict:
+    """The experiment's source run and its dataset: path, source eval return, rows."""
+    env, source, collect, _ = EXPERIMENTS[experiment]
+    run_dir = work / f"{experiment}_source"
+    res = rl_run([f"env={env}", "seed=0", *source], run_dir, f"{experiment} source")
+    out = work / f"{experiment}.npz"
+    subprocess.run([str(RL_COLLECT), f"run={run_dir}", f"out={out}", *collect], check=True,
+                   capture_output=True)
+    with np.load(out) as f:
+        rewards, starts = f["rewards"], f["episode_starts"]
+        ends = f["terminations"] | f["truncations"]
+        meta = json.loads(str(f["metadata"]))
+    return {"path": out, "source_return": res["eval_return_mean"], "rows": len(rewards),
+            "episode_returns": meta["episode_returns"],
+            "return_to_go": float(return_to_go(rewards, starts, ends).mean())}
+
+
+def return_to_go(rewards: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """sum_k gamma^k r_(t+k) within each row's episode (cut at the data's end; a replay
+    buffer marks no time limits, so its episodes run on into the next)."""
+    out, running = np.zeros(len(rewards)), 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        if ends[t] or (t + 1 < len(rewards) and starts[t + 1]):
+            running = 0.0
+        running = rewards[t] + GAMMA * running
+        out[t] = running
+    return out
+
+
+def final_q_data(run_dir: Path) -> float | None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    if "losses/q_data" not in acc.Tags()["scalars"]:
+        return None
+    return acc.Scalars("losses/q_data")[-1].value
+
+
+def run_one(experiment: str, variant: str, seed: int, data: dict, work: Path) -> dict:
+    env = EXPERIMENTS[experiment][0]
+    run_dir = work / f"{experiment}_{variant}_s{seed}"
+    res = rl_run(["algo=cql", f"env={env}", f"seed={seed}", f"dataset.path={data['path']}",
+                  *VARIANTS[variant]], run_dir, f"{experiment} {variant} seed {seed}")
+    q = final_q_data(run_dir) if res.get("status") == "completed" else None
+    return {**res, "experiment": experiment, "variant": variant, "seed": seed, "q_data": q}
+
+
+def rows(results: list[dict], data: dict[str, dict], stamp: str) -> dict[tuple[str, str], str]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["experiment"], r["variant"]), []).append(r)
+    out = {}
+    for (experiment, variant), rs in groups.items():
+        d = data[experiment]
+        behaviour = (f"; its episodes {statistics.mean(d['episode_returns']):.1f}"
+                     if d["episode_returns"] else "")
+        about = (f"{EXPERIMENTS[experiment][3]}: {d['rows']} rows; source policy's eval "
+                 f"{d['source_return']:.1f}{behaviour}")
+        ok = [r for r in rs if r.get("status") == "completed"]
+        if not ok:
+            out[experiment, variant] = f"| {experiment} | {variant} | {about} | failed |" + \
+                " - |" * 7
+            continue
+        returns = [r["eval_return_mean"] for r in ok]
+        qs = [r["q_data"] for r in ok if r["q_data"] is not None]
+        out[experiment, variant] = (
+            f"| {experiment} | {variant} | {about} | {ok[0]['grad_steps']} gradient steps | "
+            f"{','.join(str(r['seed']) for r in ok)} | {', '.join(f'{x:.1f}' for x in returns)} "
+            f"| {statistics.mean(returns):.1f} | {', '.join(f'{q:.1f}' for q in qs)} | "
+            f"{d['return_to_go']:.1f} | {', '.join(str(round(r['wall_seconds'])) for r in ok)} "
+            f"| {stamp} |")
+    return out
+
+
+def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str) -> str:
+    table = {}
+    for line in read_section(path, START, END).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 11 and cells[0] not in ("experiment", "---"):
+            table[cells[0], cells[1]] = line
+    table.update(new_rows)
+    body = ("## Offline RL: cql against naive offline learning\n\n"
+            "Final deterministic evaluation, 20 episodes, after the whole budget (`rl-run "
+            "algo=cql` with the tuned defaults; naive is `algo.cql_weight=0`, offline SAC for "
+            "Box actions, offline double DQN for Discrete ones). Q on the data's actions is "
+            "`losses/q_data` at the last logged step, per seed; the data's return-to-go "
+            "(gamma 0.99, mean over rows) is what it would be without over- or "
+            "underestimation, near enough: Pendulum's rewards are at most 0, so any positive "
+            "Q there is overestimation, and CartPole's Q cannot exceed 1 / (1 - 0.99) = 100. "
+            "Made by `python scripts/offline_benchmark.py` (last: `" + command + "`).\n\n"
+            + "\n".join(HEADER + list(table.values())))
+    replace_section(path, START, END, body)
+    return body
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--experiments", default=",".join(EXPERIMENTS),
+                   help=f"comma list of {', '.join(EXPERIMENTS)} (default: all)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = p.parse_args()
+    names = args.experiments.split(",")
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        p.error(f"unknown experiment {', '.join(unknown)}; choices: {', '.join(EXPERIMENTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
+        work = Path(tmp)
+        data = {n: make_dataset(n, work) for n in names}
+        jobs = [(n, v, s) for n in names for v in VARIANTS for s in seeds]
+        results = list(pool.map(lambda j: run_one(*j, data[j[0]], work), jobs))
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+    command = "python scripts/offline_benchmark.py " + " ".join(sys.argv[1:])
+    print(write_section(args.out, rows(results, data, stamp), command.strip()))
+
+
+if __name__ == "__main__":
+    main()
