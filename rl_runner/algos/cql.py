@@ -37,10 +37,12 @@ class CQL(Algorithm):
                  lagrange: bool = False, target_gap: float = 5.0, n_action_samples: int = 4,
                  lr: float = 3e-4, gamma: float = 0.99, tau: float = 0.005,
                  hidden_sizes: list[int] = (128, 128), batch_size: int = 256,
-                 ent_coef: float | None = None, activation: str = "relu"):
-        if cql_weight < 0 or n_action_samples <= 0:
-            raise UserError(f"algo.cql_weight={cql_weight} must not be negative and "
-                            f"algo.n_action_samples={n_action_samples} must be positive")
+                 ent_coef: float | None = None, activation: str = "relu",
+                 actor_lr: float = 1e-4, backup_entropy: bool = False):
+        if cql_weight < 0 or n_action_samples <= 0 or lr <= 0 or actor_lr <= 0:
+            raise UserError(f"algo.cql_weight={cql_weight} must not be negative, "
+                            f"algo.n_action_samples={n_action_samples}, algo.lr={lr} and "
+                            f"algo.actor_lr={actor_lr} must be positive")
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.start = int(action_space.start) if self.discrete else 0
         if self.discrete:
@@ -54,6 +56,8 @@ class CQL(Algorithm):
                 total_steps=total_steps, seed=seed, lr=lr, gamma=gamma, tau=tau,
                 hidden_sizes=hidden_sizes, batch_size=batch_size, ent_coef=ent_coef,
                 activation=activation, learning_starts=0)
+            self.sac.actor_lr_scale = actor_lr / lr
+            self.sac.backup_entropy = backup_entropy
         self.batch_size = batch_size
         self.cql_weight, self.lagrange, self.target_gap = cql_weight, lagrange, target_gap
         self.n_samples = n_action_samples

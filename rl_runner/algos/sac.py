@@ -149,6 +149,8 @@ class SAC(OffPolicyAlgorithm):
         # an extra term for the critics' loss, (s, s', Q(s, a) [K, B], Q(s, .) [K, B, |A|] or
         # None) -> scalar; cql sets it, sac leaves it None
         self.critic_penalty = None
+        # cql's settings: the actor's lr as a fraction of lr; the entropy term in the target
+        self.actor_lr_scale, self.backup_entropy = 1.0, True
 
     def preferred_threads(self, cores: int) -> int:
         h = self.hidden_sizes
@@ -194,7 +196,8 @@ class SAC(OffPolicyAlgorithm):
     def update(self, batch: ReplayBatch) -> dict[str, float]:
         """`gradient_steps` SAC steps, one per minibatch of `batch`; returns mean metrics."""
         lr = self.current_lr(batch.env_steps)
-        self.actor_opt.lr = self.critic_opt.lr = self.alpha_opt.lr = lr
+        self.critic_opt.lr = self.alpha_opt.lr = lr
+        self.actor_opt.lr = lr * self.actor_lr_scale
         obs, actions, next_obs = (torch.from_numpy(x) for x in (batch.obs, batch.actions,
                                                                 batch.next_obs))
         rewards = torch.from_numpy(batch.rewards)
@@ -260,7 +263,10 @@ class SAC(OffPolicyAlgorithm):
             a_next, logp_next = squashed_gaussian(n_mean, n_log_std,
                                                   torch.randn(n_mean.shape, generator=self.gen))
             q_next_KB = self.target(torch.cat([next_obs_BD, a_next], -1))[..., 0]
-            y_B = rewards_B + discount_B * (q_next_KB.min(0).values - alpha * logp_next)
+            v_next_B = q_next_KB.min(0).values
+            if self.backup_entropy:
+                v_next_B = v_next_B - alpha * logp_next
+            y_B = rewards_B + discount_B * v_next_B
         q_KB = self.q(torch.cat([obs_BD, actions_BA], -1))[..., 0]
         penalty = self.critic_penalty and self.critic_penalty(obs_BD, next_obs_BD, q_KB, None)
         qf_loss = self._critic_step(q_KB, y_B, penalty)

@@ -149,3 +149,17 @@ def test_discrete_q_learner_steps_towards_the_double_dqn_target():
     assert metrics["qf_loss"] == pytest.approx(huber, rel=1e-5)
     assert after.sum() < before.sum() and q.grad_steps == 1
     assert set(q.act(obs, deterministic=True)) <= {1, 2, 3}  # the space's own numbers
+
+
+def test_without_the_entropy_backup_the_target_holds_no_alpha_log_pi():
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(64, 3)).astype(np.float32)
+    batch = OfflineBatch(obs, rng.uniform(-2, 2, (64, 1)).astype(np.float32),
+                         np.zeros(64, np.float32), obs, np.zeros(64, bool))
+    q = {}
+    for backup in (True, False):  # zero rewards: only the entropy term can lift Q
+        cql = make_cql(cql_weight=0, ent_coef=10.0, lr=1e-2, backup_entropy=backup)
+        for _ in range(100):
+            metrics = cql.update(batch)
+        q[backup] = metrics["q_data"]
+    assert q[True] > 5 and abs(q[False]) < 1
