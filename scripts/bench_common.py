@@ -39,3 +39,17 @@ def replace_section(path: Path, start: str, end: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def merge_table(old_section: str, header: list[str], new_rows: dict[tuple[str, str], str]) -> str:
+    """The markdown table of a section: its rows already there (keyed by their first two
+    cells), those just measured replacing theirs, under `header` (its title and rule lines)."""
+    n_cols = header[0].count("|") - 1
+    title = header[0].strip("| ").split("|")[0].strip()
+    table: dict[tuple[str, str], str] = {}
+    for line in old_section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == n_cols and cells[0] not in (title, "---"):
+            table[cells[0], cells[1]] = line
+    table.update(new_rows)
+    return "\n".join(header + list(table.values()))

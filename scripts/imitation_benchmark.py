@@ -17,7 +17,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import read_section, replace_section, rl_run
+from bench_common import merge_table, read_section, replace_section, rl_run
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- imitation:start -->", "<!-- imitation:end -->"
@@ -70,12 +70,7 @@ def rows(results: list[dict], stamp: str) -> dict[tuple[str, str], str]:
 
 
 def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str) -> str:
-    table = {}
-    for line in read_section(path, START, END).splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 11 and cells[0] not in ("experiment", "---"):
-            table[cells[0], cells[1]] = line
-    table.update(new_rows)
+    table = merge_table(read_section(path, START, END), HEADER, new_rows)
     body = ("## Imitation from the bundled experts\n\n"
             "Final deterministic evaluation, 20 episodes, after the whole budget. Data: the "
             "bundled expert's episodes (seeds 0, 1, ...), `dataset.episodes` of them, then "
@@ -83,7 +78,7 @@ def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str
             "Where returns are negative (pendulum), mean / expert below 1 is better than the "
             "expert. "
             "Made by `python scripts/imitation_benchmark.py` (last: `" + command + "`); rows "
-            "of the experiments run are replaced.\n\n" + "\n".join(HEADER + list(table.values())))
+            "of the experiments run are replaced.\n\n" + table)
     replace_section(path, START, END, body)
     return body
 

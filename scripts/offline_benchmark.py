@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import read_section, replace_section, rl_run
+from bench_common import merge_table, read_section, replace_section, rl_run
 
 ROOT = Path(__file__).resolve().parent.parent
 RL_COLLECT = Path(sys.executable).with_name("rl-collect")
@@ -124,12 +124,7 @@ def rows(results: list[dict], data: dict[str, dict], stamp: str) -> dict[tuple[s
 
 
 def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str) -> str:
-    table = {}
-    for line in read_section(path, START, END).splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 11 and cells[0] not in ("experiment", "---"):
-            table[cells[0], cells[1]] = line
-    table.update(new_rows)
+    table = merge_table(read_section(path, START, END), HEADER, new_rows)
     body = ("## Offline RL: cql against naive offline learning\n\n"
             "Final deterministic evaluation, 20 episodes, after the whole budget (`rl-run "
             "algo=cql` with the tuned defaults; naive is `algo.cql_weight=0`, offline SAC for "
@@ -139,7 +134,7 @@ def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str
             "underestimation, near enough: Pendulum's rewards are at most 0, so any positive "
             "Q there is overestimation, and CartPole's Q cannot exceed 1 / (1 - 0.99) = 100. "
             "Made by `python scripts/offline_benchmark.py` (last: `" + command + "`).\n\n"
-            + "\n".join(HEADER + list(table.values())))
+            + table)
     replace_section(path, START, END, body)
     return body
 

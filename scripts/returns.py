@@ -17,7 +17,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import read_section, replace_section, rl_run
+from bench_common import merge_table, read_section, replace_section, rl_run
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- returns:start -->", "<!-- returns:end -->"
@@ -56,17 +56,6 @@ def rows(results: list[dict], jobs: int, stamp: str) -> dict[tuple[str, str], st
     return out
 
 
-def merge_table(old_section: str, new_rows: dict[tuple[str, str], str]) -> str:
-    """The rows already in the section, with those of the pairs just measured replaced."""
-    table: dict[tuple[str, str], str] = {}
-    for line in old_section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 9 and cells[0] not in ("algo", "---"):
-            table[cells[0], cells[1]] = line
-    table.update(new_rows)
-    return "\n".join(HEADER + list(table.values()))
-
-
 def write_section(path: Path, new_rows: dict[tuple[str, str], str]) -> str:
     old = read_section(path, START, END)
     body = (f"## Returns with default hyperparameters\n\n"
@@ -74,7 +63,7 @@ def write_section(path: Path, new_rows: dict[tuple[str, str], str]) -> str:
             f"algo=<algo> env=<env> seed=<seed>`, nothing else). Machine: {platform.machine()}, "
             f"{os.cpu_count()} cores. Made by `python scripts/returns.py <algo>:<env> ... "
             f"--seeds 0,1,2 --jobs N`; each row is replaced when its pair is measured again.\n\n"
-            f"{merge_table(old, new_rows)}")
+            f"{merge_table(old, HEADER, new_rows)}")
     replace_section(path, START, END, body)
     return body
 
