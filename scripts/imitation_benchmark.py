@@ -64,7 +64,7 @@ def rows(results: list[dict], stamp: str) -> dict[tuple[str, str], str]:
         out[experiment, algo] = (
             f"| {experiment} | {algo} | {env} | {ok[0]['env_steps']} {unit} steps | "
             f"{','.join(str(r['seed']) for r in ok)} | {', '.join(f'{x:.1f}' for x in returns)} | "
-            f"{mean:.1f} | {expert:.1f} | {mean / expert:.2f} | "
+            f"{mean:.1f} | {expert:.1f} | {mean / expert:.3f} | "
             f"{', '.join(str(round(r['wall_seconds'])) for r in ok)} | {stamp} |")
     return out
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -87,11 +88,13 @@ def final_q_data(run_dir: Path) -> float | None:
     return acc.Scalars("losses/q_data")[-1].value
 
 
-def run_one(experiment: str, variant: str, seed: int, data: dict, work: Path) -> dict:
+def run_one(experiment: str, variant: str, seed: int, data: dict, work: Path,
+            threads: int) -> dict:
     env = EXPERIMENTS[experiment][0]
     run_dir = work / f"{experiment}_{variant}_s{seed}"
     res = rl_run(["algo=cql", f"env={env}", f"seed={seed}", f"dataset.path={data['path']}",
-                  *VARIANTS[variant]], run_dir, f"{experiment} {variant} seed {seed}")
+                  f"trainer.torch_threads={threads}", *VARIANTS[variant]], run_dir,
+                 f"{experiment} {variant} seed {seed}")
     q = final_q_data(run_dir) if res.get("status") == "completed" else None
     return {**res, "experiment": experiment, "variant": variant, "seed": seed, "q_data": q}
 
@@ -156,7 +159,9 @@ def main() -> None:
         work = Path(tmp)
         data = {n: make_dataset(n, work) for n in names}
         jobs = [(n, v, s) for n in names for v in VARIANTS for s in seeds]
-        results = list(pool.map(lambda j: run_one(*j, data[j[0]], work), jobs))
+        # parallel runs share the cores: more threads than cores stalls torch
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        results = list(pool.map(lambda j: run_one(*j, data[j[0]], work, threads), jobs))
     stamp = datetime.datetime.now().strftime("%Y-%m-%d")
     command = "python scripts/offline_benchmark.py " + " ".join(sys.argv[1:])
     print(write_section(args.out, rows(results, data, stamp), command.strip()))
