@@ -9,7 +9,8 @@ pushing Q down on actions the dataset does not hold and up on those it does.
   whose argmax is the policy (the paper's discrete CQL is on QR-DQN; the SAC learner's entropy
   bonus, as large as CartPole's reward, held it near the data's policy).
 alpha' is `cql_weight`, or with `lagrange=true` it is tuned by dual gradient ascent so that the
-gap stays near `target_gap` (alpha' in [0, 1e6]). `cql_weight=0` gives naive offline SAC.
+gap stays near `target_gap` (alpha' in [0, 1e6]). `cql_weight=0` gives naive offline SAC (Box)
+or double DQN (Discrete).
 """
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ data's mean and std, actions one-hot (Discrete) or rescaled from the env's bound
 """
 from __future__ import annotations
 
+import logging
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ from rl_runner.nets import ParallelMLP
 # airl: log(1 - D) - log D = -l, positive where the pair looks the expert's, negative elsewhere
 # (the form of Fu et al. 2018's reward; no constant pay for merely staying in the episode)
 REWARDS = ("gail", "airl")
+log = logging.getLogger("rl_runner")
 LEARNERS = {"ppo": "rl_runner.algos.ppo.PPO", "trpo": "rl_runner.algos.trpo.TRPO"}
 
 
@@ -103,6 +106,7 @@ class GAIL(Algorithm):
         actions = data.actions - self.start if self.discrete else data.actions
         self.expert = self.inputs(obs, actions)
         if self.bc_init_steps:  # on resume the checkpoint's learner then replaces this one
+            log.info("cloning the expert data into the learner: %d steps", self.bc_init_steps)
             self.bc_loss = self.learner.clone(obs, np.asarray(actions), self.bc_init_steps,
                                               self.disc_batch_size, self.rng)
 
