@@ -54,7 +54,10 @@ def load_minari(path: str) -> Dataset:
                         f"one, fetch it first with `minari download`") from None
     except (ValueError, OSError, KeyError) as e:
         raise UserError(f"dataset.path={path}: Minari cannot read it ({e})") from None
-    return convert(source, path)
+    try:
+        return convert(source, path)
+    except (ValueError, OSError, KeyError) as e:  # e.g. a damaged data file
+        raise UserError(f"dataset.path={path}: Minari cannot read it ({e})") from None
 
 
 def convert(source, path: str) -> Dataset:
@@ -79,9 +82,12 @@ def convert(source, path: str) -> Dataset:
         parts["actions"].append(np.asarray(episode.actions))
         parts["rewards"].append(np.asarray(episode.rewards))
         parts["terminations"].append(np.asarray(episode.terminations, bool))
-        parts["truncations"].append(np.asarray(episode.truncations, bool))
+        truncations = np.array(episode.truncations, bool)
+        if n and not (episode.terminations[-1] or truncations[-1]):
+            truncations[-1] = True  # cut short by the end of the collection
+        parts["truncations"].append(truncations)
         parts["episode_starts"].append(np.arange(n) == 0)
-        if n and (episode.terminations[-1] or episode.truncations[-1]):
+        if n and (episode.terminations[-1] or episode.truncations[-1]):  # as Minari stored it
             returns.append(float(np.sum(episode.rewards)))
             lengths.append(n)
     if not parts["rewards"]:

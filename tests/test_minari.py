@@ -109,3 +109,28 @@ def test_an_rl_runner_dataset_round_trips_through_minari(minari_root, cartpole_r
     with pytest.raises(SystemExit) as e:  # the id exists: refused, nothing replaced
         to_minari([str(out), "cartpole/ppo-v0"])
     assert e.value.code == 2 and "to_minari: error:" in capsys.readouterr().err
+
+
+def test_replay_rows_that_do_not_continue_each_other_become_separate_episodes(minari_root,
+                                                                            tmp_path):
+    from rl_runner.datasets import Dataset, describe_space, save_dataset
+    from scripts.to_minari import main as to_minari
+
+    import gymnasium as gym
+    env = gym.make("Pendulum-v1")
+    obs = np.arange(18, dtype=np.float32).reshape(6, 3)
+    nxt = obs + 1.0
+    nxt[:2], nxt[3:5] = obs[1:3], obs[4:6]  # rows 0-2 chain, then a reset: rows 3-5 chain
+    data = Dataset(observations=obs, actions=np.zeros((6, 1), np.float32),
+                   rewards=np.ones(6, np.float32), next_observations=nxt,
+                   terminations=np.zeros(6, bool), truncations=np.zeros(6, bool),
+                   episode_starts=np.eye(1, 6, dtype=bool)[0],  # as a replay buffer has it
+                   metadata={"env_id": "Pendulum-v1", "env_kwargs": {},
+                             "observation_space": describe_space(env.observation_space),
+                             "action_space": describe_space(env.action_space)})
+    save_dataset(tmp_path / "replay.npz", data)
+    to_minari([str(tmp_path / "replay.npz"), "pendulum/replay-v0"])
+    back = load_minari("minari:pendulum/replay-v0")
+    np.testing.assert_array_equal(back.episode_starts, [1, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(back.truncations, [0, 0, 1, 0, 0, 1])
+    np.testing.assert_array_equal(back.next_observations, nxt)

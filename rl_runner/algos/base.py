@@ -180,8 +180,12 @@ class OnPolicyAlgorithm(Algorithm):
     def clone(self, obs: np.ndarray, actions: np.ndarray, steps: int, batch_size: int,
               rng: np.random.Generator) -> float:
         """Behavioural cloning of the policy: `steps` Adam steps on -mean log pi(a|s) over
-        minibatches of (obs, actions) (actions as the policy samples them); the last loss."""
-        obs = self.obs_norm(obs.reshape(len(obs), -1), update=True)  # the data's statistics
+        minibatches of (obs, actions) (actions as the policy samples them); the last loss.
+        grad_steps counts the learner's own steps only; Adam's moments carry over."""
+        shape = self.obs_norm.rms.mean.shape
+        obs = self.obs_norm(obs.reshape(len(obs), *shape), update=True)  # the data's statistics
+        obs = obs.reshape(len(obs), -1)
+        grad_steps = self.grad_steps
         zero_v = np.zeros(min(batch_size, len(obs)), np.float32)
         loss = float("nan")
         for _ in range(steps):
@@ -192,6 +196,7 @@ class OnPolicyAlgorithm(Algorithm):
                                                             np.float32), 0.0)
             self.gradient_step(g_actor, g_log_std, zero_v)
             loss = -float(logp.mean())
+        self.grad_steps = grad_steps
         return loss
 
     # ---- state --------------------------------------------------------------------------------

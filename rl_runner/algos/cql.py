@@ -153,6 +153,9 @@ class CQL(Algorithm):
                 "alpha_prime_opt": self.alpha_prime_opt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        if "learner" not in state:
+            raise UserError("this cql checkpoint was written before cql's learner changed "
+                            "(2026-12-03); train it again")
         self.learner.load_state_dict(state["learner"])
         with torch.no_grad():
             self.log_alpha_prime.copy_(state["log_alpha_prime"])

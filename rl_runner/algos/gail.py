@@ -51,6 +51,9 @@ class GAIL(Algorithm):
         if learner not in LEARNERS:
             raise UserError(f"algo.learner={learner!r} is not known; allowed: "
                             f"{', '.join(LEARNERS)}")
+        if bc_init_steps and learner != "ppo":  # trpo's value steps share the actor's Adam
+            raise UserError(f"algo.bc_init_steps={bc_init_steps} works with algo.learner=ppo, "
+                            f"not {learner}")
         cls = get_class(LEARNERS[learner])
         kwargs = dict(learner_kwargs or {})
         provided = {"observation_space", "action_space", "n_envs", "total_steps", "seed"}

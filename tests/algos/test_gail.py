@@ -159,3 +159,5 @@ def test_bc_init_clones_the_expert_into_the_learner_before_any_rollout():
     assert cloned.bc_loss < 0.3 and plain.bc_loss is None
     with pytest.raises(UserError, match="algo.bc_init_steps=-1"):
         make_gail(bc_init_steps=-1)
+    with pytest.raises(UserError, match="algo.bc_init_steps=10 works with algo.learner=ppo"):
+        make_gail(bc_init_steps=10, learner="trpo", learner_kwargs={})
