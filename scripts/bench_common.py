@@ -3,6 +3,7 @@ docs/benchmarks.md (<!-- name:start --> ... <!-- name:end -->)."""
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,27 @@ def merge_table(old_section: str, header: list[str], new_rows: dict[tuple[str, s
             table[cells[0], cells[1]] = line
     table.update(new_rows)
     return "\n".join(header + list(table.values()))
+
+
+def group_runs(results: list[dict], keys: tuple[str, str]) -> dict[tuple, tuple[list, list]]:
+    """Runs grouped by two of their fields: (completed runs, all runs) per group."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r[keys[0]], r[keys[1]]), []).append(r)
+    return {k: ([r for r in rs if r.get("status") == "completed"], rs)
+            for k, rs in groups.items()}
+
+
+def seed_cells(ok: list[dict]) -> tuple[str, str, str, float]:
+    """Table cells of completed runs: seeds, final returns, wall seconds; and the mean return."""
+    returns = [r["eval_return_mean"] for r in ok]
+    return (",".join(str(r["seed"]) for r in ok), ", ".join(f"{x:.1f}" for x in returns),
+            ", ".join(str(round(r["wall_seconds"])) for r in ok), statistics.mean(returns))
+
+
+def write_table_section(path: Path, start: str, end: str, text: str, header: list[str],
+                        new_rows: dict[tuple[str, str], str]) -> str:
+    """The section: `text` (its heading and explanation), then the merged table."""
+    body = text + "\n\n" + merge_table(read_section(path, start, end), header, new_rows)
+    replace_section(path, start, end, body)
+    return body

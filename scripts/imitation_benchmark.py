@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import merge_table, read_section, replace_section, rl_run
+from bench_common import group_runs, rl_run, seed_cells, write_table_section
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- imitation:start -->", "<!-- imitation:end -->"
@@ -47,40 +46,31 @@ def run_one(experiment: str, algo: str, seed: int, work: Path) -> dict:
 
 def rows(results: list[dict], stamp: str) -> dict[tuple[str, str], str]:
     experts = json.loads((ROOT / "rl_runner" / "experts" / "experts.json").read_text())
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in results:
-        groups.setdefault((r["experiment"], r["algo"]), []).append(r)
     out = {}
-    for (experiment, algo), rs in groups.items():
+    for (experiment, algo), (ok, _) in group_runs(results, ("experiment", "algo")).items():
         env = EXPERIMENTS[experiment][0]
-        ok = [r for r in rs if r.get("status") == "completed"]
         if not ok:
             out[experiment, algo] = f"| {experiment} | {algo} | {env} | failed |" + " - |" * 7
             continue
-        returns = [r["eval_return_mean"] for r in ok]
+        seeds, returns, walls, mean = seed_cells(ok)
         expert = experts[env]["return_mean_50_episodes"]
-        mean = statistics.mean(returns)
         unit = "gradient" if algo == "bc" else "env"
         out[experiment, algo] = (
-            f"| {experiment} | {algo} | {env} | {ok[0]['env_steps']} {unit} steps | "
-            f"{','.join(str(r['seed']) for r in ok)} | {', '.join(f'{x:.1f}' for x in returns)} | "
-            f"{mean:.1f} | {expert:.1f} | {mean / expert:.3f} | "
-            f"{', '.join(str(round(r['wall_seconds'])) for r in ok)} | {stamp} |")
+            f"| {experiment} | {algo} | {env} | {ok[0]['env_steps']} {unit} steps | {seeds} | "
+            f"{returns} | {mean:.1f} | {expert:.1f} | {mean / expert:.3f} | {walls} | {stamp} |")
     return out
 
 
 def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str) -> str:
-    table = merge_table(read_section(path, START, END), HEADER, new_rows)
-    body = ("## Imitation from the bundled experts\n\n"
+    return write_table_section(path, START, END, (
+            "## Imitation from the bundled experts\n\n"
             "Final deterministic evaluation, 20 episodes, after the whole budget. Data: the "
             "bundled expert's episodes (seeds 0, 1, ...), `dataset.episodes` of them, then "
             "`dataset.max_samples` (s, a) pairs drawn at random; bc with `algo.val_fraction=0`. "
             "Where returns are negative (pendulum), mean / expert below 1 is better than the "
             "expert. "
             "Made by `python scripts/imitation_benchmark.py` (last: `" + command + "`); rows "
-            "of the experiments run are replaced.\n\n" + table)
-    replace_section(path, START, END, body)
-    return body
+            "of the experiments run are replaced."), HEADER, new_rows)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import merge_table, read_section, replace_section, rl_run
+from bench_common import group_runs, rl_run, seed_cells, write_table_section
 
 ROOT = Path(__file__).resolve().parent.parent
 RL_COLLECT = Path(sys.executable).with_name("rl-collect")
@@ -100,35 +100,29 @@ def run_one(experiment: str, variant: str, seed: int, data: dict, work: Path,
 
 
 def rows(results: list[dict], data: dict[str, dict], stamp: str) -> dict[tuple[str, str], str]:
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in results:
-        groups.setdefault((r["experiment"], r["variant"]), []).append(r)
     out = {}
-    for (experiment, variant), rs in groups.items():
+    for (experiment, variant), (ok, _) in group_runs(results, ("experiment", "variant")).items():
         d = data[experiment]
         behaviour = (f"; its episodes {statistics.mean(d['episode_returns']):.1f}"
                      if d["episode_returns"] else "")
         about = (f"{EXPERIMENTS[experiment][3]}: {d['rows']} rows; source policy's eval "
                  f"{d['source_return']:.1f}{behaviour}")
-        ok = [r for r in rs if r.get("status") == "completed"]
         if not ok:
             out[experiment, variant] = f"| {experiment} | {variant} | {about} | failed |" + \
                 " - |" * 7
             continue
-        returns = [r["eval_return_mean"] for r in ok]
-        qs = [r["q_data"] for r in ok if r["q_data"] is not None]
+        seeds, returns, walls, mean = seed_cells(ok)
+        qs = ", ".join(f"{r['q_data']:.1f}" for r in ok if r["q_data"] is not None)
         out[experiment, variant] = (
             f"| {experiment} | {variant} | {about} | {ok[0]['grad_steps']} gradient steps | "
-            f"{','.join(str(r['seed']) for r in ok)} | {', '.join(f'{x:.1f}' for x in returns)} "
-            f"| {statistics.mean(returns):.1f} | {', '.join(f'{q:.1f}' for q in qs)} | "
-            f"{d['return_to_go']:.1f} | {', '.join(str(round(r['wall_seconds'])) for r in ok)} "
-            f"| {stamp} |")
+            f"{seeds} | {returns} | {mean:.1f} | {qs} | {d['return_to_go']:.1f} | {walls} | "
+            f"{stamp} |")
     return out
 
 
 def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str) -> str:
-    table = merge_table(read_section(path, START, END), HEADER, new_rows)
-    body = ("## Offline RL: cql against naive offline learning\n\n"
+    return write_table_section(path, START, END, (
+            "## Offline RL: cql against naive offline learning\n\n"
             "Final deterministic evaluation, 20 episodes, after the whole budget (`rl-run "
             "algo=cql` with the tuned defaults; naive is `algo.cql_weight=0`, offline SAC for "
             "Box actions, offline double DQN for Discrete ones). Q on the data's actions is "
@@ -136,10 +130,8 @@ def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str
             "(gamma 0.99, mean over rows) is what it would be without over- or "
             "underestimation, near enough: Pendulum's rewards are at most 0, so any positive "
             "Q there is overestimation, and CartPole's Q cannot exceed 1 / (1 - 0.99) = 100. "
-            "Made by `python scripts/offline_benchmark.py` (last: `" + command + "`).\n\n"
-            + table)
-    replace_section(path, START, END, body)
-    return body
+            "Made by `python scripts/offline_benchmark.py` (last: `" + command + "`)."),
+        HEADER, new_rows)
 
 
 def main() -> None:

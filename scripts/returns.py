@@ -12,12 +12,11 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import merge_table, read_section, replace_section, rl_run
+from bench_common import group_runs, rl_run, seed_cells, write_table_section
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- returns:start -->", "<!-- returns:end -->"
@@ -35,37 +34,28 @@ HEADER = ["| algo | env | budget (env steps) | seeds | final eval return per see
 
 def rows(results: list[dict], jobs: int, stamp: str) -> dict[tuple[str, str], str]:
     """One table row per (algo, env), keyed so a later run can replace just its own rows."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in results:
-        groups.setdefault((r["algo"], r["env"]), []).append(r)
     out = {}
-    for (algo, env), rs in groups.items():
-        ok = [r for r in rs if r.get("status") == "completed"]
+    for (algo, env), (ok, rs) in group_runs(results, ("algo", "env")).items():
         failed = [str(r["seed"]) for r in rs if r.get("status") != "completed"]
         note = f" (failed seeds: {', '.join(failed)})" if failed else ""
         if not ok:
             out[algo, env] = f"| {algo} | {env} | - | {','.join(failed)} | failed | - | - | " \
                              f"{jobs} | {stamp} |"
             continue
-        returns = [r["eval_return_mean"] for r in ok]
-        out[algo, env] = (
-            f"| {algo} | {env} | {ok[0]['env_steps']} | {','.join(str(r['seed']) for r in ok)}"
-            f"{note} | {', '.join(f'{x:.1f}' for x in returns)} | "
-            f"{statistics.mean(returns):.1f} | "
-            f"{', '.join(str(round(r['wall_seconds'])) for r in ok)} | {jobs} | {stamp} |")
+        seeds, returns, walls, mean = seed_cells(ok)
+        out[algo, env] = (f"| {algo} | {env} | {ok[0]['env_steps']} | {seeds}{note} | {returns} | "
+                          f"{mean:.1f} | {walls} | {jobs} | {stamp} |")
     return out
 
 
 def write_section(path: Path, new_rows: dict[tuple[str, str], str]) -> str:
-    old = read_section(path, START, END)
-    body = (f"## Returns with default hyperparameters\n\n"
+    return write_table_section(path, START, END, (
+            f"## Returns with default hyperparameters\n\n"
             f"Final deterministic evaluation, 20 episodes, after the whole budget (`rl-run "
             f"algo=<algo> env=<env> seed=<seed>`, nothing else). Machine: {platform.machine()}, "
             f"{os.cpu_count()} cores. Made by `python scripts/returns.py <algo>:<env> ... "
-            f"--seeds 0,1,2 --jobs N`; each row is replaced when its pair is measured again.\n\n"
-            f"{merge_table(old, HEADER, new_rows)}")
-    replace_section(path, START, END, body)
-    return body
+            f"--seeds 0,1,2 --jobs N`; each row is replaced when its pair is measured again."),
+        HEADER, new_rows)
 
 
 def main() -> None:
