@@ -20,7 +20,13 @@ INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--
               "--shell-completion", "-sc", "--resolve", "-p", "--package"}
 FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
                     "--experimental-rerun"}
-CHECKED_GROUPS = ("algo", "env")
+CHECKED_GROUPS = ("algo", "env", "hparams_search")
+# sweep plugins: (override key, value prefix) -> (module, the extra that installs it)
+PLUGINS = {("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+           ("hydra/launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "ray"),
+           ("hydra/launcher", "submitit"): ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+           ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+           ("hparams_search", ""): ("hydra_plugins.hydra_optuna_sweeper", "optuna")}
 
 
 def fail(message: str) -> None:
@@ -64,6 +70,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
             for value in values:
                 if value not in choices:
                     raise UserError(f"unknown {key} {value!r}; choices: {', '.join(choices)}")
+    _check_plugins(parsed, multirun)
     resume = next((ov for ov in parsed if ov.get_key_element() == "resume"), None)
     if resume is not None and resume.value() not in (None, "null"):
         if multirun or resume.is_sweep_override():
@@ -74,6 +81,22 @@ def prepare_argv(argv: list[str]) -> list[str]:
         _check_fresh(Path(str(run_dir.value())))
     _check_composes(parsed, overrides)
     return argv
+
+
+def _check_plugins(parsed: list, multirun: bool) -> None:
+    """A launcher or sweeper that is not installed: say which extra brings it."""
+    import importlib.util
+
+    for ov in parsed:
+        key, value = ov.get_key_element().lstrip("+~"), str(ov.value())
+        for (plugin_key, prefix), (module, extra) in PLUGINS.items():
+            if key != plugin_key or not value.startswith(prefix) or value == "None":
+                continue
+            if importlib.util.find_spec(module) is None:
+                raise UserError(f"{key}={value} needs the {extra} extra: "
+                                f"pip install -c constraints.txt 'rl-runner[{extra}]'")
+            if not multirun:
+                raise UserError(f"{key}={value} runs a sweep; add -m (rl-run -m {key}={value} ...)")
 
 
 def _check_fresh(run_dir: Path) -> None:
@@ -141,21 +164,23 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
 @hydra.main(config_path="pkg://rl_runner.conf", config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
     """One Hydra job: train, and return the final eval return (what a sweeper optimizes)."""
-    from rl_runner.trainer import train
+    from rl_runner.jobs import run_job
 
     try:
         resume = cfg.get("resume") is not None
         if resume:
             cfg = resumed_config(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        results = train(cfg, run_dir, resume=resume)
+        results = run_job(cfg, run_dir, resume)
     except UserError as e:
         log.error("rl-run: error: %s", e)
         sys.exit(2)
     except KeyboardInterrupt:
         log.error("interrupted; checkpoints/last.pt holds the last saved state")
         sys.exit(130)
-    return results["eval_return_mean"]
+    # what a sweeper (Optuna) maximises; a failed job in a sweep gives NaN (jobs.run_job)
+    value = results["eval_return_mean"]
+    return float("nan") if value is None else value
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ NON_NEGATIVE = {"lr", "ent_coef", "vf_coef", "eval_every", "checkpoint_every", "
 UNIT_INTERVAL = {"gamma", "gae_lambda", "tau"}
 TRAINER_TYPES = {"total_steps": int, "eval_every": int, "eval_episodes": int,
                  "checkpoint_every": int, "torch_threads": int | str, "device": str,
-                 "save_replay_buffer": bool, "progress": bool}
+                 "save_replay_buffer": bool, "progress": bool, "fail_fast": bool}
 
 
 def group_choices(group: str) -> list[str]:

@@ -52,6 +52,7 @@ FAMILIES = (*FEEDERS, "offline")
 # every env step: ~8 TensorBoard events per step took ~2 ms of a 12 ms SAC step (the writer
 # thread competes for the GIL); CleanRL's SAC logs every 100 steps too.
 LOG_EVERY = {"on_policy": 1, "off_policy": 100, "offline": 100}
+PROGRESS_LINE_SECONDS = 30.0  # parallel sweep jobs: a progress line this often
 
 
 def usable_cores() -> int:
@@ -116,8 +117,12 @@ def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
 class Trainer:
     """Owns envs, the feeder, counters, logging, evaluation, checkpoints and signals."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, resume: bool = False):
+    def __init__(self, cfg: DictConfig, run_dir: Path, resume: bool = False,
+                 max_threads: int | None = None, progress_lines: bool = False):
         self.cfg, self.run_dir, self.tcfg = cfg, Path(run_dir), cfg.trainer
+        self.max_threads = max_threads or usable_cores()
+        # parallel sweep jobs: periodic log lines instead of bars that overwrite each other
+        self.progress_lines = progress_lines and self.tcfg.progress
         self.ckpt_dir = self.run_dir / "checkpoints"
         config_checks.check_trainer(cfg)
         keep_freed_memory()
@@ -189,7 +194,11 @@ class Trainer:
         thread count) and again after, with the algorithm."""
         threads = self.tcfg.torch_threads
         if threads == "auto":
-            threads = 1 if algo is None else algo.preferred_threads(usable_cores())
+            threads = 1 if algo is None else algo.preferred_threads(self.max_threads)
+        elif algo is not None and threads > self.max_threads < usable_cores():
+            log.warning("trainer.torch_threads=%d: more than this job's share of the cores (%d) "
+                        "while other jobs of the sweep run; auto picks within it",
+                        threads, self.max_threads)
         torch.set_num_threads(threads)
         # numpy's OpenBLAS (the on-policy kernels, GAE) gets the same count: its default of one
         # thread per core made a 256x64 matmul 2x slower while another process held a core
@@ -205,7 +214,9 @@ class Trainer:
                  total, unit, self.cfg.seed, self.threads, self.run_dir)
         start, start_steps = time.perf_counter(), self.env_steps
         bar = tqdm.tqdm(total=total, initial=self.env_steps, unit="step", dynamic_ncols=True,
-                        disable=not self.tcfg.progress, mininterval=0.5, smoothing=0.1)
+                        disable=not self.tcfg.progress or self.progress_lines,
+                        mininterval=0.5, smoothing=0.1)
+        next_line = start + PROGRESS_LINE_SECONDS
         previous = self._install_signals()
         status, error = "completed", None
         try:
@@ -229,6 +240,11 @@ class Trainer:
                     self.next_checkpoint = _next_multiple(self.env_steps, self.checkpoint_every)
                 bar.update(self.env_steps - before)
                 bar.set_postfix(sps=f"{sps:.0f}", ret=self._recent(), refresh=False)
+                if self.progress_lines and start + elapsed >= next_line:
+                    log.info("step %d/%d (%.0f%%), %.0f steps/s, recent return %s",
+                             self.env_steps, total, 100 * self.env_steps / total, sps,
+                             self._recent())
+                    next_line = start + elapsed + PROGRESS_LINE_SECONDS
             elapsed = time.perf_counter() - start
             if self.stop_signal is not None:
                 status = "interrupted"
@@ -397,13 +413,18 @@ class Trainer:
         }
         if error:
             results["error"] = error
-        tmp = self.run_dir / "results.json.tmp"
-        # strict JSON: a value not measured (no evaluation yet) is null, not NaN
-        results = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-                   for k, v in results.items()}
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        tmp.replace(self.run_dir / "results.json")
-        return results
+        return write_json(self.run_dir / "results.json", results)
+
+
+def write_json(path: Path, results: dict) -> dict:
+    """Write results atomically (a temp file, then a rename); returns what was written."""
+    # strict JSON: a value not measured (no evaluation yet) is null, not NaN
+    results = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+               for k, v in results.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
+    return results
 
 
 def _next_multiple(steps: int, every: int) -> int:
@@ -411,7 +432,12 @@ def _next_multiple(steps: int, every: int) -> int:
     return (steps // every + 1) * every
 
 
-def train(cfg: DictConfig, run_dir: Path | str, resume: bool = False) -> dict:
-    """Build a Trainer for `cfg` in `run_dir` and run it; returns the results dict."""
+def train(cfg: DictConfig, run_dir: Path | str, resume: bool = False,
+          max_threads: int | None = None, progress_lines: bool = False) -> dict:
+    """Build a Trainer for `cfg` in `run_dir` and run it; returns the results dict.
+
+    max_threads: this job's share of the cores (parallel sweeps); progress_lines: log lines
+    every PROGRESS_LINE_SECONDS instead of a progress bar."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return Trainer(cfg, Path(run_dir), resume=resume).run()
+    return Trainer(cfg, Path(run_dir), resume=resume, max_threads=max_threads,
+                   progress_lines=progress_lines).run()

@@ -1,0 +1,195 @@
+"""Sweeps (rl-run -m): failed jobs recorded, parallel launchers, Optuna, summaries."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from rl_runner.jobs import parallel_jobs
+from tests.conftest import FAST, REPO, error_line, read_results, run_cli
+
+# 8 envs x 32 steps = 256 env steps per update; NaNAfter3PPO turns NaN in its 4th (step 1024)
+SHORT = ["env=cartpole", *FAST, "trainer.total_steps=2048", "trainer.eval_every=2048"]
+TINY = ["algo=ppo", "algo.n_steps=32", "algo.batch_size=256", *SHORT]
+NAN_PPO = "tests.helpers.nan_algo.NaNAfter3PPO"
+
+
+def sweep(tmp_path: Path, args: list[str], timeout: float = 240):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(["-m", *args, f"hydra.sweep.dir={sweep_dir}"], tmp_path, timeout=timeout,
+                   pythonpath=REPO)
+    return proc, sweep_dir
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()),
+                  key=lambda p: int(p.name.split("_")[0]))
+
+
+def md_job_rows(sweep_dir: Path) -> dict[str, dict[str, str]]:
+    """summary.md's per-job table, parsed back: {job: {column: cell}}."""
+    lines = (sweep_dir / "summary.md").read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| job |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = {}
+    for ln in lines[start + 2:]:
+        if not ln.startswith("|"):
+            break
+        cells = dict(zip(header, (c.strip() for c in ln.strip("|").split("|"))))
+        rows[cells["job"]] = cells
+    return rows
+
+
+def check_summary_matches_results(sweep_dir: Path) -> dict[str, dict[str, str]]:
+    """Every job's row in summary.md and summary.csv agrees with its results.json."""
+    rows = md_job_rows(sweep_dir)
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        csv_rows = {r["job"]: r for r in csv.DictReader(f) if r["kind"] == "job"}
+    runs = [job / name for job in job_dirs(sweep_dir)
+            for name in read_results(job).get("runs", ["."])]  # a repeat job: one row per seed
+    for run in runs:
+        name = str(run.relative_to(sweep_dir))
+        res = read_results(run)
+        row, csv_row = rows[name], csv_rows[name]
+        assert row["status"] == csv_row["status"] == res["status"]
+        assert int(row["seed"]) == res["seed"]
+        assert int(row["steps"]) == int(csv_row["env_steps"]) == res["env_steps"]
+        if res["eval_return_mean"] is None:
+            assert row["final return"] == csv_row["eval_return_mean"] == ""
+        else:
+            assert float(row["final return"]) == pytest.approx(res["eval_return_mean"], abs=0.05)
+            assert float(csv_row["eval_return_mean"]) == res["eval_return_mean"]
+    assert set(rows) == {str(run.relative_to(sweep_dir)) for run in runs}
+    return rows
+
+
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+RAY = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+SUBMITIT = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+
+
+@pytest.mark.parametrize("launcher, expected", [
+    ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 1),
+    ({"_target_": JOBLIB, "n_jobs": -1}, 8),
+    ({"_target_": JOBLIB, "n_jobs": 3}, 3),
+    ({"_target_": JOBLIB, "n_jobs": -2}, 7),
+    ({"_target_": RAY, "ray": {"init": {}, "remote": {"num_cpus": 2}}}, 4),
+    ({"_target_": RAY, "ray": {"init": {}, "remote": {}}}, 8),
+    ({"_target_": SUBMITIT, "cpus_per_task": None}, 8),
+    ({"_target_": SUBMITIT, "cpus_per_task": 4}, 2),
+])
+def test_jobs_running_at_once_per_launcher(launcher, expected):
+    assert parallel_jobs(OmegaConf.create(launcher), cores=8) == expected
+
+
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    proc, sweep_dir = sweep(tmp_path, [*TINY, f"algo._target_=rl_runner.algos.ppo.PPO,{NAN_PPO}",
+                                       "seed=0,1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = job_dirs(sweep_dir)
+    assert len(jobs) == 4
+    statuses = [read_results(j)["status"] for j in jobs]
+    assert statuses == ["completed", "completed", "failed", "failed"]
+    for job in jobs[2:]:
+        assert "NaN" in read_results(job)["error"] and "1024" in read_results(job)["error"]
+    rows = check_summary_matches_results(sweep_dir)
+    assert "NaN" in rows[jobs[3].name]["error"]
+    head = (sweep_dir / "summary.md").read_text().splitlines()[0]
+    assert "4 jobs" in head and "2 completed" in head and "2 failed" in head
+
+
+def test_a_job_failing_before_training_is_recorded(tmp_path):
+    proc, sweep_dir = sweep(tmp_path, [*TINY, "algo.lr=-1,0.001"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = job_dirs(sweep_dir)
+    res = read_results(first)
+    assert res["status"] == "failed" and res["error"] == "algo.lr=-1 must not be negative"
+    assert res["algo"] == "ppo" and res["env_id"] == "CartPole-v1" and res["env_steps"] == 0
+    assert read_results(second)["status"] == "completed"
+    check_summary_matches_results(sweep_dir)
+
+
+def test_a_repeat_job_stops_at_its_first_failed_seed(tmp_path):
+    proc, sweep_dir = sweep(tmp_path, [*TINY, f"algo._target_={NAN_PPO}", "repeats=3",
+                                       "seed=5"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (job,) = job_dirs(sweep_dir)
+    res = read_results(job)
+    assert res["status"] == "failed" and res["runs"] == ["s5"] and "NaN" in res["error"]
+    assert res["eval_return_mean"] is None
+    assert read_results(job / "s5")["status"] == "failed" and not (job / "s6").exists()
+    assert md_job_rows(sweep_dir)[f"{job.name}/s5"]["status"] == "failed"
+
+
+def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path):
+    proc, sweep_dir = sweep(tmp_path, [*TINY, "trainer.fail_fast=true", "algo.lr=-1,0.001"])
+    assert proc.returncode != 0
+    jobs = job_dirs(sweep_dir)
+    assert [read_results(j)["status"] for j in jobs] == ["failed"]
+    assert md_job_rows(sweep_dir)[jobs[0].name]["status"] == "failed"
+
+
+def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cores_each(tmp_path):
+    proc, sweep_dir = sweep(tmp_path, [*SHORT, "algo=ppo,pg", "seed=0,1",
+                                       "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                       "trainer.progress=true"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = job_dirs(sweep_dir)
+    assert [j.name for j in jobs] == ["0_ppo_cartpole_s0", "1_ppo_cartpole_s1",
+                                      "2_pg_cartpole_s0", "3_pg_cartpole_s1"]
+    for job in jobs:
+        res = read_results(job)
+        assert res["status"] == "completed" and res["torch_threads"] == 1
+    # no progress bars from parallel jobs: each line names its job
+    assert "step/s" not in proc.stderr
+    assert "[2_pg_cartpole_s0] done: " in proc.stderr
+    check_summary_matches_results(sweep_dir)
+
+
+def test_optuna_averages_seeds_per_trial_and_the_study_resumes(tmp_path):
+    db = tmp_path / "study" / "ppo.db"
+    args = ["hparams_search=ppo_cartpole", *FAST[1:], "repeats=2",
+            "trainer.total_steps=1024", "trainer.eval_every=1024",
+            f"hydra.sweeper.storage=sqlite:///{db}"]
+    proc, sweep_dir = sweep(tmp_path, [*args, "hydra.sweeper.n_trials=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = job_dirs(sweep_dir)
+    assert len(jobs) == 2
+    for job in jobs:
+        res = read_results(job)
+        runs = [read_results(job / r) for r in res["runs"]]
+        assert [r["seed"] for r in runs] == [0, 1]
+        assert res["eval_return_mean"] == pytest.approx(
+            sum(r["eval_return_mean"] for r in runs) / 2)
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert best.best_value == max(read_results(j)["eval_return_mean"] for j in jobs)
+    check_summary_matches_results(sweep_dir)
+
+    import optuna
+    resumed = tmp_path / "again"
+    proc = run_cli(["-m", *args, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={resumed}"],
+                   tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="ppo_cartpole", storage=f"sqlite:///{db}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert study.trials[2].value == read_results(resumed / "0_ppo_cartpole_s0")["eval_return_mean"]
+
+
+def test_hparams_search_without_multirun_is_refused(tmp_path):
+    line = error_line(run_cli(["hparams_search=ppo_cartpole"], tmp_path))
+    assert "add -m" in line
+
+
+@pytest.mark.parametrize("launcher", ["submitit_local", "ray"])
+def test_other_launchers_run_and_summarise(tmp_path, monkeypatch, launcher):
+    pytest.importorskip(f"hydra_plugins.hydra_{launcher.split('_')[0]}_launcher")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # Ray's token file would land here
+    proc, sweep_dir = sweep(tmp_path, [*TINY, "seed=0,1", f"hydra/launcher={launcher}"],
+                            timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [read_results(j)["status"] for j in job_dirs(sweep_dir)] == ["completed"] * 2
+    check_summary_matches_results(sweep_dir)
+    assert not (tmp_path / "home" / ".ray" / "auth_token").exists()
+    assert read_results(job_dirs(sweep_dir)[0])["torch_threads"] == 1
