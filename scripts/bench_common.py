@@ -3,9 +3,12 @@ docs/benchmarks.md (<!-- name:start --> ... <!-- name:end -->)."""
 from __future__ import annotations
 
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 RL_RUN = Path(sys.executable).with_name("rl-run")
@@ -78,3 +81,32 @@ def write_table_section(path: Path, start: str, end: str, text: str, header: lis
     body = text + "\n\n" + merge_table(read_section(path, start, end), header, new_rows)
     replace_section(path, start, end, body)
     return body
+
+
+def machine() -> str:
+    """CPU model, cores (and how many this process may use), RAM, OS: for benchmark headers."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal"))
+        ram = f"{kib / 2**20:.1f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        ram = "RAM unknown"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{cpu}, {os.cpu_count()} logical cores ({usable} usable by this process), {ram}, "
+            f"{platform.system()} {platform.release()}")
+
+
+def package_versions(packages: dict[str, str]) -> str:
+    """"python 3.11.7, torch 2.13.0, ..." for {name: distribution}."""
+    found = {"python": platform.python_version()}
+    for name, dist in packages.items():
+        try:
+            found[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return ", ".join(f"{k} {v}" for k, v in found.items())

@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import machine, package_versions  # noqa: E402
 from bench_tasks import COMMON, PEERS, TARGETS, TASKS, Task, peer_model  # noqa: E402
 
 
@@ -260,31 +260,8 @@ def _subprocess(cmd: list[str], log: Path, cwd: Path) -> tuple[float, str | None
     return seconds, f"exit code {rc}: " + " | ".join(tail)
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))
-        ram = f"{kib / 2**20:.1f} GiB RAM"
-    except (OSError, StopIteration, ValueError):
-        ram = "RAM unknown"
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu}, {os.cpu_count()} logical cores ({usable} usable by this process), {ram}, "
-            f"{platform.system()} {platform.release()}")
-
-
 def versions() -> str:
-    found = {"python": platform.python_version()}
-    for name, dist in VERSION_PACKAGES.items():
-        try:
-            found[name] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return ", ".join(f"{k} {v}" for k, v in found.items())
+    return package_versions(VERSION_PACKAGES)
 
 
 def fmt_return(r: dict) -> str:
