@@ -79,6 +79,9 @@ def prepare_argv(argv: list[str]) -> list[str]:
     run_dir = next((ov for ov in parsed if ov.get_key_element() == "hydra.run.dir"), None)
     if run_dir is not None and not multirun:
         _check_fresh(Path(str(run_dir.value())))
+    sweep_dir = next((ov for ov in parsed if ov.get_key_element() == "hydra.sweep.dir"), None)
+    if sweep_dir is not None and multirun:
+        _check_fresh_sweep(Path(str(sweep_dir.value())))
     _check_composes(parsed, overrides)
     return argv
 
@@ -106,6 +109,13 @@ def _check_fresh(run_dir: Path) -> None:
                         "or choose another hydra.run.dir")
 
 
+def _check_fresh_sweep(sweep_dir: Path) -> None:
+    """Refuse a sweep directory that already holds a sweep: its jobs would be overwritten."""
+    if sweep_dir.is_dir() and any(sweep_dir.iterdir()):
+        raise UserError(f"hydra.sweep.dir={sweep_dir} already holds files (an earlier sweep?); "
+                        "choose another, or leave hydra.sweep.dir out for a new dated one")
+
+
 def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
     """Hydra overrides that make this invocation write into the run being resumed."""
     if not run_dir.is_dir():
@@ -113,6 +123,10 @@ def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
     if not (run_dir / ".hydra" / "config.yaml").is_file():
         raise UserError(f"resume={run_dir}: no .hydra/config.yaml there (not an rl-run directory)")
     if not (run_dir / "checkpoints" / "last.pt").is_file():
+        runs = sorted(p.name for p in run_dir.glob("s*") if (p / "checkpoints").is_dir())
+        if runs:  # a repeats=N job: its runs resume one by one
+            raise UserError(f"resume={run_dir}: a job of several runs ({', '.join(runs)}); "
+                            f"resume one of them, e.g. resume={run_dir / runs[-1]}")
         raise UserError(f"resume={run_dir}: no checkpoints/last.pt to resume from")
     for ov in parsed:
         key = ov.get_key_element().lstrip("+~")

@@ -195,7 +195,7 @@ def _config_row(config: str, rows: list[dict]) -> dict:
 # ---- writing --------------------------------------------------------------------------------
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write `path` through a .tmp file and os.replace, so a crash never leaves it half written."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # parallel jobs may write at once
     tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
     os.replace(tmp, path)
 

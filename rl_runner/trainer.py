@@ -28,7 +28,7 @@ from rl_runner.algos.base import OnPolicyAlgorithm
 from rl_runner.checkpoint import (load_checkpoint, rng_state, save_checkpoint, seed_everything,
                                   set_rng_state)
 from rl_runner.envs import env_state, make_vec_env, restore_env_state
-from rl_runner.errors import UserError
+from rl_runner.errors import UserError, describe
 from rl_runner.evaluation import Evaluator
 from rl_runner.logger import TBLogger
 from rl_runner.offline import fit_expert_data, offline_feeder
@@ -255,7 +255,7 @@ class Trainer:
             status = "interrupted"
             raise
         except Exception as e:
-            status, error = "failed", f"{type(e).__name__}: {e}"
+            status, error = "failed", describe(e)
             raise
         finally:
             bar.close()

@@ -95,7 +95,7 @@ def main() -> None:
         f"- Machine: {machine()}",
         f"- Versions: {package_versions(PACKAGES)}",
         f"- Command: `python scripts/search_benchmark.py --preset {args.preset} "
-        f"--fresh-seed {args.fresh_seed}` (work under {work})",
+        f"--fresh-seed {args.fresh_seed} --workdir {work}`",
         f"- Search: `rl-run {shlex.join(search)}`: {len(before)} trials (each the mean of "
         f"seeds 0 to {repeats - 1} at {budget} env steps) in {wall:.0f} s; best trial value "
         f"{best['best_value']:.1f}",

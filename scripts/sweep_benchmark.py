@@ -58,8 +58,8 @@ def section(sweep: list[str], measured: dict[str, dict], loads: list[float], wor
         f"- Machine: {machine()}; 1-min load average {loads[0]:.2f} at start, "
         f"{loads[-1]:.2f} at end",
         f"- Versions: {package_versions(PACKAGES)}",
-        f"- Command: `python scripts/sweep_benchmark.py --sweep {shlex.join(sweep)}` "
-        f"(sweeps under {work})", "",
+        f"- Command: `python scripts/sweep_benchmark.py --sweep {shlex.join(sweep)} "
+        f"--workdir {work}`", "",
         "| launcher | command | jobs | wall s | wall / sequential | sum of the jobs' own wall s |"
         " torch threads per job |",
         "|---|---|---|---|---|---|---|"]
@@ -82,7 +82,7 @@ def section(sweep: list[str], measured: dict[str, dict], loads: list[float], wor
     lines += ["", "Wall s: the whole `rl-run -m` process, start to exit (Python start-up, "
               "composition, the jobs, the summary). The joblib launcher runs one job per core "
               "(n_jobs=-1) and each job takes cores // jobs torch threads "
-              "(rl_runner/jobs.py)."]
+              "(rl_runner/sweeps.py)."]
     return "\n".join(lines)
 
 

@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from rl_runner.jobs import parallel_jobs
-from tests.conftest import FAST, REPO, error_line, read_results, run_cli
+from rl_runner.sweeps import parallel_jobs, prepare_ray
+from tests.conftest import FAST, REPO, RL_RUN, cli_env, error_line, read_results, run_cli
 
 # 8 envs x 32 steps = 256 env steps per update; NaNAfter3PPO turns NaN in its 4th (step 1024)
 SHORT = ["env=cartpole", *FAST, "trainer.total_steps=2048", "trainer.eval_every=2048"]
 TINY = ["algo=ppo", "algo.n_steps=32", "algo.batch_size=256", *SHORT]
 NAN_PPO = "tests.helpers.nan_algo.NaNAfter3PPO"
+CRASH_PPO = "tests.helpers.nan_algo.CrashAfter3PPO"
 
 
 def sweep(tmp_path: Path, args: list[str], timeout: float = 240):
@@ -84,6 +90,19 @@ def test_jobs_running_at_once_per_launcher(launcher, expected):
     assert parallel_jobs(OmegaConf.create(launcher), cores=8) == expected
 
 
+def test_ray_settings_mended_before_the_launcher_starts(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "")  # restored (removed) after the test
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    joining = OmegaConf.create({"_target_": RAY, "ray": {"init": {"address": "auto"}}})
+    OmegaConf.set_readonly(joining, True)  # as Hydra hands it over
+    prepare_ray(joining)
+    init = joining.ray.init
+    assert "object_store_memory" in init and init.object_store_memory is None
+    assert "RAY_AUTH_MODE" not in os.environ  # a real cluster keeps its own auth
+    prepare_ray(OmegaConf.create({"_target_": RAY, "ray": {"init": {"address": None}}}))
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
 def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     proc, sweep_dir = sweep(tmp_path, [*TINY, f"algo._target_=rl_runner.algos.ppo.PPO,{NAN_PPO}",
                                        "seed=0,1"])
@@ -131,7 +150,14 @@ def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path):
     assert md_job_rows(sweep_dir)[jobs[0].name]["status"] == "failed"
 
 
-def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cores_each(tmp_path):
+def log_span(job: Path) -> tuple[datetime, datetime]:
+    """When a job's train.log starts and ends."""
+    stamps = [datetime.strptime(ln[1:24], "%Y-%m-%d %H:%M:%S,%f")
+              for ln in (job / "train.log").read_text().splitlines() if ln.startswith("[20")]
+    return stamps[0], stamps[-1]
+
+
+def test_joblib_runs_jobs_in_parallel_with_progress_lines(tmp_path):
     proc, sweep_dir = sweep(tmp_path, [*SHORT, "algo=ppo,pg", "seed=0,1",
                                        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                                        "trainer.progress=true"])
@@ -139,13 +165,24 @@ def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cores_each(tmp_path):
     jobs = job_dirs(sweep_dir)
     assert [j.name for j in jobs] == ["0_ppo_cartpole_s0", "1_ppo_cartpole_s1",
                                       "2_pg_cartpole_s0", "3_pg_cartpole_s1"]
-    for job in jobs:
-        res = read_results(job)
-        assert res["status"] == "completed" and res["torch_threads"] == 1
+    assert all(read_results(job)["status"] == "completed" for job in jobs)
+    (start0, end0), (start1, end1) = log_span(jobs[0]), log_span(jobs[1])
+    assert start0 < end1 and start1 < end0  # the first two ran at the same time
     # no progress bars from parallel jobs: each line names its job
     assert "step/s" not in proc.stderr
     assert "[2_pg_cartpole_s0] done: " in proc.stderr
     check_summary_matches_results(sweep_dir)
+
+
+def test_parallel_jobs_share_the_cores(tmp_path):
+    """sac with torch_threads=auto takes every core alone; two at once take half each."""
+    cores = len(os.sched_getaffinity(0))
+    proc, sweep_dir = sweep(tmp_path, ["algo=sac", "env=pendulum", "seed=0,1", *FAST,
+                                       "trainer.total_steps=200", "algo.learning_starts=100",
+                                       "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [read_results(j)["torch_threads"] for j in job_dirs(sweep_dir)] == \
+        [max(1, cores // 2)] * 2
 
 
 def test_optuna_averages_seeds_per_trial_and_the_study_resumes(tmp_path):
@@ -175,6 +212,75 @@ def test_optuna_averages_seeds_per_trial_and_the_study_resumes(tmp_path):
     study = optuna.load_study(study_name="ppo_cartpole", storage=f"sqlite:///{db}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert study.trials[2].value == read_results(resumed / "0_ppo_cartpole_s0")["eval_return_mean"]
+
+
+def test_a_failed_optuna_trial_is_marked_failed_and_the_search_goes_on(tmp_path):
+    db = tmp_path / "study.db"
+    proc, sweep_dir = sweep(tmp_path, ["hparams_search=ppo_cartpole", *FAST[1:], "repeats=1",
+                                       f"algo._target_={NAN_PPO}", "trainer.total_steps=2048",
+                                       "hydra.sweeper.n_trials=2",
+                                       f"hydra.sweeper.storage=sqlite:///{db}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import optuna
+    trials = optuna.load_study(study_name="ppo_cartpole", storage=f"sqlite:///{db}").trials
+    # NaNAfter3PPO fails in its 4th update; the sampler (seed 0) gives trial 1 n_steps=256, a
+    # single update in the budget, so it completes: the search went on past the failure
+    assert [t.params["algo.n_steps"] for t in trials] == [32, 256]
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert [read_results(j)["status"] for j in job_dirs(sweep_dir)] == ["failed", "completed"]
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert best.best_value == trials[1].value
+    check_summary_matches_results(sweep_dir)
+
+
+def test_fail_fast_stops_at_a_crash_too(tmp_path):
+    proc, sweep_dir = sweep(tmp_path, [*TINY, "trainer.fail_fast=true",
+                                       f"algo._target_={CRASH_PPO},rl_runner.algos.ppo.PPO"])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (job,) = job_dirs(sweep_dir)
+    assert read_results(job)["error"] == "RuntimeError: boom in update 4"
+    assert "Traceback" in (job / "train.log").read_text()  # a bug: the trace is kept
+    assert md_job_rows(sweep_dir)[job.name]["status"] == "failed"
+
+
+def test_ctrl_c_stops_the_sweep_with_a_summary(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen([str(RL_RUN), "-m", "algo=ppo", "env=cartpole", "seed=0,1",
+                             "trainer.progress=false", "trainer.total_steps=10000000",
+                             "trainer.checkpoint_every=1024",
+                             f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(sweep_dir.glob("0_*/checkpoints/last.pt")):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    (job,) = job_dirs(sweep_dir)  # the second job never started
+    assert read_results(job)["status"] == "interrupted"
+    assert md_job_rows(sweep_dir)[job.name]["status"] == "interrupted"
+    assert "sweep interrupted" in err
+
+
+def test_an_existing_sweep_dir_is_refused(tmp_path):
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "multirun.yaml").write_text("earlier\n")
+    line = error_line(run_cli(["-m", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path))
+    assert "already holds files" in line
+    assert (tmp_path / "sweep" / "multirun.yaml").read_text() == "earlier\n"
+
+
+def test_a_repeat_jobs_runs_resume_one_by_one(tmp_path):
+    proc, sweep_dir = sweep(tmp_path, [*TINY, "repeats=2", "seed=3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (job,) = job_dirs(sweep_dir)
+    line = error_line(run_cli([f"resume={job}"], tmp_path))
+    assert f"resume={job / 's4'}" in line
+    proc = run_cli([f"resume={job / 's4'}", "trainer.total_steps=2560"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = read_results(job / "s4")
+    assert res["seed"] == 4 and res["env_steps"] == 2560 and res["status"] == "completed"
 
 
 def test_hparams_search_without_multirun_is_refused(tmp_path):

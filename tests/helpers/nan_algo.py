@@ -20,3 +20,12 @@ class NaNAfter3PPO(PPO):
 
     def _steps_per_update(self) -> int:
         return self.n_epochs * (self.n_steps * self.n_envs // self.batch_size)
+
+
+class CrashAfter3PPO(NaNAfter3PPO):
+    """Raises RuntimeError (a bug, not bad input) in its fourth update."""
+
+    def update(self, batch):
+        if self.grad_steps >= GOOD_UPDATES * self._steps_per_update():
+            raise RuntimeError("boom in update 4")
+        return super().update(batch)
