@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger("rl_runner")
 
@@ -96,6 +96,10 @@ class SweepCallbacks(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         prepare_ray(config.hydra.launcher)
+        if is_optuna(config.hydra.sweeper):  # Hydra's basic sweeper keeps this; Optuna's does not
+            sweep_dir = Path(config.hydra.sweep.dir)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(config, sweep_dir / "multirun.yaml")
         storage = str(config.hydra.sweeper.get("storage") or "")
         if storage.startswith("sqlite:///"):  # sqlite makes the file, not its folder
             Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

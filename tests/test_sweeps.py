@@ -204,6 +204,7 @@ def test_optuna_averages_seeds_per_trial_and_the_study_resumes(tmp_path):
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert best.best_value == max(read_results(j)["eval_return_mean"] for j in jobs)
     check_summary_matches_results(sweep_dir)
+    assert "Sweep: `rl-run -m hparams_search=ppo_cartpole" in (sweep_dir / "summary.md").read_text()
 
     import optuna
     resumed = tmp_path / "again"
@@ -282,6 +283,24 @@ def test_a_repeat_jobs_runs_resume_one_by_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = read_results(job / "s4")
     assert res["seed"] == 4 and res["env_steps"] == 2560 and res["status"] == "completed"
+
+
+@pytest.mark.parametrize("override, extra", [("hydra/launcher=joblib", "joblib"),
+                                             ("hydra/launcher=submitit_slurm", "submitit"),
+                                             ("hparams_search=ppo_cartpole", "optuna")])
+def test_a_missing_plugin_names_its_extra(monkeypatch, override, extra):
+    import importlib.util
+
+    from rl_runner import cli
+    from rl_runner.errors import UserError
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):  # as if no sweep plugin were installed
+        return None if name.startswith("hydra_plugins") else real(name, *args)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(UserError, match=rf"needs the {extra} extra: .*'rl-runner\[{extra}\]'"):
+        cli.prepare_argv(["-m", override])
 
 
 def test_hparams_search_without_multirun_is_refused(tmp_path):
