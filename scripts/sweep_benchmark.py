@@ -76,7 +76,8 @@ def section(sweep: list[str], measured: dict[str, dict], loads: list[float], wor
     configs = {c["config"]: {} for m in measured.values() for c in m["configs"]}
     for name, m in measured.items():
         for c in m["configs"]:
-            configs[c["config"]][name] = f"{float(c['return_mean']):.1f} ({c['completed']}/{c['runs']})"
+            mean = f"{float(c['return_mean']):.1f}" if c["return_mean"] else "none"
+            configs[c["config"]][name] = f"{mean} ({c['completed']}/{c['runs']})"
     for config, cells in configs.items():
         lines.append(f"| {config} | " + " | ".join(cells.get(n, "") for n in measured) + " |")
     lines += ["", "Wall s: the whole `rl-run -m` process, start to exit (Python start-up, "
