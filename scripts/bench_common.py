@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -26,6 +28,26 @@ def rl_run(args: list[str], run_dir: Path, label: str) -> dict:
     print(f"{label}: {result['eval_return_mean']:.1f} after {result['env_steps']} steps, "
           f"{result['wall_seconds']:.0f} s", flush=True)
     return result
+
+
+def run_logged(cmd: list[str], log: Path, cwd: Path | None = None) -> tuple[float, str | None]:
+    """Run `cmd` with its output in `log`; (wall seconds, None or the reason it failed)."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd).returncode
+    seconds = time.perf_counter() - start
+    if rc == 0:
+        return seconds, None
+    tail = log.read_text().strip().splitlines()[-15:]
+    return seconds, f"exit code {rc}: " + " | ".join(tail)
+
+
+def timed_rl_run(args: list[str], log: Path) -> float:
+    """Wall seconds of `rl-run ARGS` (its output in `log`); exits the script when it fails."""
+    seconds, error = run_logged([str(RL_RUN), *args], log)
+    if error:
+        sys.exit(f"rl-run {shlex.join(args)} failed ({error}); see {log}")
+    return seconds
 
 
 def read_section(path: Path, start: str, end: str) -> str:

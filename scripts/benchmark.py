@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine, package_versions  # noqa: E402
+from bench_common import machine, package_versions, run_logged  # noqa: E402
 from bench_tasks import COMMON, PEERS, TARGETS, TASKS, Task, peer_model  # noqa: E402
 
 
@@ -133,7 +133,7 @@ def run_rl_runner(task: Task, seed: int, steps: int, work: Path) -> dict:
     run_dir = rl_runner_dir(task, seed, work)
     log = work / f"rl-runner_{task.key}_s{seed}.log"
     cmd = [*rl_run_command(), *rl_run_overrides(task, seed, steps), f"hydra.run.dir={run_dir}"]
-    proc_seconds, error = _subprocess(cmd, log, work)
+    proc_seconds, error = run_logged(cmd, log, work)
     if error or not (run_dir / "results.json").exists():
         return {"status": "failed", "error": error or "no results.json", "process_seconds":
                 proc_seconds}
@@ -165,7 +165,7 @@ def run_sb3(task: Task, seed: int, steps: int, threads: int | None, eval_every: 
     spec = {"task": task.key, "seed": seed, "steps": steps, "threads": threads,
             "eval_every": eval_every, "eval_episodes": eval_episodes, "out": str(out)}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--sb3-child", json.dumps(spec)]
-    proc_seconds, error = _subprocess(cmd, work / f"{tag}.log", work)
+    proc_seconds, error = run_logged(cmd, work / f"{tag}.log", work)
     if error or not out.exists():
         return {"status": "failed", "error": error or "no result", "process_seconds": proc_seconds}
     return {**json.loads(out.read_text()), "process_seconds": proc_seconds}
@@ -248,18 +248,6 @@ def row_file(task: Task, seed: int, runner: str, work: Path) -> Path:
 
 
 # ---- running and reporting ---------------------------------------------------------------------
-def _subprocess(cmd: list[str], log: Path, cwd: Path) -> tuple[float, str | None]:
-    """Run `cmd` with its output in `log`; (wall seconds, None or the reason it failed)."""
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd).returncode
-    seconds = time.perf_counter() - start
-    if rc == 0:
-        return seconds, None
-    tail = log.read_text().strip().splitlines()[-15:]
-    return seconds, f"exit code {rc}: " + " | ".join(tail)
-
-
 def versions() -> str:
     return package_versions(VERSION_PACKAGES)
 

@@ -15,16 +15,14 @@ import argparse
 import datetime
 import json
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RL_RUN, machine, package_versions, replace_section  # noqa: E402
+from bench_common import machine, package_versions, replace_section, timed_rl_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -32,16 +30,6 @@ START, END = "<!-- hparams-search:start -->", "<!-- hparams-search:end -->"
 PACKAGES = {"torch": "torch", "gymnasium": "gymnasium", "hydra-optuna-sweeper":
             "hydra-optuna-sweeper", "optuna": "optuna", "sqlalchemy": "sqlalchemy",
             "rl_runner": "rl-runner"}
-
-
-def rl_run(args: list[str], log: Path) -> float:
-    """Wall seconds of `rl-run ARGS` (output to log); exits when it fails."""
-    start = time.perf_counter()
-    with log.open("w") as f:
-        rc = subprocess.run([str(RL_RUN), *args], stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        sys.exit(f"rl-run {shlex.join(args)} failed ({rc}); see {log}")
-    return time.perf_counter() - start
 
 
 def study_trials(storage: str, name: str) -> list[tuple[int, str, float | None]]:
@@ -63,18 +51,18 @@ def main() -> None:
     storage = f"sqlite:///{work / 'study.db'}"
     search = ["-m", f"hparams_search={args.preset}", "trainer.progress=false",
               f"hydra.sweeper.storage={storage}"]
-    wall = rl_run([*search, f"hydra.sweep.dir={work / 'search'}"], work / "search.log")
+    wall = timed_rl_run([*search, f"hydra.sweep.dir={work / 'search'}"], work / "search.log")
     best = yaml.safe_load((work / "search" / "optimization_results.yaml").read_text())
-    name = yaml.safe_load((ROOT / "conf" / "hparams_search" / f"{args.preset}.yaml").read_text())
-    study_name = name["hydra"]["sweeper"]["study_name"]
-    budget, repeats = name["trainer"]["total_steps"], name.get("repeats", 1)
+    preset = yaml.safe_load((ROOT / "conf" / "hparams_search" / f"{args.preset}.yaml").read_text())
+    study_name = preset["hydra"]["sweeper"]["study_name"]
+    budget, repeats = preset["trainer"]["total_steps"], preset.get("repeats", 1)
     before = study_trials(storage, study_name)
-    rl_run([*search, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={work / 'resumed'}"],
+    timed_rl_run([*search, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={work / 'resumed'}"],
            work / "resumed.log")
     after = study_trials(storage, study_name)
     print(f"search: {len(before)} trials in {wall:.0f} s, best {best['best_value']:.1f}; "
           f"resumed: {len(after)} trials", flush=True)
-    algo, env = name["defaults"][0]["override /algo"], name["defaults"][1]["override /env"]
+    algo, env = preset["defaults"][0]["override /algo"], preset["defaults"][1]["override /env"]
     common = [f"algo={algo}", f"env={env}", f"trainer.total_steps={budget}",
               f"trainer.eval_every={budget}", "repeats=3", f"seed={args.fresh_seed}",
               "trainer.progress=false"]
@@ -82,7 +70,7 @@ def main() -> None:
     compared = {}
     for label, extra in (("best trial", params), ("default", [])):
         run_dir = work / label.replace(" ", "_")
-        rl_run([*common, *extra, f"hydra.run.dir={run_dir}"], work / f"{run_dir.name}.log")
+        timed_rl_run([*common, *extra, f"hydra.run.dir={run_dir}"], work / f"{run_dir.name}.log")
         res = json.loads((run_dir / "results.json").read_text())
         finals = [json.loads((run_dir / r / "results.json").read_text())["eval_return_mean"]
                   for r in res["runs"]]

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import datetime
+import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RL_RUN, machine, package_versions, replace_section  # noqa: E402
+from bench_common import machine, package_versions, replace_section, timed_rl_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -30,18 +28,6 @@ LAUNCHERS = {"sequential (basic launcher)": [], "joblib": ["hydra/launcher=jobli
 PACKAGES = {"torch": "torch", "gymnasium": "gymnasium", "hydra-core": "hydra-core",
             "hydra-joblib-launcher": "hydra-joblib-launcher", "joblib": "joblib",
             "rl_runner": "rl-runner"}
-
-
-def run_sweep(overrides: list[str], sweep_dir: Path, log: Path) -> float:
-    """Wall seconds of `rl-run -m OVERRIDES` (output to log); raises when it fails."""
-    cmd = [str(RL_RUN), "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
-    start = time.perf_counter()
-    with log.open("w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-    seconds = time.perf_counter() - start
-    if rc != 0:
-        sys.exit(f"{shlex.join(cmd)} failed ({rc}); see {log}")
-    return seconds
 
 
 def read_summary(sweep_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -99,7 +85,8 @@ def main() -> None:
     loads, measured = [os.getloadavg()[0]], {}
     for name, extra in LAUNCHERS.items():
         sweep_dir = work / name.split()[0]
-        wall = run_sweep(args.sweep + extra, sweep_dir, work / f"{name.split()[0]}.log")
+        wall = timed_rl_run(["-m", *args.sweep, *extra, f"hydra.sweep.dir={sweep_dir}"],
+                            work / f"{name.split()[0]}.log")
         jobs, configs = read_summary(sweep_dir)
         results = [json.loads((sweep_dir / j["job"] / "results.json").read_text())
                    for j in jobs]
