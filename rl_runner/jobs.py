@@ -111,6 +111,7 @@ def _mean_of_runs(cfg: DictConfig, runs: list[str], records: list[dict], status:
     steps = sum(r["env_steps"] for r in records)
     base = records[0] if records else failed_results(cfg, "no run finished")
     done = status == "completed" and len(finals) == len(runs)
+    mean, std = mean_std(finals) if done else (None, None)
     return {
         **{k: base[k] for k in ("algo", "env", "env_id", "versions", "total_steps")},
         "seed": cfg.seed, "seeds": [int(r[1:]) for r in runs], "runs": runs,
@@ -118,8 +119,7 @@ def _mean_of_runs(cfg: DictConfig, runs: list[str], records: list[dict], status:
         "wall_seconds": wall, "sps": steps / wall if wall else None,
         # over seeds: the mean of the runs' final eval returns and their std (ddof=1, as in
         # summary.md; None for one seed)
-        "eval_return_mean": mean_std(finals)[0] if done else None,
-        "eval_return_std": mean_std(finals)[1] if done else None,
+        "eval_return_mean": mean, "eval_return_std": std,
         "eval_episodes": sum(r["eval_episodes"] for r in records),
         "best_eval_return_mean": mean_std(bests)[0] if done and bests else None,
         "status": status,

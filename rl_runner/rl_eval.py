@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from rl_runner.errors import UserError
 from rl_runner.evaluation import Evaluator
 from rl_runner.options import Option, run_tool
 from rl_runner.policy import Policy, load_policy
+from rl_runner.summary import write_atomic
 
 SUMMARY = ("Evaluate a trained policy: N episodes on fresh envs, mean and std of the return, "
            "written to <run>/eval.json (earlier results kept under 'previous').")
@@ -68,9 +68,7 @@ def write_eval_json(path: Path, result: dict) -> None:
         except json.JSONDecodeError:
             raise UserError(f"{path} exists but is not JSON; move it away first") from None
         previous = [{k: v for k, v in old.items() if k != "previous"}, *old.get("previous", [])]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**result, "previous": previous}, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({**result, "previous": previous}, indent=2) + "\n")
 
 
 def record(policy: Policy, folder: Path, episodes: int, seed: int,

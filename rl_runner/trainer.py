@@ -33,6 +33,7 @@ from rl_runner.evaluation import Evaluator
 from rl_runner.logger import TBLogger
 from rl_runner.offline import fit_expert_data, offline_feeder
 from rl_runner.replay import ReplayFeeder
+from rl_runner.summary import write_atomic
 from rl_runner.rollout import RolloutCollector
 
 log = logging.getLogger("rl_runner")
@@ -421,9 +422,7 @@ def write_json(path: Path, results: dict) -> dict:
     # strict JSON: a value not measured (no evaluation yet) is null, not NaN
     results = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                for k, v in results.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(results, indent=2) + "\n")
     return results
 
 
