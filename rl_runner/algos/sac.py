@@ -137,7 +137,6 @@ class SAC(OffPolicyAlgorithm):
         # the target critics are one flat tensor, Polyak-averaged with a single lerp_
         self.target_flat = self.critic_opt.flat.clone()
         share_flat(self.critic_target, self.target_flat)
-        self.actor_params = list(self.actor.parameters())
         self.act_fn = self.actor.act
         self.actor_layers, self.critic_layers, self.target_layers = (
             list(zip(m.weights, m.biases)) for m in (self.actor, self.critic, self.critic_target))
@@ -193,6 +192,40 @@ class SAC(OffPolicyAlgorithm):
     def target(self, x_BI: torch.Tensor) -> torch.Tensor:
         return mlp_forward(self.target_layers, self.act_fn, x_BI)
 
+    @torch.no_grad()
+    def min_q_action_grad(self, obs_BD: torch.Tensor,
+                          a_BA: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """min_j Q_j(s, a) per row and its gradient with respect to a, without autograd.
+
+        Each row's min comes from one critic, so each row is backpropagated through that critic
+        alone: half the multiply-adds of autograd's pass through both critics, which multiplies
+        the other critic's rows by zero. No graph is built and no weight gradients are made.
+        """
+        x_BI = torch.cat([obs_BD, a_BA], -1)
+        h = x_BI.unsqueeze(0).expand(len(self.critic_layers[0][0]), *x_BI.shape)
+        hidden = []  # each hidden layer's output [K, B, H]
+        for w, b in self.critic_layers[:-1]:
+            h = self.act_fn(torch.baddbmm(b, h, w))
+            hidden.append(h)
+        w_out, b_out = self.critic_layers[-1]
+        q_min_B, which_B = narrow_output(h, w_out, b_out)[..., 0].min(0)
+        # each critic's rows, padded with repeats of its first row to one length: one bmm
+        rows = [(which_B == k).nonzero()[:, 0] for k in range(w_out.shape[0])]
+        n = max(len(r) for r in rows)
+        index_KN = torch.stack([torch.cat([r, r[:1].expand(n - len(r))]) if len(r) else
+                                torch.zeros(n, dtype=torch.long) for r in rows])
+        member_K1 = torch.arange(len(rows)).unsqueeze(1)
+        g = w_out.transpose(1, 2).expand(-1, n, -1)  # dQ / d(last hidden output) [K, N, H]
+        for i in range(len(hidden) - 1, -1, -1):
+            out = hidden[i][member_K1, index_KN]
+            g = g * (out > 0) if self.critic.activation == "relu" else g * (1 - out * out)
+            w = self.critic_layers[i][0]
+            g = torch.bmm(g, (w if i else w[:, self.obs_dim:]).transpose(1, 2))
+        grad_BA = torch.empty_like(a_BA)
+        for k, r in enumerate(rows):
+            grad_BA[r] = g[k, :len(r)]
+        return q_min_B, grad_BA
+
     def update(self, batch: ReplayBatch) -> dict[str, float]:
         """`gradient_steps` SAC steps, one per minibatch of `batch`; returns mean metrics."""
         lr = self.current_lr(batch.env_steps)
@@ -241,11 +274,10 @@ class SAC(OffPolicyAlgorithm):
         self.critic_opt.step()
         return qf_loss.detach()
 
-    def _finish(self, actor_loss: torch.Tensor, inputs: list | None) -> None:
+    def _finish(self, actor_loss: torch.Tensor) -> None:
+        """The actor's step (its loss depends on no critic weights), then Polyak averaging."""
         self.actor_opt.zero_grad()
-        # inputs=actor params: autograd skips the critics' weight gradients (Box: it still goes
-        # through the critics to reach the action)
-        actor_loss.backward(inputs=inputs)
+        actor_loss.backward()
         self.actor_opt.step()
         self.target_flat.lerp_(self.critic_opt.flat, self.tau)  # Q-bar <- tau Q + (1-tau) Q-bar
         self.grad_steps += 1
@@ -270,12 +302,13 @@ class SAC(OffPolicyAlgorithm):
         q_KB = self.q(torch.cat([obs_BD, actions_BA], -1))[..., 0]
         penalty = self.critic_penalty and self.critic_penalty(obs_BD, next_obs_BD, q_KB, None)
         qf_loss = self._critic_step(q_KB, y_B, penalty)
-        # actor (2018b eq. 9, reparameterised) against the critics just updated, as SB3 does
-        q_pi_KB = self.q(torch.cat([obs_BD, a_pi], -1))[..., 0]
-        actor_loss = (alpha * logp_pi - q_pi_KB.min(0).values).mean()
-        self._finish(actor_loss, self.actor_params)
-        return (qf_loss, actor_loss.detach(), alpha[0], alpha_loss, -mean_logp,
-                q_KB.detach().mean())
+        # actor (2018b eq. 9, reparameterised) against the critics just updated, as SB3 does.
+        # The gradient of -min_j Q_j(s, a_pi) reaches the actor through a_pi alone, so the loss
+        # it descends puts dQ/da (computed above without autograd) in its place.
+        q_pi_B, dq_da_BA = self.min_q_action_grad(obs_BD, a_pi.detach())
+        self._finish((alpha * logp_pi - (a_pi * dq_da_BA).sum(-1)).mean())
+        actor_loss = (alpha * logp_pi.detach() - q_pi_B).mean()
+        return (qf_loss, actor_loss, alpha[0], alpha_loss, -mean_logp, q_KB.detach().mean())
 
     def _discrete_step(self, obs_BD, actions_B1, rewards_B, discount_B, next_obs_BD) -> tuple:
         alpha = self._alpha()
@@ -298,7 +331,7 @@ class SAC(OffPolicyAlgorithm):
         # (before this step's critic update), which saves a critic forward per step
         q_min_BA = q_KBA.detach().min(0).values
         actor_loss = (p_BA * (alpha * logp_BA - q_min_BA)).sum(-1).mean()
-        self._finish(actor_loss, None)
+        self._finish(actor_loss)
         return (qf_loss, actor_loss.detach(), alpha[0], alpha_loss, -mean_logp,
                 q_KB.detach().mean())
 

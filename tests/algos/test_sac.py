@@ -172,6 +172,22 @@ def test_update_matches_a_plain_torch_reference(kind):
     assert all(math.isfinite(v) and isinstance(v, float) for v in metrics.values())
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_min_q_action_grad_matches_autograd_through_both_critics(activation):
+    algo = make_sac(gym.spaces.Box(-2, 2, (2,), np.float32), activation=activation,
+                    hidden_sizes=[32, 24, 16])
+    gen = torch.Generator().manual_seed(1)
+    obs, actions = torch.randn(64, 3, generator=gen), torch.rand(64, 2, generator=gen) * 2 - 1
+    a = actions.clone().requires_grad_(True)
+    q_KB = algo.critic(torch.cat([obs, a], -1))[..., 0]
+    q_min = q_KB.min(0)
+    q_min.values.sum().backward()
+    assert 0 < int(q_min.indices.sum()) < 64  # each critic gives the min on some rows
+    got_q, got_grad = algo.min_q_action_grad(obs, actions)
+    torch.testing.assert_close(got_q, q_min.values.detach())
+    torch.testing.assert_close(got_grad, a.grad)
+
+
 def test_gradient_steps_take_one_step_per_minibatch_and_average_the_metrics():
     algo = make_sac(PENDULUM_ACT, gradient_steps=3)
     metrics = algo.update(random_batch(algo, n_batches=3))
