@@ -1,0 +1,210 @@
+"""Where one SAC update's time goes: rl-runner's update against SB3's and the matmuls alone.
+
+The configuration of the speed bar: Pendulum (3 observations, 1 action), two 256x256 hidden
+layers, batch 256, one gradient step; each update samples its minibatch from a replay buffer, as in
+training. Every configuration runs in a fresh process (glibc's malloc settings and the thread pools
+never carry over), in rounds that alternate the configurations; a configuration's figure is the
+median over rounds of its best block of updates.
+
+    python scripts/sac_update_speed.py                 # writes the sac-update section of docs/benchmarks.md
+    python scripts/sac_update_speed.py --rounds 1 --updates 30 --out /tmp/x.md   # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import machine, package_versions, replace_section  # noqa: E402
+
+OBS, ACT, HIDDEN, BATCH = 3, 1, (256, 256), 256
+SECTION = "<!-- sac-update:start -->", "<!-- sac-update:end -->"
+# name: (torch threads, what it measures); the number in a name is the thread count
+CONFIGS = {
+    "matmuls-1": (1, "the update's matrix products alone, into preallocated outputs"),
+    "matmuls-2": (2, "the same on 2 threads"),
+    "rl-runner-1": (1, "SAC.update as rl-run runs it"),
+    "rl-runner-2": (2, "the same on 2 threads (what `auto` picks here)"),
+    "rl-runner-2-malloc-defaults": (2, "without `keep_freed_memory` (trainer.py)"),
+    "rl-runner-2-dq-da-by-autograd": (
+        2, "dQ/da by autograd through both critics instead of `min_q_action_grad` (sac.py)"),
+    "rl-runner-2-no-narrow-output": (2, "without `NarrowOutput` (sac.py)"),
+    "rl-runner-2-torch-adam": (2, "torch.optim.Adam(foreach=True) steps instead of `FlatAdam`'s "
+                                  "one fused call (optim.py)"),
+    "sb3-1": (1, "stable-baselines3 SAC.train(gradient_steps=1, batch_size=256)"),
+    "sb3-2": (2, "the same on 2 threads (torch's default here)"),
+}
+
+
+def matmul_shapes() -> list[tuple[int, int, int, int, bool]]:
+    """(members, rows, inner, columns, left side transposed) of each product of one update."""
+    h1, h2 = HIDDEN
+    crit, out = OBS + ACT, 2 * ACT
+    actor = [(1, BATCH, OBS, h1, False), (1, BATCH, h1, h2, False), (1, BATCH, h2, out, False)]
+    critic = [(2, BATCH, crit, h1, False), (2, BATCH, h1, h2, False), (2, BATCH, h2, 1, False)]
+    shapes = 2 * actor + 3 * critic  # actor on s and s'; critics on (s', a'), (s, a), (s, a_pi)
+    # the critics' backward: weight gradients (left side transposed) and hidden-layer gradients
+    shapes += [(2, h2, BATCH, 1, True), (2, h1, BATCH, h2, True), (2, BATCH, h2, h1, False),
+               (2, crit, BATCH, h1, True)]
+    # dQ/da through the critic that gives each row's min: half the rows per critic
+    shapes += [(2, BATCH // 2, h2, h1, False), (2, BATCH // 2, h1, ACT, False)]
+    # the actor's backward
+    shapes += [(1, h2, BATCH, out, True), (1, BATCH, out, h2, False), (1, h1, BATCH, h2, True),
+               (1, BATCH, h2, h1, False), (1, OBS, BATCH, h1, True)]
+    return shapes
+
+
+def matmul_runner(torch):
+    ops = []
+    for k, m, inner, n, transposed in matmul_shapes():
+        left = torch.randn(k, inner, m).transpose(1, 2) if transposed else torch.randn(k, m, inner)
+        ops.append((left, torch.randn(k, inner, n), torch.empty(k, m, n)))
+
+    def run():
+        for left, right, out in ops:
+            torch.bmm(left, right, out=out)
+    return run
+
+
+def through_both_critics(torch):
+    """SAC.min_q_action_grad's result by autograd through both critics (the previous method)."""
+    def min_q_action_grad(self, obs_BD, a_BA):
+        a_BA = a_BA.clone().requires_grad_(True)
+        with torch.enable_grad():
+            q_min_B = self.q(torch.cat([obs_BD, a_BA], -1))[..., 0].min(0).values
+            grad_BA, = torch.autograd.grad(q_min_B.sum(), a_BA)
+        return q_min_B.detach(), grad_BA
+    return min_q_action_grad
+
+
+def rl_runner_runner(name: str, torch, np):
+    import gymnasium as gym
+
+    from rl_runner.algos import sac
+    from rl_runner.replay import ReplayBuffer
+    from rl_runner.trainer import keep_freed_memory
+    if "malloc-defaults" not in name:
+        keep_freed_memory()
+    if "autograd" in name:
+        sac.SAC.min_q_action_grad = through_both_critics(torch)
+    if "no-narrow-output" in name:
+        sac.NARROW = 0
+    algo = sac.SAC(observation_space=gym.spaces.Box(-8, 8, (OBS,), np.float32),
+                   action_space=gym.spaces.Box(-2, 2, (ACT,), np.float32), n_envs=1,
+                   total_steps=100_000, seed=0, hidden_sizes=list(HIDDEN), batch_size=BATCH)
+    if "torch-adam" in name:  # FlatAdam's parameters and gradients stay views of its buffers
+        for opt in (algo.actor_opt, algo.critic_opt, algo.alpha_opt):
+            opt.step = torch.optim.Adam(opt.params, lr=opt.lr, foreach=True).step
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(10_000, OBS, ACT)
+    obs = rng.normal(size=(10_000, OBS)).astype(np.float32)
+    buf.add(obs, algo.random_actions(10_000, rng), rng.normal(size=10_000),
+            rng.random(10_000) < 0.01, obs)
+    return lambda: algo.update(buf.sample(1, BATCH, rng))
+
+
+def sb3_runner(torch):
+    from stable_baselines3 import SAC
+    model = SAC("MlpPolicy", "Pendulum-v1", learning_starts=2_000, batch_size=BATCH,
+                policy_kwargs={"net_arch": list(HIDDEN)}, device="cpu", seed=0, verbose=0)
+    model.learn(2_000)  # fills the replay buffer; no update before learning_starts
+    return lambda: model.train(gradient_steps=1, batch_size=BATCH)
+
+
+def measure_one(name: str, updates: int) -> float:
+    """ms per update of one configuration, in this process: the best of 3 blocks."""
+    import numpy as np
+    import torch
+    from threadpoolctl import threadpool_limits
+    threads = CONFIGS[name][0]
+    torch.set_num_threads(threads)
+    threadpool_limits(threads, user_api="blas")
+    if name.startswith("matmuls"):
+        step = matmul_runner(torch)
+    elif name.startswith("sb3"):
+        step = sb3_runner(torch)
+    else:
+        step = rl_runner_runner(name, torch, np)
+    for _ in range(20):
+        step()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(updates):
+            step()
+        best = min(best, (time.perf_counter() - start) / updates * 1e3)
+    return best
+
+
+def report(ms: dict[str, list[float]], command: str) -> str:
+    median = {name: statistics.median(v) for name, v in ms.items()}
+    macs = sum(k * m * inner * n for k, m, inner, n, _ in matmul_shapes())
+    lines = [
+        "## SAC update: where the time goes",
+        "",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} (UTC)",
+        f"- Machine: {machine()}",
+        "- Versions: " + package_versions({"torch": "torch", "numpy": "numpy",
+                                           "stable-baselines3": "stable-baselines3"}),
+        f"- Command: `{command}`",
+        f"- One gradient step of the speed bar's configuration: {OBS} observations, {ACT} action, "
+        f"hidden {HIDDEN[0]}x{HIDDEN[1]}, batch {BATCH}, minibatch sampled from a replay buffer "
+        f"in each update. Its matrix products are {macs / 1e6:.0f}M multiply-adds. Each "
+        "configuration runs in its own process; ms is the median over rounds of the best of 3 "
+        f"blocks of updates ({len(next(iter(ms.values())))} rounds).",
+        "",
+        f"| configuration | torch threads | ms per update | {macs / 1e6:.0f}M multiply-adds as "
+        "GFLOP/s | what it is |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (threads, what) in CONFIGS.items():
+        if name in median:
+            gflops = 2 * macs / median[name] / 1e6
+            lines.append(f"| {name} | {threads} | {median[name]:.2f} | {gflops:.1f} | {what} |")
+    if "sb3-2" in median:
+        lines += ["", f"2.5x SB3's update rate on 2 threads would be "
+                  f"{median['sb3-2'] / 2.5:.2f} ms per update, before the env step, "
+                  "acting and evaluation."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--updates", type=int, default=100, help="updates per timed block")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help="comma-separated, from: " + ", ".join(CONFIGS))
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # measure one configuration and print
+    args = parser.parse_args()
+    if args.one:
+        print(measure_one(args.one, args.updates))
+        return
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configuration {unknown[0]!r}; allowed: {', '.join(CONFIGS)}")
+    ms: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for name in names:
+            out = subprocess.run([sys.executable, __file__, "--one", name, "--updates",
+                                  str(args.updates)], capture_output=True, text=True, cwd=ROOT)
+            if out.returncode != 0:
+                sys.exit(f"{name} failed: {out.stderr.strip()[-500:]}")
+            ms[name].append(float(out.stdout.strip().splitlines()[-1]))
+            print(f"round {r + 1}: {name}: {ms[name][-1]:.2f} ms", flush=True)
+    command = "python scripts/sac_update_speed.py" + "".join(
+        f" {a}" for a in sys.argv[1:])
+    body = report(ms, command)
+    replace_section(args.out, *SECTION, body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
