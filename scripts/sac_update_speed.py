@@ -6,7 +6,7 @@ training. Every configuration runs in a fresh process (glibc's malloc settings a
 never carry over), in rounds that alternate the configurations; a configuration's figure is the
 median over rounds of its best block of updates.
 
-    python scripts/sac_update_speed.py                 # writes the sac-update section of docs/benchmarks.md
+    python scripts/sac_update_speed.py     # writes the sac-update section of docs/benchmarks.md
     python scripts/sac_update_speed.py --rounds 1 --updates 30 --out /tmp/x.md   # a quick look
 """
 from __future__ import annotations
