@@ -304,7 +304,7 @@ class SAC(OffPolicyAlgorithm):
         qf_loss = self._critic_step(q_KB, y_B, penalty)
         # actor (2018b eq. 9, reparameterised) against the critics just updated, as SB3 does.
         # The gradient of -min_j Q_j(s, a_pi) reaches the actor through a_pi alone, so the loss
-        # it descends puts dQ/da (computed above without autograd) in its place.
+        # it descends puts a_pi . dQ/da in its place, dQ/da from min_q_action_grad (no autograd).
         q_pi_B, dq_da_BA = self.min_q_action_grad(obs_BD, a_pi.detach())
         self._finish((alpha * logp_pi - (a_pi * dq_da_BA).sum(-1)).mean())
         actor_loss = (alpha * logp_pi.detach() - q_pi_B).mean()
