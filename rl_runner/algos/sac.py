@@ -81,12 +81,16 @@ NARROW = 8  # output widths up to this go through NarrowOutput
 THREADS_FROM_MACS = 1 << 20
 
 
-def mlp_forward(layers: list, act, x_BI: torch.Tensor) -> torch.Tensor:
-    """ParallelMLP.forward over cached (weight, bias) pairs; output [K, B, out]."""
+def mlp_forward(layers: list, act, x_BI: torch.Tensor,
+                hidden: list | None = None) -> torch.Tensor:
+    """ParallelMLP.forward over cached (weight, bias) pairs; output [K, B, out].
+    `hidden`, when given, receives each hidden layer's output [K, B, H]."""
     w, _ = layers[0]
     h = x_BI.unsqueeze(0).expand(w.shape[0], *x_BI.shape)
     for w, b in layers[:-1]:
         h = act(torch.baddbmm(b, h, w))
+        if hidden is not None:
+            hidden.append(h)
     w, b = layers[-1]
     if w.shape[-1] > NARROW:
         return torch.baddbmm(b, h, w)
@@ -201,19 +205,15 @@ class SAC(OffPolicyAlgorithm):
         alone: half the multiply-adds of autograd's pass through both critics, which multiplies
         the other critic's rows by zero. No graph is built and no weight gradients are made.
         """
-        x_BI = torch.cat([obs_BD, a_BA], -1)
-        h = x_BI.unsqueeze(0).expand(len(self.critic_layers[0][0]), *x_BI.shape)
-        hidden = []  # each hidden layer's output [K, B, H]
-        for w, b in self.critic_layers[:-1]:
-            h = self.act_fn(torch.baddbmm(b, h, w))
-            hidden.append(h)
-        w_out, b_out = self.critic_layers[-1]
-        q_min_B, which_B = narrow_output(h, w_out, b_out)[..., 0].min(0)
-        # each critic's rows, padded with repeats of its first row to one length: one bmm
+        hidden: list[torch.Tensor] = []
+        q_KB = mlp_forward(self.critic_layers, self.act_fn, torch.cat([obs_BD, a_BA], -1),
+                           hidden)[..., 0]
+        q_min_B, which_B = q_KB.min(0)
+        w_out = self.critic_layers[-1][0]
+        # each critic's rows, padded with row 0 to one length (its results are dropped): one bmm
         rows = [(which_B == k).nonzero()[:, 0] for k in range(w_out.shape[0])]
         n = max(len(r) for r in rows)
-        index_KN = torch.stack([torch.cat([r, r[:1].expand(n - len(r))]) if len(r) else
-                                torch.zeros(n, dtype=torch.long) for r in rows])
+        index_KN = torch.stack([torch.cat([r, r.new_zeros(n - len(r))]) for r in rows])
         member_K1 = torch.arange(len(rows)).unsqueeze(1)
         g = w_out.transpose(1, 2).expand(-1, n, -1)  # dQ / d(last hidden output) [K, N, H]
         for i in range(len(hidden) - 1, -1, -1):
