@@ -5,8 +5,9 @@
 Each experiment first makes its dataset with rl-run and rl-collect (a policy stopped before it
 is good), then runs cql and naive for each seed with the tuned defaults. The table goes to the
 `offline` section of docs/benchmarks.md (rows of the experiments run are replaced): final returns,
-and the critics' mean Q on the dataset's actions at the end (losses/q_data) beside the data's own
-discounted return-to-go, which shows overestimation.
+the critics' mean Q on the dataset's actions at the end (losses/q_data) beside the data's own
+discounted return-to-go, and the critics' Q on the final policy's own actions beside the return
+the policy then got, which shows over- or underestimation.
 """
 from __future__ import annotations
 
@@ -21,14 +22,18 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
+import torch
 
 from bench_common import group_runs, rl_run, seed_cells, write_table_section
+from rl_runner.policy import load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 RL_COLLECT = Path(sys.executable).with_name("rl-collect")
 START, END = "<!-- offline:start -->", "<!-- offline:end -->"
 GAMMA = 0.99  # cql's default discount, for the data's return-to-go
+EVAL_SEED = 10_000  # the reset seeds of the Q-against-return episodes
 # experiment -> (env, the source run's overrides, rl-collect's arguments, what the data is)
 EXPERIMENTS = {
     "pendulum-medium-replay": (
@@ -46,9 +51,14 @@ EXPERIMENTS = {
         "ppo stopped at 20k env steps, sampled, 30% uniform random actions, 50k steps"),
 }
 VARIANTS = {"cql": [], "naive": ["algo.cql_weight=0"]}
+# cql's conservative term on an experiment's data where it differs from the tuned defaults. The
+# pendulum preset's cql_weight=5 left the policy near -213 on this replay data (seeds 0-2);
+# weights 2, 1 and 0.5 gave -151.2, -144.8 and -136.9 (0.5 and 1: seeds 0-4; 2026-12-04)
+CQL_SETTINGS = {"pendulum-medium-replay": ["algo.cql_weight=0.5"]}
 HEADER = ["| experiment | algo | data | budget | seeds | final eval return per seed | mean | "
-          "Q on the data's actions at the end | the data's return-to-go | wall s per seed | "
-          "date |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "Q on the data's actions at the end | the data's return-to-go | Q on the policy's own "
+          "actions / the return that followed | wall s per seed | date |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def make_dataset(experiment: str, work: Path) -> dict:
@@ -90,15 +100,60 @@ def final_q_data(run_dir: Path) -> float | None:
     return acc.Scalars("losses/q_data")[-1].value
 
 
+@torch.no_grad()
+def policy_q(algo, obs: np.ndarray) -> np.ndarray:
+    """The critics' Q at each state and the final policy's deterministic action there (Box: the
+    smaller of the two, as SAC's actor uses them; Discrete: the Q-network's max)."""
+    x = torch.from_numpy(obs.astype(np.float32))
+    if algo.discrete:
+        return algo.learner.net(x)[0].max(-1).values.numpy()
+    mean, _ = algo.sac._actor_out(x)
+    return algo.sac.q(torch.cat([x, torch.tanh(mean)], -1)).min(0).values[:, 0].numpy()
+
+
+def q_against_return(run_dir: Path, episodes: int = 5, scored: int = 200,
+                     horizon: int = 1000) -> tuple[float, float]:
+    """Mean Q(s, pi(s)) over the first `scored` states of each of `episodes` deterministic
+    episodes of the final policy, and the mean discounted return that followed them. The
+    episodes run up to `horizon` steps, so the return's cut-off tail weighs at most
+    gamma^(horizon - scored) (1.6e-4 for 0.99 and 800 steps)."""
+    policy = load_policy(run_dir, "last")
+    env = gym.make(policy.env_id, max_episode_steps=horizon, **policy.env_kwargs)
+    qs, returns = [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=EVAL_SEED + episode)
+        states, rewards, done = [], [], False
+        while not done:
+            states.append(obs)
+            obs, reward, terminated, truncated, _ = env.step(policy.act(obs[None])[0])
+            rewards.append(reward)
+            done = terminated or truncated
+        ends = np.zeros(len(rewards), bool)
+        ends[-1] = True
+        returns.append(return_to_go(np.asarray(rewards), np.zeros(len(rewards), bool),
+                                    ends)[:scored])
+        qs.append(policy_q(policy.algo, np.asarray(states[:scored])))
+    env.close()
+    return float(np.concatenate(qs).mean()), float(np.concatenate(returns).mean())
+
+
+def settings(experiment: str, variant: str) -> list[str]:
+    """The variant's overrides: cql's settings for the experiment, or naive's cql_weight=0."""
+    return CQL_SETTINGS.get(experiment, []) if variant == "cql" else VARIANTS[variant]
+
+
 def run_one(experiment: str, variant: str, seed: int, data: dict, work: Path,
             threads: int) -> dict:
     env = EXPERIMENTS[experiment][0]
     run_dir = work / f"{experiment}_{variant}_s{seed}"
     res = rl_run(["algo=cql", f"env={env}", f"seed={seed}", f"dataset.path={data['path']}",
-                  f"trainer.torch_threads={threads}", *VARIANTS[variant]], run_dir,
+                  f"trainer.torch_threads={threads}", *settings(experiment, variant)], run_dir,
                  f"{experiment} {variant} seed {seed}")
-    q = final_q_data(run_dir) if res.get("status") == "completed" else None
-    return {**res, "experiment": experiment, "variant": variant, "seed": seed, "q_data": q}
+    done = res.get("status") == "completed"
+    q = final_q_data(run_dir) if done else None
+    q_pi, g_pi = q_against_return(run_dir) if done else (None, None)
+    return {**res, "experiment": experiment, "variant": variant, "seed": seed, "q_data": q,
+            "q_pi": q_pi, "return_pi": g_pi}
 
 
 def rows(results: list[dict], data: dict[str, dict], stamp: str) -> dict[tuple[str, str], str]:
@@ -111,14 +166,16 @@ def rows(results: list[dict], data: dict[str, dict], stamp: str) -> dict[tuple[s
                  f"{d['source_return']:.1f}{behaviour}")
         if not ok:
             out[experiment, variant] = f"| {experiment} | {variant} | {about} | failed |" + \
-                " - |" * 7
+                " - |" * 8
             continue
         seeds, returns, walls, mean = seed_cells(ok)
         qs = ", ".join(f"{r['q_data']:.1f}" for r in ok if r["q_data"] is not None)
+        q_pi = ", ".join(f"{r['q_pi']:.1f} / {r['return_pi']:.1f}" for r in ok)
         out[experiment, variant] = (
-            f"| {experiment} | {variant} | {about} | {ok[0]['grad_steps']} gradient steps | "
-            f"{seeds} | {returns} | {mean:.1f} | {qs} | {d['return_to_go']:.1f} | {walls} | "
-            f"{stamp} |")
+            f"| {experiment} | {variant} | {about} | {ok[0]['grad_steps']} gradient steps"
+            f"{''.join(', ' + o for o in settings(experiment, variant))} | "
+            f"{seeds} | {returns} | {mean:.1f} | {qs} | {d['return_to_go']:.1f} | {q_pi} | "
+            f"{walls} | {stamp} |")
     return out
 
 
@@ -128,11 +185,18 @@ def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str
             "Final deterministic evaluation, 20 episodes, after the whole budget (`rl-run "
             "algo=cql` with the tuned defaults; naive is `algo.cql_weight=0`, offline SAC for "
             "Box actions, offline double DQN for Discrete ones). Q on the data's actions is "
-            "`losses/q_data` at the last logged step, per seed; the data's return-to-go "
-            "(gamma 0.99, mean over rows) is what it would be without over- or "
-            "underestimation, near enough: Pendulum's rewards are at most 0, so any positive "
-            "Q there is overestimation, and CartPole's Q cannot exceed 1 / (1 - 0.99) = 100. "
-            "Made by `python scripts/offline_benchmark.py` (last: `" + command + "`)."),
+            "`losses/q_data` at the last logged step, per seed, beside the data's own "
+            "return-to-go (gamma 0.99, mean over rows), what the policy that made the data got "
+            "from there. Over- or underestimation shows in the next column: the critics' Q "
+            "at the final policy's own deterministic actions (Box: the smaller critic; "
+            "Discrete: the max), averaged over the first 200 states of 5 episodes, against "
+            "the discounted return the policy then got from those states (the episodes run "
+            "1000 steps, so the cut-off tail weighs at most 0.99^800). Pendulum's rewards "
+            "are at most 0, so any positive Q there is overestimation, and CartPole's Q "
+            "cannot exceed 1 / (1 - 0.99) = 100. "
+            "cql's settings other than the tuned defaults are in the budget column. Each row "
+            "is made by `python scripts/offline_benchmark.py --experiments <experiment> "
+            "--seeds <seeds>` (last: `" + command + "`)."),
         HEADER, new_rows)
 
 
@@ -149,6 +213,7 @@ def main() -> None:
     if unknown:
         p.error(f"unknown experiment {', '.join(unknown)}; choices: {', '.join(EXPERIMENTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
+    torch.set_num_threads(1)  # this process only measures Q against returns, between the runs
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         work = Path(tmp)
         data = {n: make_dataset(n, work) for n in names}
