@@ -17,8 +17,9 @@ if TYPE_CHECKING:  # gymnasium is only needed on the error path; keep `rl-run --
 POSITIVE = {"total_steps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_episodes",
             "torch_threads", "buffer_size", "gradient_steps", "train_freq"}
 NON_NEGATIVE = {"lr", "ent_coef", "vf_coef", "eval_every", "checkpoint_every", "learning_starts",
-                "max_grad_norm", "value_epochs", "kl_target", "kl_beta", "clip_coef"}
-UNIT_INTERVAL = {"gamma", "gae_lambda", "tau"}
+                "max_grad_norm", "value_epochs", "kl_target", "kl_beta", "clip_coef",
+                "expert_noise"}
+UNIT_INTERVAL = {"gamma", "gae_lambda", "tau", "expert_epsilon"}
 TRAINER_TYPES = {"total_steps": int, "eval_every": int, "eval_episodes": int,
                  "checkpoint_every": int, "torch_threads": int | str, "device": str,
                  "save_replay_buffer": bool, "progress": bool, "fail_fast": bool}

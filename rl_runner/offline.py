@@ -41,16 +41,17 @@ def cache_dir() -> Path:
     return Path(root) / "rl-runner" / "datasets"
 
 
-def expert_dataset(env_name: str, episodes: int, seed: int,
-                   progress: bool = True) -> tuple[Dataset, Path]:
-    """The bundled expert's dataset for env_name, collected once and then read from the cache."""
+def expert_dataset(env_name: str, episodes: int, seed: int, progress: bool = True,
+                   noise: float = 0.0, epsilon: float = 0.0) -> tuple[Dataset, Path]:
+    """The bundled expert's dataset for env_name, collected once (with rl-collect's action
+    noise and epsilon-random mixing) and then read from the cache."""
     from rl_runner.experts import expert_path
     from rl_runner.policy import load_policy
     from rl_runner.rl_collect import rollout
 
     expert = expert_path(env_name)
-    settings = {"episodes": episodes, "seed": seed, "deterministic": True, "noise": 0.0,
-                "epsilon": 0.0}
+    settings = {"episodes": episodes, "seed": seed, "deterministic": True, "noise": noise,
+                "epsilon": epsilon}
     digest = hashlib.sha256(expert.read_bytes())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     path = cache_dir() / f"{env_name}_expert_{digest.hexdigest()[:16]}.npz"
@@ -62,8 +63,9 @@ def expert_dataset(env_name: str, episodes: int, seed: int,
         return load_dataset(path), path
     save_dataset(path, data, unique_tmp=True)
     rets = data.metadata["episode_returns"]
-    log.info("collected %d episodes from the bundled %s expert (return %.1f +- %.1f) into %s",
-             len(rets), env_name, np.mean(rets), np.std(rets), path)
+    log.info("collected %d episodes from the bundled %s expert (noise %g, epsilon %g; return "
+             "%.1f +- %.1f) into %s", len(rets), env_name, noise, epsilon, np.mean(rets),
+             np.std(rets), path)
     return data, path
 
 
@@ -72,10 +74,14 @@ def training_dataset(cfg: DictConfig, obs_space: gym.Space,
     """dataset.path or the bundled expert's data, checked against the env, then subsampled."""
     d = cfg.dataset
     for key, kind in (("path", str | None), ("episodes", int | None), ("max_samples", int | None),
-                      ("expert_episodes", int), ("expert_seed", int)):
+                      ("expert_episodes", int), ("expert_seed", int),
+                      ("expert_noise", float | int), ("expert_epsilon", float | int)):
         check_value(f"dataset.{key}", d[key], kind)
     if d.expert_episodes <= 0:
         raise UserError(f"dataset.expert_episodes={d.expert_episodes} must be positive")
+    if d.expert_noise and not isinstance(action_space, gym.spaces.Box):
+        raise UserError(f"dataset.expert_noise={d.expert_noise} is for Box actions; this env "
+                        f"has {action_space} (use dataset.expert_epsilon)")
     if d.path and is_minari(d.path):
         path = Path(d.path)
         data = load_minari(d.path)
@@ -84,7 +90,8 @@ def training_dataset(cfg: DictConfig, obs_space: gym.Space,
         data = load_dataset(path)
     else:
         data, path = expert_dataset(cfg.env.name, d.expert_episodes, d.expert_seed,
-                                    cfg.trainer.progress)
+                                    cfg.trainer.progress, float(d.expert_noise),
+                                    float(d.expert_epsilon))
     check_matches(data, path, cfg.env.id, obs_space, action_space)
     return subsample(data, d.episodes, d.max_samples, cfg.seed), path
 

@@ -9,7 +9,7 @@ import torch
 from rl_runner.algos.bc import BC
 from rl_runner.datasets import Dataset, load_dataset, save_dataset
 from rl_runner.errors import UserError
-from rl_runner.offline import OfflineFeeder, subsample
+from rl_runner.offline import OfflineFeeder, expert_dataset, subsample
 from rl_runner.trainer import train
 from tests.algos.helpers import PENDULUM_ACT, PENDULUM_OBS
 from tests.conftest import FAST, compose, read_results, read_scalars
@@ -137,6 +137,21 @@ def test_default_dataset_comes_from_the_bundled_expert_once_then_from_the_cache(
     assert len(list(cached[0].parent.glob("cartpole_expert_*.npz"))) == 2
 
 
+def test_expert_noise_and_epsilon_collect_and_cache_their_own_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    clean, clean_path = expert_dataset("pendulum", 1, 0, progress=False)
+    noisy, noisy_path = expert_dataset("pendulum", 1, 0, False, noise=0.5)
+    mixed, mixed_path = expert_dataset("pendulum", 1, 0, False, epsilon=0.5)
+    assert len({clean_path, noisy_path, mixed_path}) == 3
+    assert noisy.metadata["collection"]["noise"] == 0.5
+    assert mixed.metadata["collection"]["epsilon"] == 0.5
+    np.testing.assert_array_equal(noisy.observations[0], clean.observations[0])  # same reset
+    for other in (noisy, mixed):  # other actions, so another path and a lower return
+        assert not np.allclose(other.actions, clean.actions)
+        assert other.metadata["episode_returns"][0] < clean.metadata["episode_returns"][0]
+    assert expert_dataset("pendulum", 1, 0, False, noise=0.5)[1] == noisy_path  # from the cache
+
+
 def test_a_dataset_of_another_env_or_a_corrupt_file_is_exit_2(cli, tmp_path):
     pend = tmp_path / "pend.npz"
     save_dataset(pend, rule_dataset(100, discrete=False))
@@ -154,7 +169,9 @@ def test_a_dataset_of_another_env_or_a_corrupt_file_is_exit_2(cli, tmp_path):
 
 @pytest.mark.parametrize("override, says", [("dataset.episodes=abc", "dataset.episodes='abc'"),
                                             ("dataset.expert_episodes=0", "must be positive"),
-                                            ("dataset.path=/nope.npz", "/nope.npz: no such file")])
+                                            ("dataset.path=/nope.npz", "/nope.npz: no such file"),
+                                            ("dataset.expert_noise=0.5", "is for Box actions"),
+                                            ("dataset.expert_epsilon=2", "must lie in [0, 1]")])
 def test_bad_dataset_settings_are_exit_2(cli, override, says):
     proc = cli(["algo=bc", "env=cartpole", *FAST, override])
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr
