@@ -3,7 +3,8 @@
     python scripts/offline_benchmark.py --experiments pendulum-medium-replay --seeds 0,1,2 --jobs 2
 
 Each experiment first makes its dataset with rl-run and rl-collect (a policy stopped before it
-is good), then runs cql and naive for each seed with the tuned defaults. The table goes to the
+is good), then runs cql and naive for each seed with the tuned defaults (cql with CQL_SETTINGS
+where an experiment's data asks for other ones). The table goes to the
 `offline` section of docs/benchmarks.md (rows of the experiments run are replaced): final returns,
 the critics' mean Q on the dataset's actions at the end (losses/q_data) beside the data's own
 discounted return-to-go, and the critics' Q on the final policy's own actions beside the return
@@ -22,11 +23,11 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from bench_common import group_runs, rl_run, seed_cells, write_table_section
+from rl_runner.envs import make_one
 from rl_runner.policy import load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,9 +117,9 @@ def q_against_return(run_dir: Path, episodes: int = 5, scored: int = 200,
     """Mean Q(s, pi(s)) over the first `scored` states of each of `episodes` deterministic
     episodes of the final policy, and the mean discounted return that followed them. The
     episodes run up to `horizon` steps, so the return's cut-off tail weighs at most
-    gamma^(horizon - scored) (1.6e-4 for 0.99 and 800 steps)."""
+    gamma^(horizon - scored) (3.2e-4 for 0.99 and 800 steps)."""
     policy = load_policy(run_dir, "last")
-    env = gym.make(policy.env_id, max_episode_steps=horizon, **policy.env_kwargs)
+    env = make_one(policy.env_id, {**policy.env_kwargs, "max_episode_steps": horizon})
     qs, returns = [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=EVAL_SEED + episode)
@@ -191,7 +192,7 @@ def write_section(path: Path, new_rows: dict[tuple[str, str], str], command: str
             "at the final policy's own deterministic actions (Box: the smaller critic; "
             "Discrete: the max), averaged over the first 200 states of 5 episodes, against "
             "the discounted return the policy then got from those states (the episodes run "
-            "1000 steps, so the cut-off tail weighs at most 0.99^800). Pendulum's rewards "
+            "1000 steps, so the cut-off tail weighs at most 0.99^800 = 3.2e-4). Pendulum's rewards "
             "are at most 0, so any positive Q there is overestimation, and CartPole's Q "
             "cannot exceed 1 / (1 - 0.99) = 100. "
             "cql's settings other than the tuned defaults are in the budget column. Each row "

@@ -1,6 +1,9 @@
 """BC: the losses against torch's own densities, learning a known rule, runs through the trainer."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ import torch
 from rl_runner.algos.bc import BC
 from rl_runner.datasets import Dataset, load_dataset, save_dataset
 from rl_runner.errors import UserError
+from rl_runner.experts import expert_path
 from rl_runner.offline import OfflineFeeder, expert_dataset, subsample
 from rl_runner.trainer import train
 from tests.algos.helpers import PENDULUM_ACT, PENDULUM_OBS
@@ -143,6 +147,11 @@ def test_expert_noise_and_epsilon_collect_and_cache_their_own_data(tmp_path, mon
     noisy, noisy_path = expert_dataset("pendulum", 1, 0, False, noise=0.5)
     mixed, mixed_path = expert_dataset("pendulum", 1, 0, False, epsilon=0.5)
     assert len({clean_path, noisy_path, mixed_path}) == 3
+    # the settings without noise keep the cache name they had before these keys existed
+    digest = hashlib.sha256(expert_path("pendulum").read_bytes())
+    digest.update(json.dumps({"episodes": 1, "seed": 0, "deterministic": True, "noise": 0.0,
+                              "epsilon": 0.0}, sort_keys=True).encode())
+    assert clean_path.name == f"pendulum_expert_{digest.hexdigest()[:16]}.npz"
     assert noisy.metadata["collection"]["noise"] == 0.5
     assert mixed.metadata["collection"]["epsilon"] == 0.5
     np.testing.assert_array_equal(noisy.observations[0], clean.observations[0])  # same reset
@@ -150,6 +159,15 @@ def test_expert_noise_and_epsilon_collect_and_cache_their_own_data(tmp_path, mon
         assert not np.allclose(other.actions, clean.actions)
         assert other.metadata["episode_returns"][0] < clean.metadata["episode_returns"][0]
     assert expert_dataset("pendulum", 1, 0, False, noise=0.5)[1] == noisy_path  # from the cache
+
+
+def test_dataset_expert_noise_reaches_the_collection_of_a_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    train(compose(["algo=bc", "env=pendulum", *FAST, "trainer.total_steps=100",
+                   "trainer.eval_every=100", "dataset.expert_episodes=1",
+                   "dataset.expert_noise=0.5"]), tmp_path / "run")
+    cached = list((tmp_path / "cache" / "rl-runner" / "datasets").glob("pendulum_expert_*.npz"))
+    assert len(cached) == 1 and load_dataset(cached[0]).metadata["collection"]["noise"] == 0.5
 
 
 def test_a_dataset_of_another_env_or_a_corrupt_file_is_exit_2(cli, tmp_path):
