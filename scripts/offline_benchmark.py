@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from bench_common import group_runs, rl_run, seed_cells, write_table_section
-from rl_runner.envs import make_one
 from rl_runner.policy import load_policy
+from rl_runner.rl_collect import rollout
 
 ROOT = Path(__file__).resolve().parent.parent
 RL_COLLECT = Path(sys.executable).with_name("rl-collect")
@@ -116,27 +117,20 @@ def policy_q(algo, obs: np.ndarray) -> np.ndarray:
 def q_against_return(run_dir: Path, episodes: int = 5, scored: int = 200,
                      horizon: int = 1000) -> tuple[float, float]:
     """Mean Q(s, pi(s)) over the first `scored` states of each of `episodes` deterministic
-    episodes of the final policy, and the mean discounted return that followed them. The
-    episodes run up to `horizon` steps, so the return's cut-off tail weighs at most
-    gamma^(horizon - scored) (3.2e-4 for 0.99 and 800 steps)."""
+    episodes of the final policy (rl-collect's rollout, reset seeds EVAL_SEED + i), and the mean
+    discounted return that followed them. The episodes run up to `horizon` steps, so the
+    return's cut-off tail weighs at most gamma^(horizon - scored) (3.2e-4 for 0.99 and 800)."""
     policy = load_policy(run_dir, "last")
-    env = make_one(policy.env_id, {**policy.env_kwargs, "max_episode_steps": horizon})
-    qs, returns = [], []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=EVAL_SEED + episode)
-        states, rewards, done = [], [], False
-        while not done:
-            states.append(obs)
-            obs, reward, terminated, truncated, _ = env.step(policy.act(obs[None])[0])
-            rewards.append(reward)
-            done = terminated or truncated
-        ends = np.zeros(len(rewards), bool)
-        ends[-1] = True
-        returns.append(return_to_go(np.asarray(rewards), np.zeros(len(rewards), bool),
-                                    ends)[:scored])
-        qs.append(policy_q(policy.algo, np.asarray(states[:scored])))
-    env.close()
-    return float(np.concatenate(qs).mean()), float(np.concatenate(returns).mean())
+    OmegaConf.update(policy.config, "env.kwargs.max_episode_steps", horizon, force_add=True)
+    data = rollout(policy, episodes, None, {"seed": EVAL_SEED, "deterministic": True,
+                                            "noise": 0.0, "epsilon": 0.0}, progress=False)
+    rows = np.arange(len(data.rewards))
+    step = rows - np.maximum.accumulate(np.where(data.episode_starts, rows, 0))
+    first = step < scored
+    returns = return_to_go(data.rewards, data.episode_starts,
+                           data.terminations | data.truncations)
+    return (float(policy_q(policy.algo, data.observations[first]).mean()),
+            float(returns[first].mean()))
 
 
 def settings(experiment: str, variant: str) -> list[str]:
