@@ -34,7 +34,7 @@ from rl_runner.rl_collect import rollout
 ROOT = Path(__file__).resolve().parent.parent
 RL_COLLECT = Path(sys.executable).with_name("rl-collect")
 START, END = "<!-- offline:start -->", "<!-- offline:end -->"
-GAMMA = 0.99  # cql's default discount, for the data's return-to-go
+GAMMA = 0.99  # cql's default discount, for the data's return-to-go (the runs keep it)
 EVAL_SEED = 10_000  # the reset seeds of the Q-against-return episodes
 # experiment -> (env, the source run's overrides, rl-collect's arguments, what the data is)
 EXPERIMENTS = {
@@ -81,14 +81,15 @@ def make_dataset(experiment: str, work: Path) -> dict:
             "return_to_go": float(return_to_go(rewards, starts, ends).mean())}
 
 
-def return_to_go(rewards: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+def return_to_go(rewards: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                 gamma: float = GAMMA) -> np.ndarray:
     """sum_k gamma^k r_(t+k) within each row's episode (cut at the data's end; a replay
     buffer marks no time limits, so its episodes run on into the next)."""
     out, running = np.zeros(len(rewards)), 0.0
     for t in range(len(rewards) - 1, -1, -1):
         if ends[t] or (t + 1 < len(rewards) and starts[t + 1]):
             running = 0.0
-        running = rewards[t] + GAMMA * running
+        running = rewards[t] + gamma * running
         out[t] = running
     return out
 
@@ -128,7 +129,7 @@ def q_against_return(run_dir: Path, episodes: int = 5, scored: int = 200,
     step = rows - np.maximum.accumulate(np.where(data.episode_starts, rows, 0))
     first = step < scored
     returns = return_to_go(data.rewards, data.episode_starts,
-                           data.terminations | data.truncations)
+                           data.terminations | data.truncations, policy.config.algo.gamma)
     return (float(policy_q(policy.algo, data.observations[first]).mean()),
             float(returns[first].mean()))
 
