@@ -48,14 +48,11 @@ def load_minari(path: str) -> Dataset:
             source = minari.load_dataset(path[len(PREFIX):], download=False)
         else:
             source = minari.MinariDataset(minari_data_dir(path))
+        return convert(source, path)
     except FileNotFoundError:
         raise UserError(f"dataset.path={path}: no such Minari dataset on disk (under "
                         f"{minari.storage.get_dataset_path()}); rl-runner never downloads "
                         f"one, fetch it first with `minari download`") from None
-    except (ValueError, OSError, KeyError) as e:
-        raise UserError(f"dataset.path={path}: Minari cannot read it ({e})") from None
-    try:
-        return convert(source, path)
     except (ValueError, OSError, KeyError) as e:  # e.g. a damaged data file
         raise UserError(f"dataset.path={path}: Minari cannot read it ({e})") from None
 
