@@ -56,8 +56,9 @@ VARIANTS = {"cql": [], "naive": ["algo.cql_weight=0"]}
 # cql's conservative term on an experiment's data where it differs from the tuned defaults,
 # chosen on seeds 0-9 (2026-12-04; seeds 10-19 held out). On this replay data the pendulum
 # preset's cql_weight=5 left the policy near -213 (seeds 0-2). Means over seeds 0-9: weight 2
-# -160.0 (every seed -140.6 to -172.0), 1 -164.3 and 0.5 -168.6 (seed 7 spins: -284.9 and -404.9;
-# at 0.5 its critics put Q near +100 on the spinning states); naive -183.4 (seeds 2 and 7 spin)
+# -160.0 (every seed -140.6 to -172.0), 1 -164.3 and 0.5 -168.6 (seed 7 fails: -284.9, -404.9;
+# at 0.5 and 20k steps its policy spins, its critics' Q +50 to +160 there); naive -183.4 (seeds 2
+# and 7 swing or spin the pendulum round)
 CQL_SETTINGS = {"pendulum-medium-replay": ["algo.cql_weight=2"]}
 HEADER = ["| experiment | algo | data | budget | seeds | final eval return per seed | mean | "
           "Q on the data's actions at the end | the data's return-to-go | Q on the policy's own "
