@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # gymnasium is only needed on the error path; keep `rl-run --
     import gymnasium as gym
 
 POSITIVE = {"total_steps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_episodes",
-            "torch_threads", "buffer_size", "gradient_steps", "train_freq"}
+            "torch_threads", "buffer_size", "gradient_steps", "train_freq", "expert_episodes"}
 NON_NEGATIVE = {"lr", "ent_coef", "vf_coef", "eval_every", "checkpoint_every", "learning_starts",
                 "max_grad_norm", "value_epochs", "kl_target", "kl_beta", "clip_coef",
                 "expert_noise"}

@@ -77,8 +77,6 @@ def training_dataset(cfg: DictConfig, obs_space: gym.Space,
                       ("expert_episodes", int), ("expert_seed", int),
                       ("expert_noise", float | int), ("expert_epsilon", float | int)):
         check_value(f"dataset.{key}", d[key], kind)
-    if d.expert_episodes <= 0:
-        raise UserError(f"dataset.expert_episodes={d.expert_episodes} must be positive")
     if not d.path and d.expert_noise and not isinstance(action_space, gym.spaces.Box):
         raise UserError(f"dataset.expert_noise={d.expert_noise} is for Box actions; this env "
                         f"has {action_space} (use dataset.expert_epsilon)")
