@@ -1,0 +1,60 @@
+"""Writing output safely: an up-front writability check, atomic writes, and OSError as one line.
+
+Every file rl-runner writes goes through here, so that a full disk, a read-only folder or a path
+through a file ends with one line naming the path (exit 2), never a traceback or a stray .tmp."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from rl_runner.errors import UserError
+
+
+def os_error_line(path: Path | str, e: OSError) -> str:
+    """`cannot write <path>: <why>` (e.g. No space left on device)."""
+    return f"cannot write {path}: {e.strerror or type(e).__name__}"
+
+
+@contextlib.contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Turn an OSError in the block into a UserError naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(os_error_line(path, e)) from None
+
+
+def check_writable(folder: Path | str) -> None:
+    """Create `folder` if needed and prove a file can be made in it; else one line (UserError)."""
+    folder = Path(folder)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+
+
+def write_atomic_with(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` to a per-process temp file beside `path`, then rename it onto `path`.
+
+    A kill never leaves a torn file; an OSError (disk full, read-only) removes the temp file,
+    leaves the earlier `path` as it was, and becomes a UserError naming `path`."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(tmp)
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write text or bytes to `path` atomically (write_atomic_with)."""
+    raw = data if isinstance(data, bytes) else data.encode()
+    write_atomic_with(Path(path), lambda tmp: tmp.write_bytes(raw))
