@@ -12,7 +12,6 @@ episodes only), created, rl_runner version.
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from rl_runner import fileio
 from rl_runner.errors import UserError
 
 FORMAT = "rl-runner-dataset-1"
@@ -57,17 +57,20 @@ def describe_space(space: gym.Space) -> dict:
 
 
 def save_dataset(path: Path, data: Dataset, unique_tmp: bool = False) -> None:
-    """Write atomically; an existing file is never replaced. unique_tmp: a temp file of this
-    process's own (the cache, which parallel runs may fill at once with the same data)."""
+    """Write atomically (fileio): an existing file is never replaced; a full disk or unwritable
+    folder is one line naming the path, with no temp file left. unique_tmp: no longer needed (the
+    temp file is always this process's own, so parallel runs may fill the cache at once)."""
     path = Path(path)
     if path.exists():
         raise UserError(f"{path} already exists; choose another out=")
     check_arrays(path, data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid() if unique_tmp else 'tmp'}.npz")
     meta = np.array(json.dumps({"format": FORMAT, **data.metadata}))
-    np.savez_compressed(tmp, metadata=meta, **data.arrays())
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a name
+            np.savez_compressed(f, metadata=meta, **data.arrays())
+
+    fileio.write_atomic_with(path, write)
 
 
 def load_dataset(path: Path) -> Dataset:

@@ -5,6 +5,7 @@ through a file ends with one line naming the path (exit 2), never a traceback or
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -27,12 +28,24 @@ def writing(path: Path | str) -> Iterator[None]:
         raise UserError(os_error_line(path, e)) from None
 
 
-def check_writable(folder: Path | str) -> None:
-    """Create `folder` if needed and prove a file can be made in it; else one line (UserError)."""
+def make_folder(folder: Path) -> None:
+    """mkdir -p, where a file on the way is `Not a directory` (mkdir alone says `File exists`)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from None
+
+
+def check_writable(folder: Path | str, create: bool = True) -> None:
+    """Create `folder` if needed and prove a file can be made in it; else one line (UserError).
+    create=False leaves nothing behind (for a command that may still be refused): the proof is
+    made in the nearest folder on the way that exists, where `folder` would be created."""
     folder = Path(folder)
     with writing(folder):
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        if create:
+            make_folder(folder)
+        where = folder if create else next(p for p in (folder, *folder.parents) if p.exists())
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".write-check-")
         os.close(fd)
         os.unlink(probe)
 
@@ -46,7 +59,7 @@ def write_atomic_with(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(path.parent)
             write(tmp)
             os.replace(tmp, path)
     finally:

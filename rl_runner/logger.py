@@ -1,13 +1,20 @@
 """TensorBoard output (tags fixed by DESIGN.md) and a console handler that spares the progress bar."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import tqdm
+from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
+
+from rl_runner import fileio
+from rl_runner.errors import UserError
 
 # metric keys an algorithm returns that are not losses
 CHART_KEYS = {"learning_rate": "charts/learning_rate"}
@@ -25,19 +32,39 @@ class TqdmHandler(logging.StreamHandler):
 
 class TBLogger:
     """Scalars against environment steps; `purge_step` drops what a killed run logged after its
-    last checkpoint, so a resumed run continues the same curves without duplicated steps."""
+    last checkpoint, so a resumed run continues the same curves without duplicated steps.
+    A failed write (disk full, read-only folder) stops the run with one line naming the folder."""
 
     def __init__(self, log_dir: Path, purge_step: int | None = None, flush_secs: int = 20):
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=flush_secs)
+        self.log_dir = Path(log_dir)
+        self.failed = False
+        _quiet_writer_threads()
+        with self.writing():  # the first event is written and flushed here
+            fileio.make_folder(self.log_dir)
+            self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=flush_secs)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Events are written by a thread; when it dies (e.g. disk full) it keeps the OSError, and
+        the next add_*, flush or close raises it. That, or any OSError, becomes one UserError naming
+        the folder, and the logger remembers it failed (close then says nothing more)."""
+        try:
+            with fileio.writing(self.log_dir):
+                yield
+        except UserError:
+            self.failed = True
+            raise
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        self.writer.add_scalar(tag, value, step)
+        with self.writing():
+            self.writer.add_scalar(tag, value, step)
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         """Algorithm metrics: `losses/<name>` unless the key names its own namespace."""
-        for key, value in metrics.items():
-            tag = CHART_KEYS.get(key) or (key if "/" in key else f"losses/{key}")
-            self.writer.add_scalar(tag, value, step)
+        with self.writing():
+            for key, value in metrics.items():
+                tag = CHART_KEYS.get(key) or (key if "/" in key else f"losses/{key}")
+                self.writer.add_scalar(tag, value, step)
 
     def hparams(self, flat_config: dict[str, object], metric_tags: list[str]) -> None:
         """The HPARAMS-tab record, in this run's own event file (add_hparams would start a new
@@ -49,7 +76,25 @@ class TBLogger:
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}", 0)
 
     def close(self) -> None:
-        self.writer.close()
+        """Flush and close; after a failure, which was said already, nothing more is written."""
+        if not self.failed:
+            with self.writing():
+                self.writer.close()
+
+
+def _quiet_writer_threads() -> None:
+    """A dying TensorBoard writer thread prints its traceback, then the main thread raises the same
+    error on its next write: TBLogger reports that one as one line, so the thread's is left out."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_tb_writer", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not isinstance(args.thread, _AsyncWriterThread):
+            previous(args)
+
+    hook.quiet_tb_writer = True
+    threading.excepthook = hook
 
 
 def _hparam_value(v: object) -> object:

@@ -10,6 +10,7 @@ import numpy as np
 import tqdm
 
 import rl_runner
+from rl_runner import fileio
 from rl_runner.datasets import Dataset, describe_space, save_dataset
 from rl_runner.envs import make_one
 from rl_runner.errors import UserError
@@ -62,8 +63,7 @@ def collect(opts: dict[str, Any]) -> Path:
     policy = load_policy(run, opts["checkpoint"])
     out = Path(opts["out"]) if opts["out"] else run / "datasets" / default_name(policy, opts,
                                                                                   episodes, steps)
-    if out.exists():  # before the rollout, not after it
-        raise UserError(f"{out} already exists; choose another out=")
+    check_out(out)
     data = rollout(policy, episodes, steps, opts)
     save_dataset(out, data)
     rets = data.metadata["episode_returns"]
@@ -82,13 +82,19 @@ def write_replay(run: Path, opts: dict) -> Path:
         raise UserError(f"{policy.checkpoint} holds no replay buffer; train with "
                         "trainer.save_replay_buffer=true (off-policy algorithms)")
     out = Path(opts["out"]) if opts["out"] else run / "datasets" / "replay.npz"
-    if out.exists():
-        raise UserError(f"{out} already exists; choose another out=")
+    check_out(out)
     data = replay_rows(policy, buffer)
     save_dataset(out, data)
     print(f"wrote {out}: {len(data)} transitions from the replay buffer of "
           f"{policy.env_steps} env steps")
     return out
+
+
+def check_out(out: Path) -> None:
+    """Before the rollout, not after it: `out` must be new and its folder writable."""
+    if out.exists():
+        raise UserError(f"{out} already exists; choose another out=")
+    fileio.check_writable(out.parent, create=False)
 
 
 def replay_rows(policy: Policy, buffer: dict) -> Dataset:

@@ -1,6 +1,7 @@
 """`rl-eval run=<run dir>`: evaluate a checkpoint, write eval.json, optionally record mp4s."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 from pathlib import Path
@@ -8,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from rl_runner import fileio
 from rl_runner.errors import UserError
 from rl_runner.evaluation import Evaluator
 from rl_runner.options import Option, run_tool
 from rl_runner.policy import Policy, load_policy
-from rl_runner.summary import write_atomic
 
 SUMMARY = ("Evaluate a trained policy: N episodes on fresh envs, mean and std of the return, "
            "written to <run>/eval.json (earlier results kept under 'previous').")
@@ -37,6 +38,7 @@ def evaluate(opts: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"seed={opts['seed']} must not be negative")
     run = Path(opts["run"])
     policy = load_policy(run, opts["checkpoint"])
+    fileio.check_writable(run)  # for eval.json, before the episodes (videos/: in record)
     seed = policy.config.seed + 10_000 if opts["seed"] is None else opts["seed"]
     deterministic = opts["deterministic"]
     if opts["video"]:
@@ -68,7 +70,7 @@ def write_eval_json(path: Path, result: dict) -> None:
         except json.JSONDecodeError:
             raise UserError(f"{path} exists but is not JSON; move it away first") from None
         previous = [{k: v for k, v in old.items() if k != "previous"}, *old.get("previous", [])]
-    write_atomic(path, json.dumps({**result, "previous": previous}, indent=2) + "\n")
+    fileio.write_atomic(path, json.dumps({**result, "previous": previous}, indent=2) + "\n")
 
 
 def record(policy: Policy, folder: Path, episodes: int, seed: int,
@@ -90,14 +92,19 @@ def record(policy: Policy, folder: Path, episodes: int, seed: int,
                         f"modes: {', '.join(env.metadata.get('render_modes', [])) or 'none'}")
     prefix = f"{policy.checkpoint.stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     try:
-        env = gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True,
-                                       name_prefix=prefix, disable_logger=True)
+        with fileio.writing(folder):
+            env = gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True,
+                                           name_prefix=prefix, disable_logger=True)  # makes folder
+            fileio.check_writable(folder)  # before the episodes, not after them
     except DependencyNotInstalled:
         env.close()
         raise UserError("video=true needs moviepy: pip install -c constraints.txt -e "
                         "'.[video]'") from None
+    except UserError:
+        env.close()
+        raise
     returns, lengths = [], []
-    try:
+    with fileio.writing(folder), contextlib.closing(env):  # mp4s are written as episodes end
         for i in range(episodes):
             obs, _ = env.reset(seed=seed + i)
             total, steps, done = 0.0, 0, False
@@ -107,8 +114,6 @@ def record(policy: Policy, folder: Path, episodes: int, seed: int,
                 total, steps, done = total + float(reward), steps + 1, terminated or truncated
             returns.append(total)
             lengths.append(steps)
-    finally:
-        env.close()
     videos = sorted(str(p) for p in folder.glob(f"{prefix}-episode-*.mp4"))
     return ({"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
              "length_mean": float(np.mean(lengths)), "episodes": episodes}, videos)

@@ -6,13 +6,13 @@ import csv
 import io
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from rl_runner import fileio
 from rl_runner.errors import UserError
 from rl_runner.stats import bootstrap_ci, iqm, mean_std
 
@@ -194,10 +194,9 @@ def _config_row(config: str, rows: list[dict]) -> dict:
 
 # ---- writing --------------------------------------------------------------------------------
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write `path` through a .tmp file and os.replace, so a crash never leaves it half written."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # parallel jobs may write at once
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
-    os.replace(tmp, path)
+    """fileio.write_atomic: a crash never leaves `path` half written, an OSError (disk full,
+    read-only) leaves it as it was and is one line naming it."""
+    fileio.write_atomic(path, data)
 
 
 def fmt(value, digits: int = 1) -> str:
