@@ -21,11 +21,24 @@ def os_error_line(path: Path | str, e: OSError) -> str:
 
 @contextlib.contextmanager
 def writing(path: Path | str) -> Iterator[None]:
-    """Turn an OSError in the block into a UserError naming `path`."""
+    """Turn an OSError in the block into a UserError naming `path`; also one that a library
+    wrapped in its own error (torch.save raises RuntimeError from its file's OSError)."""
     try:
         yield
-    except OSError as e:
-        raise UserError(os_error_line(path, e)) from None
+    except UserError:
+        raise
+    except Exception as e:
+        os_error = os_error_behind(e)
+        if os_error is None:
+            raise
+        raise UserError(os_error_line(path, os_error)) from None
+
+
+def os_error_behind(e: BaseException | None) -> OSError | None:
+    """The OSError that `e` is, or that it was raised from (the chain a traceback shows)."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return e
 
 
 def make_folder(folder: Path) -> None:

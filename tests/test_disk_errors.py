@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from rl_runner import fileio, rl_collect, rl_eval
@@ -139,8 +140,39 @@ def test_a_full_disk_keeps_old_files_and_leaves_no_tmp(tmpfs):
         write_atomic(disk / "results.json", os.urandom(1 << 20))
     with pytest.raises(UserError, match=f"^cannot write {disk / 'd.npz'}: No space left"):
         save_dataset(disk / "d.npz", small_dataset(50_000))
+    with pytest.raises(UserError, match=f"^cannot write {disk / 'last.pt'}: No space left"):
+        fileio.write_atomic_with(disk / "last.pt", save_checkpoint)
     assert (disk / "results.json").read_text() == "old"
     assert sorted(p.name for p in disk.iterdir()) == ["results.json"]
+
+
+def save_checkpoint(tmp: Path) -> None:
+    """torch.save raises RuntimeError from the OSError of a file object (from a path, only a
+    RuntimeError: the errno is lost), and `with` closes it, so the removed temp file frees space."""
+    with open(tmp, "wb") as f:
+        torch.save({"w": torch.zeros(1 << 18)}, f)
+
+
+def test_writing_reports_the_os_error_behind_a_library_error_and_leaves_others_alone():
+    def wrapped():
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("iostream error")  # as torch.save does
+
+    def said(what):
+        try:
+            raise OSError(errno.EIO, "I/O error")
+        except OSError:
+            raise what from None
+
+    with pytest.raises(UserError, match="^cannot write p: No space left on device$"):
+        with fileio.writing("p"):
+            wrapped()
+    for error in (ValueError("not a write error"), UserError("a line of its own")):
+        with pytest.raises(type(error), match=str(error)):
+            with fileio.writing("p"):
+                said(error)
 
 
 def test_save_dataset_through_a_file_is_one_line(tmp_path):
