@@ -68,9 +68,16 @@ class TBLogger:
 
     def hparams(self, flat_config: dict[str, object], metric_tags: list[str]) -> None:
         """The HPARAMS-tab record, in this run's own event file (add_hparams would start a new
-        run directory), plus a markdown table in the TEXT tab."""
+        run directory), plus a markdown table in the TEXT tab. Its experiment declares the keys
+        of every bundled algorithm and env (rl_runner/tb_hparams.py): TensorBoard takes one run's,
+        and a sweep that mixes algorithms shows all their columns."""
+        from rl_runner.tb_hparams import bundled_keys
+
         values = {k: _hparam_value(v) for k, v in flat_config.items()}
-        for summary in hparams(values, {tag: math.nan for tag in metric_tags}):
+        metrics = {tag: math.nan for tag in metric_tags}
+        experiment, _, _ = hparams({**bundled_keys(), **values}, metrics)  # run's values: types
+        _, start, end = hparams(values, metrics)  # the session holds this run's values only
+        for summary in (experiment, start, end):
             self.writer._get_file_writer().add_summary(summary)
         rows = "\n".join(f"|{k}|{v}|" for k, v in values.items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}", 0)
