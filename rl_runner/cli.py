@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rl_runner.config import group_choices
 from rl_runner.errors import UserError
+from rl_runner.overrides import check_overrides, check_values
 
 log = logging.getLogger("rl_runner")
 
@@ -71,6 +72,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
                 if value not in choices:
                     raise UserError(f"unknown {key} {value!r}; choices: {', '.join(choices)}")
     _check_plugins(parsed, multirun)
+    check_overrides(parsed, argv, multirun)
     resume = next((ov for ov in parsed if ov.get_key_element() == "resume"), None)
     if resume is not None and resume.value() not in (None, "null"):
         if multirun or resume.is_sweep_override():
@@ -138,7 +140,8 @@ def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
 
 
 def _check_composes(parsed: list, overrides: list[str]) -> None:
-    """Compose the config once per swept value, so errors show before any job starts."""
+    """Compose the config once per swept value and check its values, so errors show before any
+    job starts and before any run directory exists."""
     from hydra import compose, initialize_config_module
 
     fixed = [o for o, p in zip(overrides, parsed) if not p.is_sweep_override()]
@@ -154,9 +157,10 @@ def _check_composes(parsed: list, overrides: list[str]) -> None:
     with initialize_config_module(config_module="rl_runner.conf", version_base="1.3"):
         for trial in trials:
             try:
-                compose(config_name="train", overrides=trial)
+                cfg = compose(config_name="train", overrides=trial)
             except Exception as e:
                 raise UserError(_one_line(e)) from None
+            check_values(cfg)  # the trainer's checks, before Hydra makes a run directory
 
 
 def _one_line(e: Exception) -> str:
