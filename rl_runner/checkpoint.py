@@ -1,40 +1,134 @@
-"""Checkpoint files: a plain dict written atomically, read back with clear errors."""
+"""Checkpoint files: a plain dict of tensors and plain containers, written atomically and read
+back with `torch.load(weights_only=True)`, so that loading a file never runs code from it."""
 from __future__ import annotations
 
-import os
+import math
 import random
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rl_runner.errors import UserError
+from rl_runner.fileio import write_atomic_with
 
-FORMAT_VERSION = 1
+# 2: numpy arrays stored as tagged tensors, env state as plain data (no pickle anywhere).
+# 1 (up to 2026-12): numpy arrays pickled as numpy objects and the env state as pickled bytes.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+NDARRAY = "__ndarray__"  # {NDARRAY: tensor}: a numpy array, given back as one on load
+# what a format-1 file may hold beside tensors: numpy arrays and their dtypes, nothing else
+# (numpy's array reconstruction builds plain data; the weights_only unpickler still refuses any
+# other global, so no constructor of the file's choosing runs)
+LEGACY_NUMPY_GLOBALS = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+                        "numpy.ndarray", "numpy.dtype")
+
+
+def encode(tree):
+    """`tree` with numpy arrays as tagged tensors and numpy scalars as Python numbers."""
+    if isinstance(tree, np.ndarray):
+        if tree.dtype.kind not in "biufc":
+            raise TypeError(f"a checkpoint holds numeric arrays only, not dtype {tree.dtype}")
+        return {NDARRAY: torch.from_numpy(np.ascontiguousarray(tree).copy())}
+    if isinstance(tree, np.generic):
+        return tree.item()
+    if isinstance(tree, dict):
+        return {k: encode(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(encode(v) for v in tree)
+    return tree
+
+
+def decode(tree):
+    """The inverse of `encode`: tagged tensors become numpy arrays again."""
+    if isinstance(tree, dict):
+        if set(tree) == {NDARRAY} and isinstance(tree[NDARRAY], torch.Tensor):
+            return tree[NDARRAY].numpy()
+        return {k: decode(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(decode(v) for v in tree)
+    return tree
+
+
+def nonfinite_paths(tree, prefix: str = "") -> list[str]:
+    """Where `tree` (a state dict) holds NaN or Inf in a tensor, array or number: "net.w1", ..."""
+    if isinstance(tree, torch.Tensor):
+        bad = (tree.is_floating_point() or tree.is_complex()) and not bool(torch.isfinite(tree).all())
+    elif isinstance(tree, np.ndarray):
+        bad = tree.dtype.kind in "fc" and not bool(np.isfinite(tree).all())
+    elif isinstance(tree, float):
+        bad = not math.isfinite(tree)
+    elif isinstance(tree, dict):
+        return [p for k, v in tree.items() for p in nonfinite_paths(v, f"{prefix}{k}.")]
+    elif isinstance(tree, (list, tuple)):
+        return [p for i, v in enumerate(tree) for p in nonfinite_paths(v, f"{prefix}{i}.")]
+    else:
+        bad = False
+    return [prefix.rstrip(".") or "value"] if bad else []
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temp file, then rename: a kill never leaves a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    """torch.save to a per-process temp file, then rename: a kill never leaves a torn file, and
+    a full disk leaves the earlier file as it was (one line naming the path)."""
+    data = encode({"format_version": FORMAT_VERSION, **state})
+
+    def write(tmp: Path) -> None:
+        # a file object, not a path: torch then raises the disk's own OSError (with a path it
+        # wraps it in a RuntimeError) and the `with` closes the file, giving back its space
+        with open(tmp, "wb") as f:
+            torch.save(data, f)
+
+    write_atomic_with(Path(path), write)
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """A checkpoint's dict, loaded without running any code from the file; or a UserError.
+
+    mmap: map the tensors instead of reading them (a look at the config of a big checkpoint)."""
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no checkpoint there")
+    if not zipfile.is_zipfile(path):  # torch.save's format; anything else is not ours
+        raise UserError(f"{path}: not an rl-runner checkpoint (not a torch zip file)")
     try:
-        # our own files hold numpy arrays and RNG states, which weights_only refuses
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torn, truncated or not a torch file
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as e:  # torn, truncated
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    foreign = sorted(set(unsafe) - set(LEGACY_NUMPY_GLOBALS))
+    if foreign:
+        raise UserError(f"{path}: refused, it holds pickled objects ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); rl-runner checkpoints hold "
+                        "tensors and plain data only, and loading objects would run code")
+    try:
+        with torch.serialization.safe_globals(_legacy_numpy_globals(unsafe) if unsafe else []):
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # torn, truncated or refused by the weights_only unpickler
         raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise UserError(f"{path}: not an rl-runner checkpoint")
-    if state["format_version"] != FORMAT_VERSION:
+    if state["format_version"] not in READABLE_FORMATS:
         raise UserError(f"{path}: checkpoint format {state['format_version']} is not supported "
-                        f"(this rl-runner reads format {FORMAT_VERSION})")
-    return state
+                        f"(this rl-runner reads formats {', '.join(map(str, READABLE_FORMATS))})")
+    return decode(state)
+
+
+def _legacy_numpy_globals(names: list[str]) -> list:
+    """The numpy callables a format-1 file names, resolved for torch's safe_globals, and the
+    numeric dtype classes its arrays are built with (numpy.dtypes.Float32DType, ...; not the
+    object or string dtypes)."""
+    import importlib
+
+    import numpy.dtypes
+
+    found = [np.dtype(c).__class__ for c in np.typecodes["All"] if np.dtype(c).kind in "biufc"]
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            pass
+    return found
 
 
 def rng_state() -> dict:

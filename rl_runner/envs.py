@@ -1,13 +1,11 @@
-"""Environment construction, id checks and env-state capture for exact resume."""
+"""Environment construction and id checks (env state for resume: rl_runner/envstate.py)."""
 from __future__ import annotations
 
 import difflib
 import importlib
-import pickle
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.utils import EzPickle
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from rl_runner.errors import UserError
@@ -65,23 +63,6 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
         raise UserError(f"env.vectorization={vectorization!r} is not known; allowed: sync, async")
     # copy=False: the feeder copies observations into its own buffers anyway
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
-
-
-def env_state(envs: gym.vector.VectorEnv) -> bytes | None:
-    """The sub-environments pickled, or None where a pickle would not carry their state.
-
-    Box2D (and MuJoCo) envs are EzPickle: unpickling rebuilds them from constructor arguments, so
-    the physics state of episodes in progress cannot be saved.
-    """
-    if not isinstance(envs, SyncVectorEnv):
-        return None
-    if any(isinstance(e.unwrapped, EzPickle) for e in envs.envs):
-        return None
-    return pickle.dumps(envs.envs)
-
-
-def restore_env_state(envs: gym.vector.VectorEnv, state: bytes) -> None:
-    envs.envs = pickle.loads(state)
 
 
 def final_observations(info: dict, mask: np.ndarray) -> np.ndarray:

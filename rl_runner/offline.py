@@ -151,18 +151,32 @@ class OfflineFeeder:
         self.rng.bit_generator.state = state["rng"]
 
 
+def fingerprint(data: Dataset) -> str:
+    """sha256 of a dataset's rows (names, dtypes, shapes and bytes): resume checks it, so a
+    replaced dataset file does not continue a run silently."""
+    digest = hashlib.sha256()
+    for name, arr in data.arrays().items():
+        digest.update(f"{name}:{arr.dtype.str}:{arr.shape}".encode())
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
+
+
 def offline_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo) -> OfflineFeeder:
-    """The dataset of cfg.dataset for these envs, split, and the algorithm fitted to its rows."""
+    """The dataset of cfg.dataset for these envs, split, and the algorithm fitted to its rows;
+    the feeder's `dataset` says which rows (path and fingerprint)."""
     data, path = training_dataset(cfg, envs.single_observation_space, envs.single_action_space)
     feeder = OfflineFeeder(data, algo, cfg.seed)
+    feeder.dataset = {"path": str(path), "sha256": fingerprint(data)}
     algo.fit_dataset(feeder.train)
     log.info("dataset %s: %d rows for training, %d held out", path, len(feeder.train),
              len(feeder.validation or ()))
     return feeder
 
 
-def fit_expert_data(cfg: DictConfig, envs: gym.vector.VectorEnv, algo) -> None:
-    """Imitation beside the env (gail): the algorithm gets the whole dataset of cfg.dataset."""
+def fit_expert_data(cfg: DictConfig, envs: gym.vector.VectorEnv, algo) -> dict:
+    """Imitation beside the env (gail): the algorithm gets the whole dataset of cfg.dataset.
+    Returns which rows (path and fingerprint), for resume to check."""
     data, path = training_dataset(cfg, envs.single_observation_space, envs.single_action_space)
     algo.fit_dataset(data)
     log.info("expert data %s: %d pairs", path, len(data))
+    return {"path": str(path), "sha256": fingerprint(data)}

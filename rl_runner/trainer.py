@@ -25,9 +25,10 @@ from threadpoolctl import threadpool_limits
 import rl_runner
 from rl_runner import config as config_checks
 from rl_runner.algos.base import OnPolicyAlgorithm
-from rl_runner.checkpoint import (load_checkpoint, rng_state, save_checkpoint, seed_everything,
-                                  set_rng_state)
-from rl_runner.envs import env_state, make_vec_env, restore_env_state
+from rl_runner.checkpoint import (load_checkpoint, nonfinite_paths, rng_state, save_checkpoint,
+                                  seed_everything, set_rng_state)
+from rl_runner.envs import make_vec_env
+from rl_runner.envstate import env_state, restore_env_state
 from rl_runner.errors import UserError, describe
 from rl_runner.evaluation import Evaluator
 from rl_runner.logger import TBLogger
@@ -146,18 +147,24 @@ class Trainer:
         if self.family not in FAMILIES:
             raise UserError(f"algorithm family {self.family!r} is not supported by this trainer; "
                             f"supported: {', '.join(FAMILIES)}")
+        self.dataset: dict | None = None  # the rows learnt from (path, sha256), if any
         if self.family == "offline":
             self.feeder = offline_feeder(cfg, self.envs, self.algo)
+            self.dataset = self.feeder.dataset
         else:
             self.feeder = FEEDERS[self.family](self.envs, self.algo, cfg.seed)
             if hasattr(self.algo, "fit_dataset"):  # imitation beside the env (gail)
-                fit_expert_data(cfg, self.envs, self.algo)
+                self.dataset = fit_expert_data(cfg, self.envs, self.algo)
         # whole feeder steps only, so that the budget is never exceeded (at least one)
         # offline: one gradient step per update, whatever env.n_envs says
         self.step_size = step_size = (1 if self.family == "offline"
                                       else self.algo.n_steps * cfg.env.n_envs)
         self.log_every = max(step_size, LOG_EVERY.get(self.family, 1))
-        self.budget = max(step_size, self.tcfg.total_steps // step_size * step_size)
+        if self.tcfg.total_steps < step_size:
+            raise UserError(f"trainer.total_steps={self.tcfg.total_steps} is less than one update "
+                            f"({step_size} env steps: algo.n_steps x env.n_envs; off-policy: "
+                            "algo.train_freq x env.n_envs); raise it or make the update smaller")
+        self.budget = self.tcfg.total_steps // step_size * step_size
         if self.budget != self.tcfg.total_steps:
             log.info("trainer.total_steps=%d is not a multiple of the env steps per update %d "
                      "(algo.n_steps x env.n_envs; off-policy: algo.train_freq x env.n_envs): "
@@ -176,6 +183,7 @@ class Trainer:
         self.best_eval = -math.inf
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.stop_signal: int | None = None
+        self.saved_step: int | None = None  # the env step last.pt holds, if there is one
         if checkpoint is not None:
             self._restore(checkpoint)
         # events at the checkpoint's own step were logged before it was saved: purge after them
@@ -220,6 +228,8 @@ class Trainer:
         next_line = start + PROGRESS_LINE_SECONDS
         previous = self._install_signals()
         status, error = "completed", None
+        # a resumed run's old "completed" record must not stand while it trains on
+        self._write_results("running", 0.0, start_steps, None)
         try:
             while self.env_steps < total and self.stop_signal is None:
                 before = self.env_steps
@@ -292,8 +302,14 @@ class Trainer:
         bad = [k for k, v in metrics.items() if "loss" in k and not math.isfinite(v)]
         if bad:
             raise UserError(f"{', '.join(bad)} became NaN/Inf at env step {self.env_steps}; "
-                            f"stopped, checkpoints/last.pt keeps the last good state")
+                            f"stopped, {self._kept()}")
         return metrics
+
+    def _kept(self) -> str:
+        """What is left on disk after a non-finite stop."""
+        if self.saved_step is None:
+            return "no checkpoint had been saved yet"
+        return f"checkpoints/last.pt keeps the last good state (env step {self.saved_step})"
 
     def _evaluate(self) -> None:
         result = self.evaluator.run(lambda obs: self.algo.act(obs, deterministic=True))
@@ -301,7 +317,8 @@ class Trainer:
         for key in ("return_mean", "return_std", "length_mean"):
             self.logger.scalar(f"eval/{key}", result[key], step)
         self.last_eval, self.last_eval_step = result, step
-        improved = result["return_mean"] > self.best_eval
+        # a non-finite return (a policy gone NaN, an env paying inf) is never an improvement
+        improved = math.isfinite(result["return_mean"]) and result["return_mean"] > self.best_eval
         if improved:
             self.best_eval = result["return_mean"]
             self._save("best.pt", None)
@@ -327,14 +344,28 @@ class Trainer:
                     self.envs.action_space.np_random.bit_generator.state},
             "feeder": self.feeder.state_dict(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "dataset": self.dataset,
         }
+        bad = nonfinite_paths(state["algo"])
+        if bad:  # never write a checkpoint that holds NaN/Inf
+            raise UserError(f"the algorithm's state became NaN/Inf ({', '.join(bad[:3])}) by env "
+                            f"step {self.env_steps}; stopped before saving {name}, {self._kept()}")
         buffer = getattr(self.feeder, "buffer", None)
         # the buffer serves resuming only: best.pt (a policy to evaluate) goes without it
         if buffer is not None and name == "last.pt" and self.tcfg.save_replay_buffer:
             state["replay_buffer"] = buffer.state_dict()
         save_checkpoint(self.ckpt_dir / name, state)
+        if name == "last.pt":
+            self.saved_step = self.env_steps
 
     def _restore(self, ckpt: dict) -> None:
+        trained_on = ckpt.get("dataset")
+        if self.dataset and trained_on and trained_on.get("sha256") != self.dataset["sha256"]:
+            raise UserError(f"resume: the dataset {self.dataset['path']} is not the one "
+                            f"{self.ckpt_dir / 'last.pt'} was trained on (its rows changed: sha256 "
+                            f"{self.dataset['sha256'][:12]}, trained on "
+                            f"{str(trained_on.get('sha256'))[:12]}); put the original back or "
+                            "start a new run")
         try:
             self.algo.load_state_dict(ckpt["algo"])
             c = ckpt["counters"]
@@ -342,6 +373,7 @@ class Trainer:
             self.next_checkpoint, self.best_eval = c["next_checkpoint"], c["best_eval"]
             self.last_eval, self.last_eval_step = c["last_eval"], c["last_eval_step"]
             self.wall_before = c["wall_seconds"]
+            self.saved_step = self.env_steps
             self.next_log = _next_multiple(self.env_steps, self.log_every)
             self.recent_returns.extend(c["recent_returns"])
             set_rng_state(ckpt["rng"])
@@ -353,18 +385,26 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise UserError(f"{self.ckpt_dir / 'last.pt'} does not fit this run's config "
                             f"({type(e).__name__}: {e})") from None
+        saved_envs = ckpt["env"]["state"]  # format 1 held pickled bytes: never unpickled
         if self.family == "offline":  # no env is stepped while learning: nothing to restore
             pass
-        elif ckpt["env"]["state"] is not None:
-            restore_env_state(self.envs, ckpt["env"]["state"])
+        elif isinstance(saved_envs, list):
+            try:
+                restore_env_state(self.envs, saved_envs)
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                raise UserError(f"{self.ckpt_dir / 'last.pt'}: its env state does not fit this "
+                                f"run's envs ({e})") from None
         else:
             self.feeder.obs, _ = self.envs.reset(seed=self.cfg.seed + self.env_steps)
             self.feeder.tracker.load_state_dict({"returns": np.zeros(self.envs.num_envs),
                                                  "lengths": np.zeros(self.envs.num_envs,
                                                                      np.int64)})
-            log.warning("%s cannot save its state mid-episode: the episodes in progress restart "
-                        "on resume, so numbers will differ from an uninterrupted run",
-                        self.cfg.env.id)
+            why = ("was saved by an earlier rl-runner, whose env state is not loaded (it was a "
+                   "pickle)" if isinstance(saved_envs, bytes) else
+                   f"holds no env state ({self.cfg.env.id} keeps it in objects that cannot be "
+                   "saved as plain data)")
+            log.warning("%s %s: the episodes in progress restart on resume, so numbers will "
+                        "differ from an uninterrupted run", self.ckpt_dir / "last.pt", why)
         if buffer is not None and "replay_buffer" not in ckpt:
             log.warning("%s holds no replay buffer (trainer.save_replay_buffer=false when it was "
                         "saved): the buffer starts empty and updates wait until it holds "
@@ -414,6 +454,8 @@ class Trainer:
         }
         if error:
             results["error"] = error
+        if self.stop_signal is not None:
+            results["signal"] = signal.Signals(self.stop_signal).name
         return write_json(self.run_dir / "results.json", results)
 
 

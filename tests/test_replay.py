@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rl_runner.algos.sac import SAC
-from rl_runner.envs import env_state, make_vec_env, restore_env_state
+from rl_runner.envs import make_vec_env
+from rl_runner.envstate import env_state, restore_env_state
 from rl_runner.replay import ReplayBuffer, ReplayFeeder
 
 

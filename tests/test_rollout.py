@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from rl_runner.algos.ppo import PPO
-from rl_runner.envs import env_state, final_observations, make_vec_env, restore_env_state
+from rl_runner.envs import final_observations, make_vec_env
+from rl_runner.envstate import env_state, restore_env_state
 from rl_runner.evaluation import Evaluator
 from rl_runner.rollout import EpisodeTracker, RolloutCollector
 from tests.algos.helpers import CARTPOLE_OBS

@@ -1,0 +1,142 @@
+"""Checkpoints never run code from the file: crafted pickles are refused by every entry point,
+format-1 files of the previous release load without unpickling, and env state is plain data."""
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rl_runner import rl_collect, rl_eval
+from rl_runner.checkpoint import (decode, encode, load_checkpoint, nonfinite_paths,
+                                  save_checkpoint)
+from rl_runner.envs import make_vec_env
+from rl_runner.envstate import env_state, restore_env_state
+from rl_runner.errors import UserError
+from tests.conftest import FAST, error_line, run_cli, tool_error
+
+SHORT = ["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=512", "algo.n_steps=32",
+         "env.n_envs=4", "algo.batch_size=64"]
+
+
+class Payload:
+    """Unpickling it calls open(marker, "w"): the file appearing means code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("ckpt")
+    proc = run_cli([*SHORT, f"hydra.run.dir={base / 'run'}"], base)
+    assert proc.returncode == 0, proc.stderr
+    return base / "run"
+
+
+@pytest.fixture
+def hostile_run(short_run, tmp_path) -> tuple[Path, Path]:
+    """A copy of a real run whose best.pt and last.pt each carry a payload; and the marker."""
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    marker = tmp_path / "marker"
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
+        state["counters"]["evil"] = Payload(marker)
+        torch.save(state, run / "checkpoints" / name)
+    return run, marker
+
+
+def test_crafted_checkpoints_are_refused_everywhere_and_run_nothing(hostile_run, tmp_path,
+                                                                    capsys):
+    run, marker = hostile_run
+    bare = tmp_path / "bare.pt"
+    torch.save({"format_version": 2, "algo": Payload(marker)}, bare)
+    for argv in ([f"run={run}"], [f"run={run}", "checkpoint=last"],
+                 [f"run={run}", f"checkpoint={bare}"]):
+        line = tool_error(capsys, rl_eval.main, [*argv, "episodes=1"], "rl-eval")
+        assert "refused" in line and "pickled" in line, line
+        line = tool_error(capsys, rl_collect.main, [*argv, "episodes=1"], "rl-collect")
+        assert "refused" in line, line
+    line = error_line(run_cli([f"resume={run}"], tmp_path))
+    assert "refused" in line and "last.pt" in line, line
+    assert not marker.exists()
+
+
+def test_a_bare_pickle_is_refused_before_it_is_read(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "plain.pt"
+    path.write_bytes(pickle.dumps({"format_version": 2, "x": Payload(marker)}))
+    with pytest.raises(UserError, match="not an rl-runner checkpoint"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def legacy_copy(run: Path, folder: Path, marker: Path) -> Path:
+    """The run as the previous release (format 1) wrote it: numpy arrays pickled as numpy
+    objects and the env state as pickled bytes (here a payload, never to be unpickled)."""
+    shutil.copytree(run, folder)
+    for name in ("best.pt", "last.pt"):
+        state = load_checkpoint(folder / "checkpoints" / name)
+        state["format_version"] = 1
+        state["env"]["state"] = pickle.dumps(Payload(marker))
+        torch.save(state, folder / "checkpoints" / name)  # numpy arrays as numpy pickles
+    return folder
+
+
+def test_previous_release_checkpoints_load_without_unpickling(short_run, tmp_path, capsys):
+    marker = tmp_path / "marker"
+    run = legacy_copy(short_run, tmp_path / "old", marker)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(run / "checkpoints" / "last.pt")
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert isinstance(state["feeder"]["obs"], np.ndarray)
+    rl_eval.main([f"run={run}", "episodes=2"])
+    assert "return" in capsys.readouterr().out
+    resumed = run_cli([f"resume={run}", "trainer.total_steps=768"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "earlier rl-runner" in resumed.stderr  # its episodes restart: said, not hidden
+    assert not marker.exists()
+
+
+def test_numpy_arrays_round_trip_as_tensors(tmp_path):
+    state = {"a": np.arange(6, dtype=np.uint32).reshape(2, 3), "n": np.float32(1.5),
+             "t": (1, np.array([True, False])), "rng": np.random.get_state(), "w": torch.ones(2)}
+    save_checkpoint(tmp_path / "c.pt", state)
+    back = torch.load(tmp_path / "c.pt", weights_only=True)  # plain weights_only, no globals
+    assert isinstance(back["a"]["__ndarray__"], torch.Tensor)
+    back = decode(back)
+    np.testing.assert_array_equal(back["a"], state["a"])
+    assert back["a"].dtype == np.uint32 and back["n"] == 1.5
+    np.testing.assert_array_equal(back["rng"][1], state["rng"][1])
+    assert not (tmp_path / "c.pt.tmp").exists() and len(list(tmp_path.iterdir())) == 1
+    with pytest.raises(TypeError):
+        encode({"x": np.array([object()])})
+
+
+def test_nonfinite_paths_names_where():
+    state = {"net": {"w": torch.tensor([1.0, float("nan")]), "i": torch.tensor([1])},
+             "opt": [np.array([np.inf])], "lr": 1e-3}
+    assert nonfinite_paths(state) == ["net.w", "opt.0"]
+    assert nonfinite_paths({"x": torch.zeros(2), "s": "nan"}) == []
+
+
+def test_env_state_is_plain_data_and_continues_the_episode(tmp_path):
+    envs_a, envs_b = make_vec_env("CartPole-v1", 2), make_vec_env("CartPole-v1", 2)
+    envs_a.reset(seed=3)
+    envs_b.reset(seed=99)
+    for _ in range(5):
+        envs_a.step(np.array([0, 1]))
+    save_checkpoint(tmp_path / "e.pt", {"env": env_state(envs_a)})
+    restore_env_state(envs_b, load_checkpoint(tmp_path / "e.pt")["env"])
+    for _ in range(30):  # through terminations: the envs' RNGs came back too
+        a, b = envs_a.step(np.array([1, 1])), envs_b.step(np.array([1, 1]))
+        np.testing.assert_array_equal(a[0], b[0])
+    with pytest.raises(ValueError):
+        restore_env_state(make_vec_env("Pendulum-v1", 2), env_state(envs_a))
+    assert env_state(make_vec_env("LunarLander-v3", 1)) is None  # a Box2D world: not plain data
