@@ -101,3 +101,24 @@ def test_non_editable_install_finds_configs(wheel, tmp_path):
     saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     assert saved["algo"]["n_steps"] == 32  # tuned/ppo_cartpole.yaml was applied
     assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("hook", ["build_wheel", "build_editable"])
+def test_building_prints_no_package_warnings(tmp_path, hook):
+    """Every conf/ folder is declared as a package (pyproject.toml): setuptools builds without its
+    'Package would be ignored' warning, one page per undeclared folder (~300 lines in all)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("rl_runner", "conf"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    proc = subprocess.run([sys.executable, "-c", "import sys, setuptools.build_meta as b; "
+                           f"getattr(b, sys.argv[1])(sys.argv[2])", hook, str(tmp_path / "dist")],
+                          cwd=src, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "would be ignored" not in output and "absent from the `packages`" not in output, \
+        "\n".join(line for line in output.splitlines() if "absent from" in line)
