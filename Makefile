@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# constraints.txt pins torch to the CPU wheel; without it pip pulls a multi-GB CUDA build.
+# constraints.txt pins torch==2.13.0, not its build: CPU or CUDA follows the index (README).
 PIP := $(BIN)/pip install -c constraints.txt
 
 .PHONY: setup run test test-slow bench clean
