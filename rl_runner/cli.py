@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -10,9 +11,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from rl_runner import rundir
 from rl_runner.config import group_choices
 from rl_runner.errors import UserError
-from rl_runner.overrides import check_overrides, check_values
+from rl_runner.overrides import check_jobs, check_overrides
+from rl_runner.resume import hydra_quote, resume_overrides, resumed_config
 
 log = logging.getLogger("rl_runner")
 
@@ -78,14 +81,44 @@ def prepare_argv(argv: list[str]) -> list[str]:
         if multirun or resume.is_sweep_override():
             raise UserError("resume= continues one run; it cannot be part of a sweep (-m)")
         return argv + resume_overrides(Path(str(resume.value())), parsed)
-    run_dir = next((ov for ov in parsed if ov.get_key_element() == "hydra.run.dir"), None)
-    if run_dir is not None and not multirun:
-        _check_fresh(Path(str(run_dir.value())))
     sweep_dir = next((ov for ov in parsed if ov.get_key_element() == "hydra.sweep.dir"), None)
     if sweep_dir is not None and multirun:
         _check_fresh_sweep(Path(str(sweep_dir.value())))
     _check_composes(parsed, overrides)
-    return argv
+    return claim_output_dir(argv, parsed, overrides, multirun)
+
+
+def claim_output_dir(argv: list[str], parsed: list, overrides: list[str],
+                     multirun: bool) -> list[str]:
+    """`argv` with the run (or sweep) directory made, locked and named explicitly.
+
+    A default directory is made new even when another launch took the same name in the same
+    second (rl_runner/rundir.py); a directory named on the command line is refused when it
+    already holds a run or a live process holds it."""
+    from hydra import compose, initialize_config_module
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    for p in parsed:
+        if p.get_key_element() == key and (p.is_sweep_override() or not isinstance(p.value(), str)):
+            raise UserError(f"{key} takes one path, not several values; quote a path with "
+                            f"commas or brackets: {key}='<path>'")
+    fixed = [o for o, p in zip(overrides, parsed) if not p.is_sweep_override()]
+    with initialize_config_module(config_module="rl_runner.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=fixed, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # the `hydra:` resolver in the directory name
+        try:
+            folder = Path(str(OmegaConf.select(cfg, key)))
+        except Exception as e:
+            raise UserError(f"{key} cannot be resolved: {_one_line(e)}") from None
+    explicit = any(p.get_key_element() == key for p in parsed)
+    if not explicit:
+        folder = rundir.claim_new(folder)
+    elif multirun:
+        rundir.lock(folder)
+    else:
+        rundir.claim_explicit(folder)
+    rest = [a for a, p in zip(overrides, parsed) if p.get_key_element() != key]
+    return [*split_argv(argv)[0], *rest, f"{key}={hydra_quote(str(folder))}"]
 
 
 def _check_plugins(parsed: list, multirun: bool) -> None:
@@ -104,13 +137,6 @@ def _check_plugins(parsed: list, multirun: bool) -> None:
                 raise UserError(f"{key}={value} runs a sweep; add -m (rl-run -m {key}={value} ...)")
 
 
-def _check_fresh(run_dir: Path) -> None:
-    """Refuse a run directory that already holds a run: Hydra would overwrite its .hydra/."""
-    if (run_dir / "results.json").exists() or (run_dir / "checkpoints").exists():
-        raise UserError(f"{run_dir} already holds a run; resume it with resume={run_dir} "
-                        "or choose another hydra.run.dir")
-
-
 def _check_fresh_sweep(sweep_dir: Path) -> None:
     """Refuse a sweep directory that already holds a sweep: its jobs would be overwritten."""
     if sweep_dir.is_dir() and any(sweep_dir.iterdir()):
@@ -118,30 +144,10 @@ def _check_fresh_sweep(sweep_dir: Path) -> None:
                         "choose another, or leave hydra.sweep.dir out for a new dated one")
 
 
-def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
-    """Hydra overrides that make this invocation write into the run being resumed."""
-    if not run_dir.is_dir():
-        raise UserError(f"resume={run_dir}: no such run directory")
-    if not (run_dir / ".hydra" / "config.yaml").is_file():
-        raise UserError(f"resume={run_dir}: no .hydra/config.yaml there (not an rl-run directory)")
-    if not (run_dir / "checkpoints" / "last.pt").is_file():
-        runs = sorted(p.name for p in run_dir.glob("s*") if (p / "checkpoints").is_dir())
-        if runs:  # a repeats=N job: its runs resume one by one
-            raise UserError(f"resume={run_dir}: a job of several runs ({', '.join(runs)}); "
-                            f"resume one of them, e.g. resume={run_dir / runs[-1]}")
-        raise UserError(f"resume={run_dir}: no checkpoints/last.pt to resume from")
-    for ov in parsed:
-        key = ov.get_key_element().lstrip("+~")
-        if key != "resume" and not key.startswith(("trainer.", "hydra.")):
-            raise UserError(f"resume takes the run's saved config; only trainer.* may be "
-                            f"overridden, not {key}")
-    # keep the run's .hydra/ untouched: nothing already written is overwritten
-    return [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
-
-
 def _check_composes(parsed: list, overrides: list[str]) -> None:
-    """Compose the config once per swept value and check its values, so errors show before any
-    job starts and before any run directory exists."""
+    """Compose the config once per swept value, then run the trainer's checks on the jobs'
+    configs (refused when every job would fail), so errors show before any job starts and
+    before any run directory exists."""
     from hydra import compose, initialize_config_module
 
     fixed = [o for o, p in zip(overrides, parsed) if not p.is_sweep_override()]
@@ -157,45 +163,41 @@ def _check_composes(parsed: list, overrides: list[str]) -> None:
     with initialize_config_module(config_module="rl_runner.conf", version_base="1.3"):
         for trial in trials:
             try:
-                cfg = compose(config_name="train", overrides=trial)
+                compose(config_name="train", overrides=trial)
             except Exception as e:
                 raise UserError(_one_line(e)) from None
-            check_values(cfg)  # the trainer's checks, before Hydra makes a run directory
+        check_jobs(parsed, overrides)  # the trainer's checks, before Hydra makes a run directory
 
 
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).replace("\t", " ").split())
 
 
-def resumed_config(cfg: DictConfig) -> DictConfig:
-    """The saved config of the run in `cfg.resume`, with this call's trainer.* overrides."""
-    run_dir = Path(cfg.resume)
-    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    for ov in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
-        key = ov.get_key_element().lstrip("+~")
-        if key.startswith("trainer."):
-            OmegaConf.update(saved, key, ov.value(), force_add=True)
-    saved.resume = str(run_dir)
-    return saved
-
-
 @hydra.main(config_path="pkg://rl_runner.conf", config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
     """One Hydra job: train, and return the final eval return (what a sweeper optimizes)."""
     from rl_runner.jobs import run_job
+    from rl_runner.sweeps import in_multirun
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         resume = cfg.get("resume") is not None
+        if in_multirun():  # a sweep's job: its directory is new inside the sweep's locked one
+            rundir.lock(run_dir)
         if resume:
             cfg = resumed_config(cfg)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
         results = run_job(cfg, run_dir, resume)
     except UserError as e:
         log.error("rl-run: error: %s", e)
+        if not resume:
+            rundir.remove_stub(run_dir)
         sys.exit(2)
     except KeyboardInterrupt:
         log.error("interrupted; checkpoints/last.pt holds the last saved state")
         sys.exit(130)
+    if results.get("status") == "interrupted" and not in_multirun():
+        # like any interrupted command: `rl-run ... && next` must not carry on
+        sys.exit(128 + signal.Signals[results.get("signal") or "SIGINT"].value)
     # what a sweeper (Optuna) maximises; a failed job in a sweep gives NaN (jobs.run_job)
     value = results["eval_return_mean"]
     return float("nan") if value is None else value

@@ -166,17 +166,16 @@ def offline_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo) -> Offline
     the feeder's `dataset` says which rows (path and fingerprint)."""
     data, path = training_dataset(cfg, envs.single_observation_space, envs.single_action_space)
     feeder = OfflineFeeder(data, algo, cfg.seed)
-    feeder.dataset = {"path": str(path), "sha256": fingerprint(data)}
+    feeder.dataset = {"path": str(path), "sha256": fingerprint(data),
+                      "rows": f"{len(feeder.train)} rows for training, "
+                              f"{len(feeder.validation or ())} held out"}
     algo.fit_dataset(feeder.train)
-    log.info("dataset %s: %d rows for training, %d held out", path, len(feeder.train),
-             len(feeder.validation or ()))
     return feeder
 
 
 def fit_expert_data(cfg: DictConfig, envs: gym.vector.VectorEnv, algo) -> dict:
     """Imitation beside the env (gail): the algorithm gets the whole dataset of cfg.dataset.
-    Returns which rows (path and fingerprint), for resume to check."""
+    Returns which rows (path, fingerprint, how many), for resume to check."""
     data, path = training_dataset(cfg, envs.single_observation_space, envs.single_action_space)
     algo.fit_dataset(data)
-    log.info("expert data %s: %d pairs", path, len(data))
-    return {"path": str(path), "sha256": fingerprint(data)}
+    return {"path": str(path), "sha256": fingerprint(data), "rows": f"{len(data)} expert pairs"}

@@ -155,6 +155,7 @@ class Trainer:
             self.feeder = FEEDERS[self.family](self.envs, self.algo, cfg.seed)
             if hasattr(self.algo, "fit_dataset"):  # imitation beside the env (gail)
                 self.dataset = fit_expert_data(cfg, self.envs, self.algo)
+        self._check_dataset(checkpoint)
         # whole feeder steps only, so that the budget is never exceeded (at least one)
         # offline: one gradient step per update, whatever env.n_envs says
         self.step_size = step_size = (1 if self.family == "offline"
@@ -358,14 +359,19 @@ class Trainer:
         if name == "last.pt":
             self.saved_step = self.env_steps
 
-    def _restore(self, ckpt: dict) -> None:
-        trained_on = ckpt.get("dataset")
+    def _check_dataset(self, ckpt: dict | None) -> None:
+        """On resume, the rows must be those last.pt was trained on; then say which they are."""
+        trained_on = (ckpt or {}).get("dataset")
         if self.dataset and trained_on and trained_on.get("sha256") != self.dataset["sha256"]:
             raise UserError(f"resume: the dataset {self.dataset['path']} is not the one "
                             f"{self.ckpt_dir / 'last.pt'} was trained on (its rows changed: sha256 "
                             f"{self.dataset['sha256'][:12]}, trained on "
                             f"{str(trained_on.get('sha256'))[:12]}); put the original back or "
                             "start a new run")
+        if self.dataset:
+            log.info("dataset %s: %s", self.dataset["path"], self.dataset["rows"])
+
+    def _restore(self, ckpt: dict) -> None:
         try:
             self.algo.load_state_dict(ckpt["algo"])
             c = ckpt["counters"]

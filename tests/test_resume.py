@@ -75,7 +75,7 @@ def runs(request, tmp_path_factory):
 
 def test_sigint_saves_and_says_how_to_resume(runs):
     stopped, interrupted = runs["stopped"], runs["interrupted"]
-    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.returncode == 130, stopped.stderr  # interrupted: `rl-run ... && next` stops
     assert "Traceback" not in stopped.stderr
     assert "rl-run resume=" in stopped.stdout + stopped.stderr
     assert str(runs["B"]) in stopped.stdout + stopped.stderr
@@ -133,7 +133,7 @@ def test_resume_with_a_larger_budget_continues(tmp_path):
 def test_sac_resume_without_the_buffer_says_so_and_trains_on(tmp_path):
     run_dir = tmp_path / "run"
     stopped = interrupt_when_checkpointed(SAC_ARGS, run_dir, tmp_path)
-    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.returncode == 130, stopped.stderr  # interrupted: `rl-run ... && next` stops
     interrupted = read_results(run_dir)
     assert 0 < interrupted["env_steps"] < 2000
     assert "replay_buffer" not in torch.load(run_dir / "checkpoints" / "last.pt",

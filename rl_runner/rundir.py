@@ -1,0 +1,120 @@
+"""Run and sweep directories: unique by default, and held by one process at a time.
+
+The default directory names have one-second resolution, so launches in the same second would
+share one. Instead the name is claimed with an exclusive mkdir (the second launch gets `<name>-2`,
+the third `<name>-3`, ...), and every process that writes into a run directory first takes an
+exclusive lock on its `.lock` file, held until the process exits. A second run on a live run's
+directory, or `resume=` of a run that is still training, is refused before anything is written."""
+from __future__ import annotations
+
+import fcntl
+import itertools
+import os
+import shutil
+from pathlib import Path
+
+from rl_runner.errors import UserError
+from rl_runner.fileio import os_error_line, writing
+
+LOCK = ".lock"
+_held: dict[Path, int] = {}  # directory -> the open lock file: the lock lives as long as it does
+_made: set[Path] = set()  # directories this process created (a stub of them may be removed)
+
+
+def holds_something(folder: Path) -> bool:
+    """Whether `folder` exists with anything in it besides a lock file."""
+    return folder.is_dir() and any(p.name != LOCK for p in folder.iterdir())
+
+
+def claim_new(base: Path) -> Path:
+    """Create and lock a new directory named `base`, or `base-2`, `base-3`, ... if taken."""
+    with writing(base):
+        base.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            os.mkdir(candidate)  # atomic: of two launches in the same second, one gets it
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(os_error_line(candidate, e)) from None
+        _made.add(candidate.resolve())
+        lock(candidate)
+        return candidate
+    raise AssertionError("unreachable")
+
+
+def lock(folder: Path) -> None:
+    """Take `folder`'s exclusive lock for the rest of this process, or refuse with one line.
+
+    The lock file is opened, never truncated, before the lock is held: a refused process
+    leaves a live run's files as they were."""
+    folder = Path(folder)
+    if folder.resolve() in _held:
+        return
+    path = folder / LOCK
+    with writing(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise UserError(f"{folder} is in use by another rl-run process"
+                        f"{f' (pid {owner})' if owner.isdigit() else ''}; wait for it to end "
+                        "or stop it, or choose another directory") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _held[folder.resolve()] = fd
+
+
+def release(folder: Path) -> None:
+    """Give up `folder`'s lock (a stub directory about to be removed)."""
+    fd = _held.pop(Path(folder).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_stub(run_dir: Path) -> None:
+    """Remove a run directory this process made, when a check refused the run before it
+    trained (nothing in it but Hydra's .hydra/, train.log, tb/): rl-report then lists no stub."""
+    run_dir = Path(run_dir)
+    if run_dir.resolve() not in _made:
+        return
+    if (run_dir / "checkpoints").exists() or (run_dir / "results.json").exists():
+        return
+    release(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether another process holds `folder`'s lock now (opens the file read-only)."""
+    path = Path(folder) / LOCK
+    if Path(folder).resolve() in _held or not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def claim_explicit(run_dir: Path) -> None:
+    """A directory the user named (hydra.run.dir=...): lock it, unless it holds a run."""
+    run_dir = Path(run_dir)
+    if is_locked(run_dir):
+        lock(run_dir)  # refuses, naming the owner
+    if holds_something(run_dir):
+        raise UserError(f"{run_dir} already holds a run; resume it with resume={run_dir} "
+                        "or choose another hydra.run.dir")
+    with writing(run_dir):
+        if not run_dir.is_dir():
+            run_dir.mkdir(parents=True)
+            _made.add(run_dir.resolve())
+    lock(run_dir)
+    if holds_something(run_dir):  # another process was quicker
+        release(run_dir)
+        raise UserError(f"{run_dir} was just taken by another run; choose another hydra.run.dir")

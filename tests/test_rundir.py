@@ -1,0 +1,177 @@
+"""Runs never mix: unique default directories, one process per run directory, resume from the
+checkpoint's own config, and the exit codes and paths a shell user relies on."""
+from __future__ import annotations
+
+import hashlib
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rl_runner import rundir
+from rl_runner.checkpoint import load_checkpoint
+from tests.conftest import FAST, RL_RUN, cli_env, error_line, read_results, run_cli
+from tests.test_resume import interrupt_when_checkpointed
+
+SHORT = ["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=512", "algo.n_steps=32",
+         "env.n_envs=4", "algo.batch_size=64"]
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("finished")
+    proc = run_cli([*SHORT, f"hydra.run.dir={base / 'run'}"], base)
+    assert proc.returncode == 0, proc.stderr
+    return base / "run"
+
+
+@pytest.fixture
+def held(finished, tmp_path):
+    """A copy of a finished run whose lock another process holds, as a live run's is."""
+    run = tmp_path / "live run"
+    shutil.copytree(finished, run)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from rl_runner import rundir; "
+         "rundir.lock(sys.argv[1]); print('held', flush=True); time.sleep(120)", str(run)],
+        stdout=subprocess.PIPE, text=True, env=cli_env())
+    assert holder.stdout.readline().strip() == "held"
+    yield run
+    holder.kill()
+    holder.wait()
+
+
+def test_default_names_taken_in_the_same_second_get_a_suffix(tmp_path):
+    base = tmp_path / "outputs" / "10-00-00_ppo_cartpole_s0"
+    made = [rundir.claim_new(base) for _ in range(3)]
+    assert [p.name for p in made] == [base.name, f"{base.name}-2", f"{base.name}-3"]
+
+
+def test_three_launches_at_once_get_three_consistent_runs(tmp_path):
+    lrs = ["0.001", "0.002", "0.003"]
+    procs = [subprocess.Popen([str(RL_RUN), *SHORT, f"algo.lr={lr}"], cwd=tmp_path,
+                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for lr in lrs]
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    runs = sorted(p.parent for p in (tmp_path / "outputs").rglob("results.json"))
+    assert len(runs) == 3
+    seen = set()
+    for run in runs:
+        overrides = (run / ".hydra" / "overrides.yaml").read_text()
+        lr = next(lr for lr in lrs if f"algo.lr={lr}" in overrides)
+        ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+        assert ckpt["config"]["algo"]["lr"] == float(lr)
+        assert read_results(run)["status"] == "completed"
+        assert not list(run.glob("checkpoints/*.tmp"))
+        seen.add(lr)
+    assert seen == set(lrs)
+
+
+@pytest.mark.parametrize("how", ["same dir", "resume"])
+def test_a_live_run_is_refused_and_left_byte_identical(held, tmp_path, how):
+    before = digests(held)
+    args = [*SHORT, f"hydra.run.dir={held}"] if how == "same dir" else [f"resume={held}"]
+    line = error_line(run_cli(args, tmp_path))
+    assert "in use by another rl-run process" in line, line
+    assert digests(held) == before
+
+
+def test_a_finished_dir_is_refused_without_touching_it(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = digests(run)
+    line = error_line(run_cli([*SHORT, "algo.lr=0.1", f"hydra.run.dir={run}"], tmp_path))
+    assert "already holds a run" in line
+    assert digests(run) == before  # .hydra/config.yaml and train.log too
+
+
+def test_resume_refuses_an_edited_config_naming_the_key(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    config = run / ".hydra" / "config.yaml"
+    text = config.read_text()
+    config.write_text(text.replace("gamma: ", "gamma: 0.5 #", 1))
+    before = digests(run)
+    line = error_line(run_cli([f"resume={run}"], tmp_path))
+    assert "algo.gamma" in line and "0.5" in line, line
+    assert digests(run) == before
+    config.write_text(text.replace("activation: tanh", "activation: ${oc.env:RL_ACT,tanh}"))
+    with pytest.MonkeyPatch.context() as mp:  # the variable changed between the sessions
+        mp.setenv("RL_ACT", "relu")
+        line = error_line(run_cli([f"resume={run}"], tmp_path))
+    assert "algo.activation" in line and "relu" in line, line
+
+
+def test_resume_refuses_a_replaced_dataset(tmp_path):
+    data = tmp_path / "data.npz"
+    assert subprocess.run([str(RL_RUN.parent / "rl-collect"), f"run={make_expert_run(tmp_path)}",
+                           "episodes=2", f"out={data}"], env=cli_env(), capture_output=True,
+                          cwd=tmp_path).returncode == 0
+    run = tmp_path / "bc"
+    args = ["algo=bc", "env=cartpole", *FAST, f"dataset.path={data}", "trainer.total_steps=4000",
+            "trainer.checkpoint_every=100"]
+    stopped = interrupt_when_checkpointed(args, run, tmp_path)
+    assert stopped.returncode == 130, stopped.stderr
+    other = tmp_path / "other.npz"
+    assert subprocess.run([str(RL_RUN.parent / "rl-collect"), f"run={tmp_path / 'expert'}",
+                           "episodes=3", f"out={other}"], env=cli_env(), capture_output=True,
+                          cwd=tmp_path).returncode == 0
+    shutil.copy(other, data)
+    line = error_line(run_cli([f"resume={run}"], tmp_path))
+    assert "dataset" in line and str(data) in line, line
+
+
+def make_expert_run(tmp_path: Path) -> Path:
+    proc = run_cli([*SHORT, f"hydra.run.dir={tmp_path / 'expert'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return tmp_path / "expert"
+
+
+def test_a_run_dir_that_parses_as_several_values_is_refused(tmp_path):
+    line = error_line(run_cli([*SHORT, f"hydra.run.dir={tmp_path}/x, y"], tmp_path))
+    assert "takes one path" in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_refused_check_leaves_no_stub_directory(tmp_path):
+    """A check that only the trainer can make (the dataset file is read there)."""
+    proc = subprocess.run([str(RL_RUN), "algo=bc", "env=cartpole", *FAST,
+                           f"dataset.path={tmp_path / 'missing.npz'}"], cwd=tmp_path,
+                          env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert "missing.npz" in error_line(proc)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_run_exits_128_plus_the_signal_and_resumes_with_the_printed_command(tmp_path,
+                                                                                     sig):
+    run = tmp_path / "a run with spaces"
+    args = [*SHORT, "trainer.total_steps=60000", "trainer.checkpoint_every=256"]
+    proc = subprocess.Popen([str(RL_RUN), *args, f"hydra.run.dir={run}"], cwd=tmp_path,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig.value, err
+    assert read_results(run)["status"] == "interrupted"
+    command = next(ln.strip() for ln in err.splitlines() if ln.strip().startswith("rl-run resume="))
+    argv = shlex.split(command)
+    resumed = subprocess.run([str(RL_RUN), *argv[1:], "trainer.total_steps=1024"], cwd=tmp_path,
+                             env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_results(run)["status"] == "completed"
