@@ -231,6 +231,9 @@ class Trainer:
         status, error = "completed", None
         # a resumed run's old "completed" record must not stand while it trains on
         self._write_results("running", 0.0, start_steps, None)
+        # NaN/Inf is caught by the loss and checkpoint checks, with one line: numpy's
+        # RuntimeWarnings on the way there would only add lines of noise
+        floating = np.seterr(all="ignore")
         try:
             while self.env_steps < total and self.stop_signal is None:
                 before = self.env_steps
@@ -270,6 +273,7 @@ class Trainer:
             status, error = "failed", describe(e)
             raise
         finally:
+            np.seterr(**floating)
             bar.close()
             self._restore_signals(previous)
             elapsed = time.perf_counter() - start

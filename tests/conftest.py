@@ -103,6 +103,17 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def run_error_line(proc: subprocess.CompletedProcess) -> str:
+    """A run that failed while training: exit 2, no traceback, its progress lines and then
+    exactly one `rl-run: error:` line, the last; returns it."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    errors = [ln for ln in lines if "error" in ln.lower() or "warning" in ln.lower()]
+    assert errors == [lines[-1]] and lines[-1].startswith("rl-run: error:"), proc.stderr
+    return lines[-1]
+
+
 @pytest.fixture
 def cli(tmp_path):
     """run_cli bound to this test's tmp_path."""
