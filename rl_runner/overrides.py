@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import itertools
 import shlex
 from typing import Any
 
@@ -56,6 +57,31 @@ def check_overrides(parsed: list[Override], argv: list[str], multirun: bool) -> 
                 continue
             _check_keys(cfg, [ov for ov in mine if not _is_group(ov, groups)], argv, multirun,
                         groups)
+
+
+def check_jobs(parsed: list[Override], overrides: list[str], limit: int = 64) -> None:
+    """check_values on the config of each job the command line makes (a sweep: the product of
+    its choice and range sweeps), stopping at the first job that passes. Refused only when every
+    job would fail: a sweep where some jobs fail is recorded job by job (rl_runner/jobs.py).
+    Call inside initialize_config_module; interval sweeps (Optuna) keep the config's value."""
+    fixed = [text for text, ov in zip(overrides, parsed) if not ov.is_sweep_override()]
+    axes = []
+    for ov in parsed:
+        if ov.is_sweep_override() and not ov.is_hydra_override():
+            values = _sweep_strings(ov)
+            if values:
+                axes.append([f"{ov.get_key_element()}={value}" for value in values])
+    first: UserError | None = None
+    for job in itertools.islice(itertools.product(*axes), limit):
+        try:
+            check_values(compose(config_name="train", overrides=fixed + list(job)))
+            return
+        except UserError as e:
+            first = first or e
+        except Exception:  # composition errors are _check_composes's to report
+            return
+    if first is not None:
+        raise first
 
 
 def check_values(cfg: DictConfig) -> None:

@@ -133,3 +133,27 @@ def test_help_still_works_and_a_good_run_still_runs(tmp_path):
                   f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("overrides, error", [
+    (["algo.lr=-1,0.001"], None),  # one job fails: the sweep records it and goes on
+    (["algo.lr=-1,-2"], "algo.lr=-1 must not be negative"),  # every job would fail
+    (["seed=0,1", "trainer.total_steps=0"], "trainer.total_steps=0 must be positive"),
+    # each job's own config is checked, not the config without the swept keys (rollout 256)
+    (["algo.n_steps=64,128", "algo.batch_size=512"], None),
+    (["algo=ppo,sac", "algo.lr=-1"], "algo.lr=-1 must not be negative"),
+])
+def test_a_sweep_is_refused_only_when_every_job_would_fail(overrides, error):
+    from hydra import initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from rl_runner.errors import UserError
+    from rl_runner.overrides import check_jobs
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    with initialize_config_module(config_module="rl_runner.conf", version_base="1.3"):
+        if error is None:
+            check_jobs(parsed, overrides)
+        else:
+            with pytest.raises(UserError, match=error.replace("[", r"\[")):
+                check_jobs(parsed, overrides)
