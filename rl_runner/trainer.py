@@ -277,10 +277,7 @@ class Trainer:
             bar.close()
             self._restore_signals(previous)
             elapsed = time.perf_counter() - start
-            results = self._write_results(status, elapsed, start_steps, error)
-            self.logger.close()
-            self.envs.close()
-            self.evaluator.close()
+            results = self._close(status, elapsed, start_steps, error)
         if status == "interrupted":
             log.info("stopped at step %d; last.pt saved. Resume with:\n  rl-run resume=%s",
                      self.env_steps, shlex.quote(str(self.run_dir)))
@@ -290,6 +287,21 @@ class Trainer:
                      results["eval_return_mean"], results["eval_return_std"])
         if hasattr(self.algo, "summary"):  # an algorithm's own record of the run, if it keeps one
             log.info("%s", self.algo.summary())
+        return results
+
+    def _close(self, status: str, elapsed: float, start_steps: int, error: str | None) -> dict:
+        """Write results.json (the failure too, if it fits) and close the outputs. A write that
+        fails here (a full disk) is the error to report only when nothing failed before it."""
+        results: dict = {}
+        try:
+            results = self._write_results(status, elapsed, start_steps, error)
+            self.logger.close()
+        except UserError:
+            if error is None:
+                raise
+        finally:
+            self.envs.close()
+            self.evaluator.close()
         return results
 
     def _learn_once(self) -> dict[str, float]:

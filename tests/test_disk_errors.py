@@ -7,6 +7,7 @@ OSErrors, and real tmpfs mounts (full or read-only; skipped where mounting is no
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from rl_runner.datasets import Dataset, save_dataset
 from rl_runner.errors import UserError
 from rl_runner.logger import TBLogger
 from rl_runner.summary import write_atomic
-from tests.conftest import PPO_FAST, run_cli, tool_error
+from tests.conftest import PPO_FAST, run_cli, run_error_line, tool_error
 
 ERRNOS = [errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EACCES]
 
@@ -229,4 +230,24 @@ def test_rl_run_on_a_disk_that_fills_up_is_one_line_and_leaves_no_tmp(tmpfs, tmp
     assert len(errors) == 1 and errors[0] == proc.stderr.splitlines()[-1], proc.stderr
     assert errors[0].startswith(f"rl-run: error: cannot write {run}"), errors[0]
     assert errors[0].endswith(": No space left on device"), errors[0]
+    assert leftovers(disk) == []
+
+
+def test_a_full_disk_keeps_the_earlier_last_pt_and_records_the_failure(tmpfs, tmp_path):
+    """Room for the first best.pt and last.pt (~140 kB each), not for the next .pt's temp file:
+    the run stops with one line, last.pt from step 1024 loads, results.json says failed."""
+    from rl_runner.checkpoint import load_checkpoint, nonfinite_paths
+
+    disk = tmpfs("disk", "2m")
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "filler").write_bytes(b"\0" * (free - 400_000))
+    run = disk / "run"
+    proc = run_cli([*PPO_FAST, "trainer.total_steps=8192"], tmp_path, run_dir=run)
+    line = run_error_line(proc)
+    assert line.startswith(f"rl-run: error: cannot write {run / 'checkpoints'}"), line
+    assert line.endswith(": No space left on device"), line
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["counters"]["env_steps"] >= 1024 and nonfinite_paths(last["algo"]) == []
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "failed" and "No space left" in results["error"]
     assert leftovers(disk) == []
