@@ -175,3 +175,29 @@ def test_a_stopped_run_exits_128_plus_the_signal_and_resumes_with_the_printed_co
                              env=cli_env(), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert read_results(run)["status"] == "completed"
+
+
+def test_a_run_dir_through_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    line = error_line(run_cli([*SHORT], tmp_path, run_dir=tmp_path / "afile" / "run"))
+    assert f"cannot write {tmp_path / 'afile' / 'run'}" in line, line
+
+
+def test_two_sweeps_launched_together_keep_their_own_dirs(tmp_path):
+    procs = [subprocess.Popen([str(RL_RUN), "-m", *SHORT, f"algo.lr={lr}"], cwd=tmp_path,
+                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for lr in ("0.001", "0.002")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    sweeps = sorted(p.parent for p in (tmp_path / "outputs" / "multirun").rglob("multirun.yaml"))
+    assert len(sweeps) == 2
+    lrs = set()
+    for sweep in sweeps:
+        jobs = [p.parent for p in sweep.glob("*/results.json")]
+        assert len(jobs) == 1
+        ckpt = load_checkpoint(jobs[0] / "checkpoints" / "last.pt")
+        overrides = (jobs[0] / ".hydra" / "overrides.yaml").read_text()
+        assert f"algo.lr={ckpt['config']['algo']['lr']}" in overrides
+        lrs.add(ckpt["config"]["algo"]["lr"])
+    assert lrs == {0.001, 0.002}
