@@ -1,17 +1,19 @@
-"""One Hydra job: a run, or `repeats` runs with consecutive seeds. In a sweep a failed job is
-recorded (results.json, summary) and the sweep goes on, unless trainer.fail_fast=true; Ctrl-C
-stops the sweep."""
+"""One Hydra job: a run, or `repeats` runs with consecutive seeds. In a sweep each job trains in
+a process of its own, and a failed job is recorded (results.json, summary) and the sweep goes on,
+also when that process died hard, unless trainer.fail_fast=true; Ctrl-C stops the sweep."""
 from __future__ import annotations
 
 import json
 import logging
 import traceback
+from functools import partial
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from rl_runner.errors import UserError, describe
+from rl_runner.isolation import describe_exit, run_isolated
 from rl_runner.stats import mean_std
 from rl_runner.summary import fmt
 from rl_runner.sweeps import (in_multirun, is_optuna, jobs_at_once, name_console_lines,
@@ -21,42 +23,86 @@ log = logging.getLogger("rl_runner")
 
 
 def run_job(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
-    """Train one run (or `repeats` of them) in `run_dir`; in a sweep, record a failure and go on."""
-    from rl_runner.trainer import train, usable_cores
+    """Train one run (or `repeats` of them) in `run_dir`. A single run trains in this process; a
+    sweep's job in a child process (rl_runner.isolation), so that one dying hard fails alone: a
+    failed job is recorded (results.json, summary) and the sweep goes on."""
+    from rl_runner.trainer import usable_cores
 
     cores = usable_cores()
     parallel = jobs_at_once(cores)
     options = {"max_threads": max(1, cores // parallel), "progress_lines": parallel > 1}
+    if not in_multirun():
+        return _train(cfg, run_dir, resume, options)
     if parallel > 1:
         name_console_lines(run_dir.name)
-    repeats = cfg.get("repeats", 1)
     try:
-        if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
-            raise UserError(f"repeats={repeats!r} must be a positive number of seeds per job")
-        results = (train(cfg, run_dir, resume=resume, **options) if repeats == 1
-                   else _repeat(cfg, run_dir, repeats, options))
-    except KeyboardInterrupt:
-        if in_multirun():
-            stop_sweep("interrupted", 130)
-        raise
-    except Exception as e:
-        if not in_multirun():
-            raise
-        results = record_failure(cfg, run_dir, e)
-        if cfg.trainer.get("fail_fast", False):
-            log.error("job failed, and trainer.fail_fast=true stops the sweep: %s",
-                      results["error"])
-            stop_sweep("stopped at the first failed job", 2 if isinstance(e, UserError) else 1)
-        log.error("job failed, the sweep goes on (trainer.fail_fast=true stops it): %s",
-                  results["error"])
-        if is_optuna(HydraConfig.get().sweeper):
-            # Optuna's sweeper marks a trial FAIL when its job raises an Exception (a NaN value
-            # makes optuna 2.10 raise inside the sweeper); hydra.sweeper.max_failure_rate decides
-            raise RuntimeError(results["error"]) from None
-        return results
-    if in_multirun() and results["status"] == "interrupted":
+        code, stops = run_isolated(partial(_train_in_child, cfg, run_dir, resume, options))
+    except KeyboardInterrupt:  # before the training process started
         stop_sweep("interrupted", 130)
+    results, bad_input = _outcome(cfg, run_dir, code)
+    if stops or results["status"] == "interrupted":
+        stop_sweep("interrupted", 130)
+    if results["status"] != "failed":
+        return results
+    if cfg.trainer.get("fail_fast", False):
+        log.error("job failed, and trainer.fail_fast=true stops the sweep: %s", results["error"])
+        stop_sweep("stopped at the first failed job", 2 if bad_input else 1)
+    log.error("job failed, the sweep goes on (trainer.fail_fast=true stops it): %s",
+              results["error"])
+    if is_optuna(HydraConfig.get().sweeper):
+        # Optuna's sweeper marks a trial FAIL when its job raises an Exception (a NaN value
+        # makes optuna 2.10 raise inside the sweeper); hydra.sweeper.max_failure_rate decides
+        raise RuntimeError(results["error"])
     return results
+
+
+def _train(cfg: DictConfig, run_dir: Path, resume: bool, options: dict) -> dict:
+    """Train in this process: one run, or `repeats` of them."""
+    from rl_runner.trainer import train
+
+    repeats = cfg.get("repeats", 1)
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise UserError(f"repeats={repeats!r} must be a positive number of seeds per job")
+    if repeats == 1:
+        return train(cfg, run_dir, resume=resume, **options)
+    return _repeat(cfg, run_dir, repeats, options)
+
+
+def _train_in_child(cfg: DictConfig, run_dir: Path, resume: bool, options: dict) -> int:
+    """A sweep job's training process: train, and record a failure in results.json. Its exit
+    code (EXIT_CODES) tells the job's process how it ended; results.json holds the rest."""
+    try:
+        _train(cfg, run_dir, resume, options)
+    except KeyboardInterrupt:  # a second Ctrl-C: the trainer quit without saving
+        return 130
+    except Exception as e:
+        record_failure(cfg, run_dir, e)
+        return 2 if isinstance(e, UserError) else 1
+    return 0
+
+
+# a training process's exit code -> the statuses its results.json may then hold
+EXIT_CODES = {0: ("completed", "interrupted"), 1: ("failed",), 2: ("failed",),
+              130: ("interrupted",)}
+
+
+def _outcome(cfg: DictConfig, run_dir: Path, code: int) -> tuple[dict, bool]:
+    """(The job's record after its training process ended with `code`, whether it failed on
+    bad input). A process that ended without recording how (killed by a signal, os._exit, a
+    crash in native code) is recorded as failed now, with the cause."""
+    from rl_runner.trainer import write_json
+
+    path = run_dir / "results.json"
+    try:
+        written = json.loads(path.read_text())
+    except (OSError, ValueError):
+        written = None
+    if isinstance(written, dict) and written.get("status") in EXIT_CODES.get(code, ()):
+        return written, code == 2
+    cause = describe_exit(code)
+    # numbers a dying trainer wrote stay; their status does not
+    base = written if isinstance(written, dict) else failed_results(cfg, cause)
+    return write_json(path, {**base, "status": "failed", "error": cause}), False
 
 
 def stop_sweep(why: str, code: int) -> None:

@@ -12,6 +12,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from rl_runner.isolation import SWEEP_PID
+
 log = logging.getLogger("rl_runner")
 
 
@@ -90,11 +92,14 @@ def prepare_ray(launcher: DictConfig) -> None:
 
 
 class SweepCallbacks(Callback):
-    """Hydra callbacks (conf/train.yaml): set-up before a sweep's launcher starts; summary.csv
+    """Hydra callbacks (conf/train.yaml): set-up before a sweep's launcher starts (its pid for
+    the jobs' training processes, rl_runner.isolation); summary.csv
     and summary.md at the sweep's root after every job (so a sweep that stops early still has
     one) and when the sweep ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # for the workers a launcher starts: training stops when this process dies (isolation)
+        os.environ[SWEEP_PID] = str(os.getpid())
         prepare_ray(config.hydra.launcher)
         if is_optuna(config.hydra.sweeper):  # Hydra's basic sweeper keeps this; Optuna's does not
             sweep_dir = Path(config.hydra.sweep.dir)
