@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from rl_runner import rundir
 from rl_runner.config import group_choices
 from rl_runner.errors import UserError
+from rl_runner.fileio import writing
 from rl_runner.overrides import check_jobs, check_overrides
 from rl_runner.resume import hydra_quote, resume_overrides, resumed_config
 
@@ -113,7 +114,9 @@ def claim_output_dir(argv: list[str], parsed: list, overrides: list[str],
     explicit = any(p.get_key_element() == key for p in parsed)
     if not explicit:
         folder = rundir.claim_new(folder)
-    elif multirun:
+    elif multirun:  # already checked to be new or empty (_check_fresh_sweep)
+        with writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         rundir.lock(folder)
     else:
         rundir.claim_explicit(folder)

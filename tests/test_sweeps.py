@@ -188,8 +188,9 @@ def test_parallel_jobs_share_the_cores(tmp_path):
 
 def test_optuna_averages_seeds_per_trial_and_the_study_resumes(tmp_path):
     db = tmp_path / "study" / "ppo.db"
+    # 2048: the preset's largest rollout (algo.n_steps 256 x 8 envs); a smaller budget is refused
     args = ["hparams_search=ppo_cartpole", *FAST[1:], "repeats=2",
-            "trainer.total_steps=1024", "trainer.eval_every=1024",
+            "trainer.total_steps=2048", "trainer.eval_every=2048",
             f"hydra.sweeper.storage=sqlite:///{db}"]
     proc, sweep_dir = sweep(tmp_path, [*args, "hydra.sweeper.n_trials=2"])
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -20,11 +20,14 @@ class ExitInSeed1PPO(PPO):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.dies = kwargs.get("seed") == DYING_SEED
-        if os.environ.get(PID_DIR):
-            Path(os.environ[PID_DIR]).mkdir(parents=True, exist_ok=True)
-            (Path(os.environ[PID_DIR]) / str(os.getpid())).write_text(str(kwargs.get("seed")))
+        self.seed_ = kwargs.get("seed")
 
     def update(self, batch):
+        # on the first update, not in __init__: rl-run also builds the algorithm up front, in its
+        # own process, to check the config
+        if self.grad_steps == 0 and os.environ.get(PID_DIR):
+            Path(os.environ[PID_DIR]).mkdir(parents=True, exist_ok=True)
+            (Path(os.environ[PID_DIR]) / str(os.getpid())).write_text(str(self.seed_))
         if self.dies and self.grad_steps > 0:
             self.die()
         return super().update(batch)
