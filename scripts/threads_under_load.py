@@ -1,8 +1,8 @@
 """`rl-run algo=sac env=pendulum` with trainer.torch_threads=auto against =1, idle and loaded.
 
 Issue 19, point 7: with another process on one of 2 cores, `auto` (2 threads for sac's 256x256
-networks) ran 6-13x slower than 1 thread, because torch's OpenMP threads spin-waited
-(rl_runner/threads.py). Each configuration is a fresh `rl-run` with a short budget; the
+networks) ran 6-13x slower than 1 thread: torch's OpenMP runtime (libgomp) spin-waits at every
+barrier by default. Each configuration is a fresh `rl-run` with a short budget; the
 configurations alternate within each round (order reversed every other round). "loaded" runs them
 while a busy loop (`python -c "while True: pass"`) holds one core. `--baseline DIR` adds `auto`
 from another checkout (PYTHONPATH=DIR, e.g. `git worktree add /tmp/base HEAD~1`) to the idle

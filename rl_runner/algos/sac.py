@@ -156,8 +156,6 @@ class SAC(OffPolicyAlgorithm):
         self.actor_lr_scale, self.backup_entropy = 1.0, True
 
     def preferred_threads(self, cores: int) -> int:
-        """Every core from THREADS_FROM_MACS multiply-adds per layer product, else one. Safe on a
-        loaded machine because the threads wait passively (rl_runner/threads.py)."""
         h = self.hidden_sizes
         macs = self.batch_size * max((a * b for a, b in zip(h, h[1:])), default=0)
         return cores if macs >= THREADS_FROM_MACS else 1
