@@ -20,7 +20,6 @@ import tqdm
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from threadpoolctl import threadpool_limits
 
 import rl_runner
 from rl_runner import config as config_checks
@@ -35,6 +34,7 @@ from rl_runner.logger import TBLogger
 from rl_runner.offline import fit_expert_data, offline_feeder
 from rl_runner.replay import ReplayFeeder
 from rl_runner.summary import write_atomic
+from rl_runner.threads import ThreadTuner, set_threads
 from rl_runner.rollout import RolloutCollector
 
 log = logging.getLogger("rl_runner")
@@ -209,10 +209,13 @@ class Trainer:
             log.warning("trainer.torch_threads=%d: more than this job's share of the cores (%d) "
                         "while other jobs of the sweep run; auto picks within it",
                         threads, self.max_threads)
-        torch.set_num_threads(threads)
         # numpy's OpenBLAS (the on-policy kernels, GAE) gets the same count: its default of one
         # thread per core made a 256x64 matmul 2x slower while another process held a core
-        threadpool_limits(threads, user_api="blas")
+        set_threads(threads)
+        # auto with several threads: re-measured now and then, since another process taking a
+        # core makes several threads far slower than one (rl_runner/threads.py)
+        self.tuner = ThreadTuner(threads) if (algo is not None and threads > 1 and
+                                              self.tcfg.torch_threads == "auto") else None
         return threads
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -315,7 +318,8 @@ class Trainer:
         self.env_steps += self.step_size
         if batch is None:  # off-policy warm-up: acting and storing only
             return {}
-        metrics = self.algo.update(batch)
+        metrics = self.tuner.run(self.algo.update, batch) if self.tuner else \
+            self.algo.update(batch)
         bad = [k for k, v in metrics.items() if "loss" in k and not math.isfinite(v)]
         if bad:
             raise UserError(f"{', '.join(bad)} became NaN/Inf at env step {self.env_steps}; "
@@ -472,7 +476,8 @@ class Trainer:
             "eval_step": self.last_eval_step,
             "best_eval_return_mean": self.best_eval if self.last_eval else float("nan"),
             "status": status, "versions": versions(), "run_dir": str(self.run_dir),
-            "total_steps": self.tcfg.total_steps, "torch_threads": self.threads,
+            "total_steps": self.tcfg.total_steps,
+            "torch_threads": self.tuner.current if self.tuner else self.threads,
         }
         if error:
             results["error"] = error

@@ -1,0 +1,55 @@
+"""trainer.torch_threads=auto under load: the ThreadTuner keeps the thread count measured fastest
+(a fake clock stands in for the machine; no timing is asserted)."""
+from __future__ import annotations
+
+import torch
+
+from rl_runner import threads
+from rl_runner.threads import ThreadTuner
+
+
+class Machine:
+    """A clock and an update whose cost depends on the torch threads it runs with."""
+
+    def __init__(self, cost: dict[int, float]):
+        self.now, self.cost, self.ran = 0.0, cost, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def update(self) -> int:
+        n = torch.get_num_threads()
+        self.ran.append(n)
+        self.now += self.cost[n]
+        return n
+
+
+def run(tuner: ThreadTuner, machine: Machine, seconds: float) -> list[int]:
+    start = len(machine.ran)
+    end = machine.now + seconds
+    while machine.now < end:
+        tuner.run(machine.update)
+    return machine.ran[start:]
+
+
+def test_idle_keeps_several_threads_and_probes_less_and_less():
+    machine = Machine({1: 0.010, 2: 0.006})
+    tuner = ThreadTuner(2, clock=machine.clock)
+    ran = run(tuner, machine, 120.0)
+    assert tuner.current == 2
+    assert ran.count(1) <= 3 * 6  # probes at ~0, 5, 15, 35, 75 s: three one-thread updates each
+    assert tuner.interval == threads.MAX_INTERVAL
+
+
+def test_a_busy_core_switches_to_one_thread_after_one_slow_update():
+    machine = Machine({1: 0.010, 2: 0.400})
+    tuner = ThreadTuner(2, clock=machine.clock)
+    ran = run(tuner, machine, 120.0)
+    assert ran[:4] == [1, 1, 1, 2]  # the probe gave up at the first slow update
+    assert tuner.current == 1
+    slow = ran.count(2)
+    assert slow * 0.400 < 0.05 * 120  # probes cost under 5% of the time
+    machine.cost = {1: 0.010, 2: 0.006}  # the other process ended: back to two threads
+    run(tuner, machine, 130.0)
+    assert tuner.current == 2
+    threads.set_threads(1)
