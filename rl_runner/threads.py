@@ -37,8 +37,8 @@ class ThreadTuner:
     A probe times PROBE_UPDATES updates on one thread, then up to as many on `most` threads
     (stopping at the first that is GIVE_UP times slower), and keeps the faster. Probes come
     FIRST_INTERVAL seconds apart, the interval doubling up to MAX_INTERVAL while the choice
-    stays the same. Updates give the same numbers with either count for sac's sizes (checked
-    bit for bit with 60 updates switching 2-1-2-1), so the choice changes speed only."""
+    stays the same. For sac with Box actions the thread count changes the updates' last bits,
+    so a run whose count switched is not bit-for-bit reproducible (README, Speed)."""
 
     def __init__(self, most: int, clock: Callable[[], float] = time.perf_counter):
         self.most, self.clock = most, clock
