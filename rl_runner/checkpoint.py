@@ -18,21 +18,22 @@ from rl_runner.fileio import write_atomic_with
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 NDARRAY = "__ndarray__"  # {NDARRAY: tensor}: a numpy array, given back as one on load
+NPSCALAR = "__npscalar__"  # {NPSCALAR: 0-d tensor}: a numpy scalar (np.float64, ...), likewise
 # what a format-1 file may hold beside tensors: numpy arrays and their dtypes, nothing else
 # (numpy's array reconstruction builds plain data; the weights_only unpickler still refuses any
 # other global, so no constructor of the file's choosing runs)
 LEGACY_NUMPY_GLOBALS = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+                        "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
                         "numpy.ndarray", "numpy.dtype")
 
 
 def encode(tree):
-    """`tree` with numpy arrays as tagged tensors and numpy scalars as Python numbers."""
-    if isinstance(tree, np.ndarray):
+    """`tree` with numpy arrays and scalars as tagged tensors."""
+    if isinstance(tree, (np.ndarray, np.generic)):
         if tree.dtype.kind not in "biufc":
             raise TypeError(f"a checkpoint holds numeric arrays only, not dtype {tree.dtype}")
-        return {NDARRAY: torch.from_numpy(np.ascontiguousarray(tree).copy())}
-    if isinstance(tree, np.generic):
-        return tree.item()
+        tag = NDARRAY if isinstance(tree, np.ndarray) else NPSCALAR
+        return {tag: torch.from_numpy(np.array(tree, copy=True, order="C"))}
     if isinstance(tree, dict):
         return {k: encode(v) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
@@ -45,6 +46,8 @@ def decode(tree):
     if isinstance(tree, dict):
         if set(tree) == {NDARRAY} and isinstance(tree[NDARRAY], torch.Tensor):
             return tree[NDARRAY].numpy()
+        if set(tree) == {NPSCALAR} and isinstance(tree[NPSCALAR], torch.Tensor):
+            return tree[NPSCALAR].numpy()[()]
         return {k: decode(v) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
         return type(tree)(decode(v) for v in tree)

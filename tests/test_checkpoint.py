@@ -112,7 +112,7 @@ def test_numpy_arrays_round_trip_as_tensors(tmp_path):
     assert isinstance(back["a"]["__ndarray__"], torch.Tensor)
     back = decode(back)
     np.testing.assert_array_equal(back["a"], state["a"])
-    assert back["a"].dtype == np.uint32 and back["n"] == 1.5
+    assert back["a"].dtype == np.uint32 and back["n"] == 1.5 and type(back["n"]) is np.float32
     np.testing.assert_array_equal(back["rng"][1], state["rng"][1])
     assert not (tmp_path / "c.pt.tmp").exists() and len(list(tmp_path.iterdir())) == 1
     with pytest.raises(TypeError):
