@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import traceback
 from functools import partial
 from pathlib import Path
@@ -41,7 +42,9 @@ def run_job(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
         stop_sweep("interrupted", 130)
     results, bad_input = _outcome(cfg, run_dir, code)
     if stops or results["status"] == "interrupted":
-        stop_sweep("interrupted", 130)
+        # 130 after Ctrl-C, 143 after SIGTERM (a scheduler's stop), as for a single run
+        term = signal.SIGTERM in stops or results.get("signal") == "SIGTERM"
+        stop_sweep("interrupted", 128 + (signal.SIGTERM if term else signal.SIGINT))
     if results["status"] != "failed":
         return results
     if cfg.trainer.get("fail_fast", False):

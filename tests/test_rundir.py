@@ -201,3 +201,22 @@ def test_two_sweeps_launched_together_keep_their_own_dirs(tmp_path):
         assert f"algo.lr={ckpt['config']['algo']['lr']}" in overrides
         lrs.add(ckpt["config"]["algo"]["lr"])
     assert lrs == {0.001, 0.002}
+
+
+def test_a_resumed_run_says_running_until_it_ends(finished, tmp_path):
+    """The old "completed" record must not stand while the resumed run trains on."""
+    from omegaconf import OmegaConf
+
+    from rl_runner.trainer import Trainer
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    cfg = OmegaConf.create(load_checkpoint(run / "checkpoints" / "last.pt")["config"])
+    cfg.trainer.total_steps = 1024
+    trainer = Trainer(cfg, run, resume=True)
+    seen = []
+    learn_once = trainer._learn_once
+    trainer._learn_once = lambda: (seen.append(read_results(run)["status"]), learn_once())[1]
+    assert trainer.run()["status"] == "completed"
+    assert seen and set(seen) == {"running"}
+    assert read_results(run)["status"] == "completed"

@@ -246,7 +246,9 @@ def test_fail_fast_stops_at_a_crash_too(tmp_path):
     assert md_job_rows(sweep_dir)[job.name]["status"] == "failed"
 
 
-def test_ctrl_c_stops_the_sweep_with_a_summary(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_the_sweep_with_a_summary(tmp_path, sig):
+    """Ctrl-C (or a scheduler's SIGTERM) to the sweep: exit 130 (143), as for a single run."""
     sweep_dir = tmp_path / "sweep"
     proc = subprocess.Popen([str(RL_RUN), "-m", "algo=ppo", "env=cartpole", "seed=0,1",
                              "trainer.progress=false", "trainer.total_steps=10000000",
@@ -257,9 +259,9 @@ def test_ctrl_c_stops_the_sweep_with_a_summary(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not list(sweep_dir.glob("0_*/checkpoints/last.pt")):
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == 128 + sig.value, err[-3000:]
     (job,) = job_dirs(sweep_dir)  # the second job never started
     assert read_results(job)["status"] == "interrupted"
     assert md_job_rows(sweep_dir)[job.name]["status"] == "interrupted"
