@@ -122,8 +122,6 @@ def _legacy_numpy_globals(names: list[str]) -> list:
     object or string dtypes)."""
     import importlib
 
-    import numpy.dtypes
-
     found = [np.dtype(c).__class__ for c in np.typecodes["All"] if np.dtype(c).kind in "biufc"]
     for name in names:
         module, _, attr = name.rpartition(".")

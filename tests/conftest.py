@@ -137,6 +137,20 @@ def cartpole_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+# a short, complete rl-run of ppo on CartPole: the run directory the resume/refusal tests copy
+SHORT_RUN = ["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=512", "algo.n_steps=32",
+             "env.n_envs=4", "algo.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One real, short, completed rl-run; tests copy it before touching it."""
+    base = tmp_path_factory.mktemp("finished")
+    proc = run_cli([*SHORT_RUN, f"hydra.run.dir={base / 'run'}"], base)
+    assert proc.returncode == 0, proc.stderr
+    return base / "run"
+
+
 def tool_error(capsys, main, argv: list[str], prog: str) -> str:
     """Run a KEY=VALUE tool's main(argv), expecting exit 2 and one `prog: error:` line."""
     with pytest.raises(SystemExit) as e:

@@ -16,11 +16,7 @@ from rl_runner.checkpoint import (decode, encode, load_checkpoint, nonfinite_pat
 from rl_runner.envs import make_vec_env
 from rl_runner.envstate import env_state, restore_env_state
 from rl_runner.errors import UserError
-from tests.conftest import FAST, error_line, run_cli, tool_error
-
-SHORT = ["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=512", "algo.n_steps=32",
-         "env.n_envs=4", "algo.batch_size=64"]
-
+from tests.conftest import error_line, run_cli, tool_error
 
 class Payload:
     """Unpickling it calls open(marker, "w"): the file appearing means code ran."""
@@ -32,19 +28,11 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("ckpt")
-    proc = run_cli([*SHORT, f"hydra.run.dir={base / 'run'}"], base)
-    assert proc.returncode == 0, proc.stderr
-    return base / "run"
-
-
 @pytest.fixture
-def hostile_run(short_run, tmp_path) -> tuple[Path, Path]:
+def hostile_run(finished_run, tmp_path) -> tuple[Path, Path]:
     """A copy of a real run whose best.pt and last.pt each carry a payload; and the marker."""
     run = tmp_path / "run"
-    shutil.copytree(short_run, run)
+    shutil.copytree(finished_run, run)
     marker = tmp_path / "marker"
     for name in ("best.pt", "last.pt"):
         state = torch.load(run / "checkpoints" / name, weights_only=True)
@@ -90,9 +78,9 @@ def legacy_copy(run: Path, folder: Path, marker: Path) -> Path:
     return folder
 
 
-def test_previous_release_checkpoints_load_without_unpickling(short_run, tmp_path, capsys):
+def test_previous_release_checkpoints_load_without_unpickling(finished_run, tmp_path, capsys):
     marker = tmp_path / "marker"
-    run = legacy_copy(short_run, tmp_path / "old", marker)
+    run = legacy_copy(finished_run, tmp_path / "old", marker)
     assert torch.serialization.get_unsafe_globals_in_checkpoint(run / "checkpoints" / "last.pt")
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert isinstance(state["feeder"]["obs"], np.ndarray)

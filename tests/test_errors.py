@@ -25,15 +25,6 @@ def tree_digests(run_dir: Path) -> dict[str, str]:
             if p.is_file() and p.name != "train.log"}
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """One real, short, completed run; tests copy it before touching it."""
-    base = tmp_path_factory.mktemp("finished")
-    proc = run_cli([*SHORT, f"hydra.run.dir={base / 'run'}"], base)
-    assert proc.returncode == 0, proc.stderr
-    return base / "run"
-
-
 def assert_says(line: str, *words: str) -> None:
     for word in words:
         assert word in line, f"{word!r} missing from: {line}"

@@ -15,11 +15,8 @@ import pytest
 
 from rl_runner import rundir
 from rl_runner.checkpoint import load_checkpoint
-from tests.conftest import FAST, RL_RUN, cli_env, error_line, read_results, run_cli
+from tests.conftest import FAST, RL_RUN, SHORT_RUN, cli_env, error_line, read_results, run_cli
 from tests.test_resume import interrupt_when_checkpointed
-
-SHORT = ["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=512", "algo.n_steps=32",
-         "env.n_envs=4", "algo.batch_size=64"]
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -27,19 +24,11 @@ def digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("finished")
-    proc = run_cli([*SHORT, f"hydra.run.dir={base / 'run'}"], base)
-    assert proc.returncode == 0, proc.stderr
-    return base / "run"
-
-
 @pytest.fixture
-def held(finished, tmp_path):
+def held(finished_run, tmp_path):
     """A copy of a finished run whose lock another process holds, as a live run's is."""
     run = tmp_path / "live run"
-    shutil.copytree(finished, run)
+    shutil.copytree(finished_run, run)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from rl_runner import rundir; "
          "rundir.lock(sys.argv[1]); print('held', flush=True); time.sleep(120)", str(run)],
@@ -58,7 +47,7 @@ def test_default_names_taken_in_the_same_second_get_a_suffix(tmp_path):
 
 def test_three_launches_at_once_get_three_consistent_runs(tmp_path):
     lrs = ["0.001", "0.002", "0.003"]
-    procs = [subprocess.Popen([str(RL_RUN), *SHORT, f"algo.lr={lr}"], cwd=tmp_path,
+    procs = [subprocess.Popen([str(RL_RUN), *SHORT_RUN, f"algo.lr={lr}"], cwd=tmp_path,
                               env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for lr in lrs]
     for proc in procs:
@@ -81,24 +70,24 @@ def test_three_launches_at_once_get_three_consistent_runs(tmp_path):
 @pytest.mark.parametrize("how", ["same dir", "resume"])
 def test_a_live_run_is_refused_and_left_byte_identical(held, tmp_path, how):
     before = digests(held)
-    args = [*SHORT, f"hydra.run.dir={held}"] if how == "same dir" else [f"resume={held}"]
+    args = [*SHORT_RUN, f"hydra.run.dir={held}"] if how == "same dir" else [f"resume={held}"]
     line = error_line(run_cli(args, tmp_path))
     assert "in use by another rl-run process" in line, line
     assert digests(held) == before
 
 
-def test_a_finished_dir_is_refused_without_touching_it(finished, tmp_path):
+def test_a_finished_dir_is_refused_without_touching_it(finished_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(finished, run)
+    shutil.copytree(finished_run, run)
     before = digests(run)
-    line = error_line(run_cli([*SHORT, "algo.lr=0.1", f"hydra.run.dir={run}"], tmp_path))
+    line = error_line(run_cli([*SHORT_RUN, "algo.lr=0.1", f"hydra.run.dir={run}"], tmp_path))
     assert "already holds a run" in line
     assert digests(run) == before  # .hydra/config.yaml and train.log too
 
 
-def test_resume_refuses_an_edited_config_naming_the_key(finished, tmp_path):
+def test_resume_refuses_an_edited_config_naming_the_key(finished_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(finished, run)
+    shutil.copytree(finished_run, run)
     config = run / ".hydra" / "config.yaml"
     text = config.read_text()
     config.write_text(text.replace("gamma: ", "gamma: 0.5 #", 1))
@@ -133,13 +122,13 @@ def test_resume_refuses_a_replaced_dataset(tmp_path):
 
 
 def make_expert_run(tmp_path: Path) -> Path:
-    proc = run_cli([*SHORT, f"hydra.run.dir={tmp_path / 'expert'}"], tmp_path)
+    proc = run_cli([*SHORT_RUN, f"hydra.run.dir={tmp_path / 'expert'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     return tmp_path / "expert"
 
 
 def test_a_run_dir_that_parses_as_several_values_is_refused(tmp_path):
-    line = error_line(run_cli([*SHORT, f"hydra.run.dir={tmp_path}/x, y"], tmp_path))
+    line = error_line(run_cli([*SHORT_RUN, f"hydra.run.dir={tmp_path}/x, y"], tmp_path))
     assert "takes one path" in line
     assert not (tmp_path / "outputs").exists()
 
@@ -157,7 +146,7 @@ def test_a_refused_check_leaves_no_stub_directory(tmp_path):
 def test_a_stopped_run_exits_128_plus_the_signal_and_resumes_with_the_printed_command(tmp_path,
                                                                                      sig):
     run = tmp_path / "a run with spaces"
-    args = [*SHORT, "trainer.total_steps=60000", "trainer.checkpoint_every=256"]
+    args = [*SHORT_RUN, "trainer.total_steps=60000", "trainer.checkpoint_every=256"]
     proc = subprocess.Popen([str(RL_RUN), *args, f"hydra.run.dir={run}"], cwd=tmp_path,
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -179,12 +168,12 @@ def test_a_stopped_run_exits_128_plus_the_signal_and_resumes_with_the_printed_co
 
 def test_a_run_dir_through_a_file_is_one_line(tmp_path):
     (tmp_path / "afile").write_text("x")
-    line = error_line(run_cli([*SHORT], tmp_path, run_dir=tmp_path / "afile" / "run"))
+    line = error_line(run_cli([*SHORT_RUN], tmp_path, run_dir=tmp_path / "afile" / "run"))
     assert f"cannot write {tmp_path / 'afile' / 'run'}" in line, line
 
 
 def test_two_sweeps_launched_together_keep_their_own_dirs(tmp_path):
-    procs = [subprocess.Popen([str(RL_RUN), "-m", *SHORT, f"algo.lr={lr}"], cwd=tmp_path,
+    procs = [subprocess.Popen([str(RL_RUN), "-m", *SHORT_RUN, f"algo.lr={lr}"], cwd=tmp_path,
                               env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for lr in ("0.001", "0.002")]
     for proc in procs:
@@ -203,14 +192,14 @@ def test_two_sweeps_launched_together_keep_their_own_dirs(tmp_path):
     assert lrs == {0.001, 0.002}
 
 
-def test_a_resumed_run_says_running_until_it_ends(finished, tmp_path):
+def test_a_resumed_run_says_running_until_it_ends(finished_run, tmp_path):
     """The old "completed" record must not stand while the resumed run trains on."""
     from omegaconf import OmegaConf
 
     from rl_runner.trainer import Trainer
 
     run = tmp_path / "run"
-    shutil.copytree(finished, run)
+    shutil.copytree(finished_run, run)
     cfg = OmegaConf.create(load_checkpoint(run / "checkpoints" / "last.pt")["config"])
     cfg.trainer.total_steps = 1024
     trainer = Trainer(cfg, run, resume=True)
