@@ -116,7 +116,7 @@ def test_building_prints_no_package_warnings(tmp_path, hook):
     for name in ("rl_runner", "conf"):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
     proc = subprocess.run([sys.executable, "-c", "import sys, setuptools.build_meta as b; "
-                           f"getattr(b, sys.argv[1])(sys.argv[2])", hook, str(tmp_path / "dist")],
+                           "getattr(b, sys.argv[1])(sys.argv[2])", hook, str(tmp_path / "dist")],
                           cwd=src, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     output = proc.stdout + proc.stderr
