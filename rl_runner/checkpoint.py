@@ -108,12 +108,19 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torn, truncated or refused by the weights_only unpickler
         raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    if not isinstance(state, dict) or "format_version" not in state:
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool):
         raise UserError(f"{path}: not an rl-runner checkpoint")
     if state["format_version"] not in READABLE_FORMATS:
         raise UserError(f"{path}: checkpoint format {state['format_version']} is not supported "
                         f"(this rl-runner reads formats {', '.join(map(str, READABLE_FORMATS))})")
-    return decode(state)
+    for key in ("algo", "counters", "config", "env", "rng", "feeder"):
+        if key in state and not isinstance(state[key], dict):
+            raise UserError(f"{path}: not an rl-runner checkpoint ({key} is not a dict)")
+    try:
+        return decode(state)
+    except (TypeError, RuntimeError, ValueError) as e:  # e.g. a tag on a tensor numpy lacks
+        raise UserError(f"{path}: not an rl-runner checkpoint ({type(e).__name__}: {e})") from None
 
 
 def _legacy_numpy_globals(names: list[str]) -> list:

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from rl_runner import rundir
+from rl_runner import rundir, runlog
 from rl_runner.config import group_choices
 from rl_runner.errors import UserError
 from rl_runner.fileio import writing
@@ -114,10 +114,13 @@ def claim_output_dir(argv: list[str], parsed: list, overrides: list[str],
     explicit = any(p.get_key_element() == key for p in parsed)
     if not explicit:
         folder = rundir.claim_new(folder)
-    elif multirun:  # already checked to be new or empty (_check_fresh_sweep)
-        with writing(folder):
+    elif multirun:  # checked to be new or empty (_check_fresh_sweep); again once locked, since
+        with writing(folder):  # a sweep may have been writing into it until just now
             folder.mkdir(parents=True, exist_ok=True)
         rundir.lock(folder)
+        if rundir.holds_something(folder):
+            rundir.release(folder)
+            _check_fresh_sweep(folder)
     else:
         rundir.claim_explicit(folder)
     rest = [a for a, p in zip(overrides, parsed) if p.get_key_element() != key]
@@ -188,13 +191,21 @@ def hydra_main(cfg: DictConfig) -> float:
         if in_multirun():  # a sweep's job: its directory is new inside the sweep's locked one
             rundir.lock(run_dir)
         if resume:
+            if not in_multirun():  # train.log gets nothing until the trainer accepts the resume
+                runlog.hold(run_dir / "train.log")
             cfg = resumed_config(cfg)
         results = run_job(cfg, run_dir, resume)
     except UserError as e:
+        if resume:
+            runlog.drop()
         log.error("rl-run: error: %s", e)
         if not resume:
             rundir.remove_stub(run_dir)
         sys.exit(2)
+    except Exception:  # a bug: its traceback shows; a run that never trained leaves no stub
+        if not resume:
+            rundir.remove_stub(run_dir)
+        raise
     except KeyboardInterrupt:
         log.error("interrupted; checkpoints/last.pt holds the last saved state")
         sys.exit(130)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import types
 import typing
 from importlib import resources
@@ -20,6 +21,7 @@ NON_NEGATIVE = {"lr", "ent_coef", "vf_coef", "eval_every", "checkpoint_every", "
                 "max_grad_norm", "value_epochs", "kl_target", "kl_beta", "clip_coef",
                 "expert_noise"}
 UNIT_INTERVAL = {"gamma", "gae_lambda", "tau", "expert_epsilon"}
+SEED_MAX = 2**32 - 1 - 50_000
 TRAINER_TYPES = {"total_steps": int, "eval_every": int, "eval_episodes": int,
                  "checkpoint_every": int, "torch_threads": int | str, "device": str,
                  "save_replay_buffer": bool, "progress": bool, "fail_fast": bool}
@@ -41,6 +43,50 @@ def algos_supporting(action_space: gym.Space) -> list[str]:
         if get_class(target._target_).supports(action_space):
             able.append(name)
     return able
+
+
+TRUST_ENV = "RL_RUNNER_TRUSTED"  # module.Class names (or modules) a user trusts, comma-separated
+# Hydra's instantiate keys: below algo they would build objects of any class the config names
+HYDRA_KEYS = {"_target_", "_args_", "_partial_", "_recursive_", "_convert_"}
+
+
+def bundled_algo_targets() -> set[str]:
+    """The algorithm classes of the bundled conf/algo/*.yaml (their `_target_`)."""
+    return {str(OmegaConf.load(resources.files("rl_runner.conf") / "algo" / f"{name}.yaml")
+                ._target_) for name in group_choices("algo")}
+
+
+def check_no_nested_targets(algo: dict, where: str = "algo") -> None:
+    """Refuse Hydra's instantiate keys below the algorithm's own `_target_`: a value like
+    {_target_: torch.load, ...} in a hyperparameter would be called by instantiate."""
+    for key, value in algo.items():
+        if key in HYDRA_KEYS and not (where == "algo" and key == "_target_"):
+            raise UserError(f"{where}.{key}: Hydra's {key} is not allowed inside the algorithm's "
+                            "hyperparameters; give plain values")
+        if isinstance(value, dict):
+            check_no_nested_targets(value, f"{where}.{key}")
+
+
+def check_file_config(cfg: DictConfig, source: object) -> None:
+    """A config read from a file someone may have handed over (a checkpoint): it may name only
+    code the user chose to run. Importing a module runs it, so algo._target_ must be a bundled
+    algorithm, and env.id's `module:` part is refused, unless listed in $RL_RUNNER_TRUSTED."""
+    algo, env = cfg.get("algo"), cfg.get("env")
+    if not (isinstance(algo, DictConfig) and isinstance(algo.get("_target_"), str)
+            and isinstance(env, DictConfig) and isinstance(env.get("id"), str)):
+        raise UserError(f"{source}: its config names no algo._target_ and env.id (not the "
+                        "config of an rl-run)")
+    trusted = {t.strip() for t in os.environ.get(TRUST_ENV, "").split(",") if t.strip()}
+    target = str(cfg.algo.get("_target_"))
+    if target not in bundled_algo_targets() and target not in trusted \
+            and target.rsplit(".", 1)[0] not in trusted:
+        raise UserError(f"{source}: names algo._target_={target!r}, which is not a bundled "
+                        "algorithm, and importing it would run its module's code; if you trust "
+                        f"it, run with {TRUST_ENV}={target}")
+    module = str(cfg.env.get("id", "")).split(":", 1)[0] if ":" in str(cfg.env.get("id")) else None
+    if module is not None and module not in trusted:
+        raise UserError(f"{source}: env.id={cfg.env.id!r} imports module {module!r}, which would "
+                        f"run its code; if you trust it, run with {TRUST_ENV}={module}")
 
 
 def check_value(key: str, value: Any, expected: Any) -> None:
@@ -73,6 +119,10 @@ def check_trainer(cfg: DictConfig) -> None:
         raise UserError(f"trainer.torch_threads={threads!r} is not allowed; expected a positive "
                         "number of threads or auto")
     check_value("seed", cfg.seed, int)
+    # numpy and torch take seeds in [0, 2**32); the evaluation, replay and dataset streams
+    # add up to 50000 to the run's seed
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise UserError(f"seed={cfg.seed} must lie in [0, {SEED_MAX}]")
     check_value("env.n_envs", cfg.env.n_envs, int)
     check_value("env.id", cfg.env.id, str)
     if cfg.trainer.device != "cpu":

@@ -70,37 +70,77 @@ def env_state(envs: gym.vector.VectorEnv) -> list | None:
         return None
 
 
-def _restored(saved, current):
+def _restored(saved, current, name: str):
+    """`saved` as the new value of an attribute that holds `current` now, where it is state of
+    the same kind: a Generator's state, an array of the same shape and dtype, a number, a flag.
+    Strings (an env's settings, its render mode) must be unchanged, and a value may only be set
+    where None is now (state not set yet) if it is a number or an array."""
     if isinstance(saved, dict) and set(saved) == {GENERATOR}:
         state = saved[GENERATOR]
-        name = state.get("bit_generator") if isinstance(state, dict) else None
-        if name not in BIT_GENERATORS:
-            raise ValueError(f"unknown bit generator {name!r}")
-        rng = current if isinstance(current, np.random.Generator) else \
-            np.random.Generator(getattr(np.random, name)())
+        kind = state.get("bit_generator") if isinstance(state, dict) else None
+        if kind not in BIT_GENERATORS:
+            raise ValueError(f"{name}: unknown bit generator {kind!r}")
+        if isinstance(current, np.random.Generator) and \
+                type(current.bit_generator).__name__ != kind:
+            raise ValueError(f"{name}: a {kind} state for a {type(current.bit_generator).__name__}")
+        rng = np.random.Generator(getattr(np.random, kind)())  # checked here, set in place later
         rng.bit_generator.state = state
         return rng
-    if isinstance(saved, np.ndarray):
+    if current is None or saved is None:
+        if isinstance(saved, (str, dict, list, tuple)) or isinstance(current, str):
+            raise ValueError(f"{name}: {type(saved).__name__} where {current!r} is")
+        return saved.copy() if isinstance(saved, np.ndarray) else saved
+    if isinstance(current, np.ndarray):
+        if not (isinstance(saved, np.ndarray) and saved.shape == current.shape
+                and saved.dtype == current.dtype):
+            raise ValueError(f"{name}: not an array of shape {current.shape} and {current.dtype}")
         return saved.copy()
-    return saved
+    if isinstance(current, str):
+        if saved != current:
+            raise ValueError(f"{name}: {saved!r} is not this env's {current!r}")
+        return saved
+    numbers = (int, float, np.number)
+    if isinstance(current, bool) or isinstance(saved, bool):
+        same = isinstance(current, (bool, np.bool_)) and isinstance(saved, bool)
+    elif isinstance(current, numbers):
+        same = isinstance(saved, (int, float)) and not isinstance(saved, bool)
+    else:  # containers
+        same = type(saved) is type(current) and len(saved) == len(current)
+    if not same:
+        raise ValueError(f"{name}: {type(saved).__name__} where {type(current).__name__} is")
+    return type(current)(saved) if isinstance(current, np.number) else saved
 
 
 def restore_env_state(envs: gym.vector.VectorEnv, state: list) -> None:
     """Set `state` (from env_state) back onto envs made from the same config.
 
-    Raises ValueError where it does not fit (another number of envs, other wrappers or types)."""
-    if not isinstance(envs, SyncVectorEnv) or len(state) != len(envs.envs):
+    Raises ValueError where it does not fit (another number of envs, other wrappers or types);
+    everything is checked before anything is set, so a refused state leaves the envs as they
+    were."""
+    if not isinstance(envs, SyncVectorEnv) or not isinstance(state, list) \
+            or len(state) != len(envs.envs):
         raise ValueError(f"env state for {len(state)} envs does not fit these {envs.num_envs}")
+    updates = []
     for env, saved_layers in zip(envs.envs, state):
         layers = _layers(env)
-        if len(layers) != len(saved_layers):
+        if not isinstance(saved_layers, list) or len(layers) != len(saved_layers):
             raise ValueError("the env's wrappers differ from the saved ones")
         for layer, saved in zip(layers, saved_layers):
             name = f"{type(layer).__module__}.{type(layer).__qualname__}"
-            if saved.get("type") != name:
+            if not isinstance(saved, dict) or saved.get("type") != name:
                 raise ValueError(f"saved env layer {saved.get('type')!r} is not {name!r}")
-            for attr, value in saved["attrs"].items():
+            attrs = saved.get("attrs")
+            if not isinstance(attrs, dict):
+                raise ValueError(f"saved env layer {name!r} holds no attributes")
+            for attr, value in attrs.items():
                 current = vars(layer).get(attr)
-                if attr not in vars(layer) or isinstance(current, STRUCTURE) or callable(current):
+                if (attr not in vars(layer) or attr in SKIPPED_NAMES or attr == "env"
+                        or isinstance(current, STRUCTURE) or callable(current)):
                     raise ValueError(f"{name} has no state attribute {attr!r}")
-                setattr(layer, attr, _restored(value, current))
+                updates.append((layer, attr, _restored(value, current, f"{name}.{attr}")))
+    for layer, attr, value in updates:
+        current = getattr(layer, attr)
+        if isinstance(current, np.random.Generator) and isinstance(value, np.random.Generator):
+            current.bit_generator.state = value.bit_generator.state  # others may hold it too
+        else:
+            setattr(layer, attr, value)

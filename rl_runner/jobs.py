@@ -13,7 +13,9 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from rl_runner import rundir
 from rl_runner.errors import UserError, describe
+from rl_runner.fileio import writing
 from rl_runner.isolation import describe_exit, run_isolated
 from rl_runner.stats import mean_std
 from rl_runner.summary import fmt
@@ -130,8 +132,10 @@ def _repeat(cfg: DictConfig, run_dir: Path, repeats: int, options: dict) -> dict
         sub = cfg.copy()
         sub.seed, sub.repeats = seed, 1
         runs.append(f"s{seed}")
-        (run_dir / runs[-1] / ".hydra").mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(sub, run_dir / runs[-1] / ".hydra" / "config.yaml")
+        with writing(run_dir / runs[-1]):
+            (run_dir / runs[-1] / ".hydra").mkdir(parents=True, exist_ok=True)
+            rundir.lock(run_dir / runs[-1])  # `resume=<job>/s<seed>` of it is refused meanwhile
+            OmegaConf.save(sub, run_dir / runs[-1] / ".hydra" / "config.yaml")
         try:
             records.append(train(sub, run_dir / runs[-1], **options))
         except BaseException as e:  # the job's record names every run started, and the error

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rl_runner.algos.base import Algorithm
 from rl_runner.checkpoint import load_checkpoint
-from rl_runner.config import to_plain
+from rl_runner.config import check_file_config, to_plain
 from rl_runner.envs import make_vec_env
 from rl_runner.errors import UserError
 
@@ -55,21 +55,31 @@ def find_checkpoint(run: Path, checkpoint: str = "best") -> Path:
 
 
 def load_policy(run: Path, checkpoint: str = "best") -> Policy:
-    """Rebuild the run's algorithm from the config inside the checkpoint and load its state."""
+    """Rebuild the run's algorithm from the config inside the checkpoint and load its state.
+
+    The file decides only values: the algorithm class must be one the user trusts
+    (config.check_file_config), and anything in it that does not fit is one line naming it."""
     from rl_runner.trainer import build_algo  # the trainer pulls in tensorboard; load it late
 
     path = find_checkpoint(Path(run), checkpoint)
     state = load_checkpoint(path)
-    if "config" not in state or "algo" not in state:
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("algo"), dict):
         raise UserError(f"{path}: a checkpoint without the run's config and algorithm state")
-    cfg = OmegaConf.create(state["config"])
-    envs = make_vec_env(cfg.env.id, 1, to_plain(cfg.env.get("kwargs")) or {})
     try:
-        with torch.random.fork_rng():  # the caller's torch RNG (a run in progress) is left as is
-            torch.manual_seed(cfg.seed)
-            algo = build_algo(cfg, envs.single_observation_space, envs.single_action_space)
-    finally:
-        envs.close()
-    algo.load_state_dict(state["algo"])
-    steps = state.get("counters", {}).get("env_steps", 0)
-    return Policy(algo=algo, config=cfg, checkpoint=path, env_steps=int(steps))
+        cfg = OmegaConf.create(state["config"])
+        check_file_config(cfg, path)
+        envs = make_vec_env(cfg.env.id, 1, to_plain(cfg.env.get("kwargs")) or {})
+        try:
+            with torch.random.fork_rng():  # the caller's torch RNG (a run in progress) is kept
+                torch.manual_seed(cfg.seed)
+                algo = build_algo(cfg, envs.single_observation_space, envs.single_action_space)
+        finally:
+            envs.close()
+        algo.load_state_dict(state["algo"])
+        steps = int(state.get("counters", {}).get("env_steps", 0))
+    except UserError:
+        raise
+    except Exception as e:  # a config or state that is not what rl-run writes
+        raise UserError(f"{path}: its config or algorithm state does not fit "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    return Policy(algo=algo, config=cfg, checkpoint=path, env_steps=steps)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from rl_runner.errors import UserError
+from rl_runner.fileio import write_atomic
 from rl_runner.stats import bootstrap_ci
-from rl_runner.summary import (Run, collect_runs, markdown_table, return_cells, summarize,
-                               write_atomic)
+from rl_runner.summary import Run, collect_runs, markdown_table, return_cells, summarize
 
 # the algorithms whose family is "offline" (rl_runner/algos/bc.py, cql.py; a test checks): the
 # trainer counts their gradient steps where it counts env steps for the others, so their

@@ -13,15 +13,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from rl_runner import rundir
 from rl_runner.checkpoint import load_checkpoint
-from rl_runner.config import flatten
+from rl_runner.config import check_file_config, check_trainer, flatten
 from rl_runner.errors import UserError
 
 CHANGEABLE = ("trainer.", "resume")  # what a resume may change; the rest is the checkpoint's
 
 
+# characters that make Hydra's override grammar read a value as something else (a sweep, a list)
+HYDRA_SPECIAL = set(",[]{}()'\"\\=$:")
+
+
 def hydra_quote(value: str) -> str:
     """`value` as a quoted Hydra override value (paths with spaces, commas, brackets)."""
     return "'" + value.replace("'", "\\'") + "'"
+
+
+def resume_value(run_dir: Path) -> str:
+    """The value of resume= that names `run_dir` to Hydra: quoted where it has to be."""
+    text = str(run_dir)
+    return hydra_quote(text) if HYDRA_SPECIAL & set(text) else text
 
 
 def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
@@ -44,7 +54,16 @@ def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
                             f"overridden, not {key}")
     if rundir.is_locked(run_dir):
         rundir.lock(run_dir)  # refuses with one line, naming the live process
-    trained_config(run_dir)  # refuse a drifted config before anything is written
+    # refuse a drifted config, a class nobody trusted, bad trainer.* values: before anything
+    # is written into the run (its train.log, its .lock)
+    config = with_trainer_overrides(OmegaConf.create(trained_config(run_dir)), parsed)
+    try:
+        check_trainer(config)
+    except UserError:
+        raise
+    except Exception as e:  # a config with parts missing: not what rl-run saves
+        raise UserError(f"resume={run_dir}: the config in last.pt is incomplete "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
     rundir.lock(run_dir)
     # keep the run's .hydra/ untouched: nothing already written is overwritten
     return [f"hydra.run.dir={hydra_quote(str(run_dir))}", "hydra.output_subdir=null"]
@@ -57,6 +76,7 @@ def trained_config(run_dir: Path) -> dict:
     trained = load_checkpoint(last, mmap=True).get("config")
     if not isinstance(trained, dict):
         raise UserError(f"{last}: holds no run config to resume with")
+    check_file_config(OmegaConf.create(trained), last)
     saved_path = run_dir / ".hydra" / "config.yaml"
     try:
         saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
@@ -81,13 +101,19 @@ def config_differences(trained: dict, saved: dict) -> list[tuple[str, object, ob
             if not k.startswith(CHANGEABLE) and a.get(k, missing) != b.get(k, missing)]
 
 
-def resumed_config(cfg: DictConfig) -> DictConfig:
-    """The config last.pt was trained with, with this call's trainer.* overrides."""
-    run_dir = Path(cfg.resume)
-    config = OmegaConf.create(trained_config(run_dir))
-    for ov in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+def with_trainer_overrides(config: DictConfig, parsed: list) -> DictConfig:
+    """`config` with the trainer.* overrides among `parsed` applied."""
+    for ov in parsed:
         key = ov.get_key_element().lstrip("+~")
         if key.startswith("trainer."):
             OmegaConf.update(config, key, ov.value(), force_add=True)
+    return config
+
+
+def resumed_config(cfg: DictConfig) -> DictConfig:
+    """The config last.pt was trained with, with this call's trainer.* overrides."""
+    run_dir = Path(cfg.resume)
+    overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    config = with_trainer_overrides(OmegaConf.create(trained_config(run_dir)), overrides)
     config.resume = str(run_dir)
     return config

@@ -47,8 +47,8 @@ def claim_new(base: Path) -> Path:
 def lock(folder: Path) -> None:
     """Take `folder`'s exclusive lock for the rest of this process, or refuse with one line.
 
-    The lock file is opened, never truncated, before the lock is held: a refused process
-    leaves a live run's files as they were."""
+    The lock file is opened (made empty if missing) and never written: a refused process
+    leaves a run's files as they were."""
     folder = Path(folder)
     if folder.resolve() in _held:
         return
@@ -58,14 +58,26 @@ def lock(folder: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        owner = _holder(fd)
         os.close(fd)
         raise UserError(f"{folder} is in use by another rl-run process"
-                        f"{f' (pid {owner})' if owner.isdigit() else ''}; wait for it to end "
+                        f"{f' (pid {owner})' if owner else ''}; wait for it to end "
                         "or stop it, or choose another directory") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    _held[folder.resolve()] = fd
+    _held[folder.resolve()] = fd  # the file stays empty: a lock, not a record
+
+
+def _holder(fd: int) -> str | None:
+    """The pid that holds the flock on `fd`'s file, from /proc/locks (Linux), or None."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode:
+                return fields[4]
+    except OSError:
+        pass
+    return None
 
 
 def release(folder: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from rl_runner import fileio
+from rl_runner.fileio import write_atomic
 from rl_runner.errors import UserError
 from rl_runner.stats import bootstrap_ci, iqm, mean_std
 
@@ -193,12 +193,6 @@ def _config_row(config: str, rows: list[dict]) -> dict:
 
 
 # ---- writing --------------------------------------------------------------------------------
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """fileio.write_atomic: a crash never leaves `path` half written, an OSError (disk full,
-    read-only) leaves it as it was and is one line naming it."""
-    fileio.write_atomic(path, data)
-
-
 def fmt(value, digits: int = 1) -> str:
     """A table cell: blank for None, `digits` decimals for floats, ints as they are."""
     if value is None:

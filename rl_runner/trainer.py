@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import rl_runner
 from rl_runner import config as config_checks
+from rl_runner import runlog
 from rl_runner.algos.base import OnPolicyAlgorithm
 from rl_runner.checkpoint import (load_checkpoint, nonfinite_paths, rng_state, save_checkpoint,
                                   seed_everything, set_rng_state)
@@ -30,12 +31,13 @@ from rl_runner.envs import make_vec_env
 from rl_runner.envstate import env_state, restore_env_state
 from rl_runner.errors import UserError, describe
 from rl_runner.evaluation import Evaluator
+from rl_runner.fileio import write_atomic
 from rl_runner.logger import TBLogger
 from rl_runner.offline import fit_expert_data, offline_feeder
 from rl_runner.replay import ReplayFeeder
-from rl_runner.summary import write_atomic
-from rl_runner.threads import ThreadTuner, set_threads
+from rl_runner.resume import resume_value
 from rl_runner.rollout import RolloutCollector
+from rl_runner.threads import ThreadTuner, set_threads
 
 log = logging.getLogger("rl_runner")
 
@@ -87,10 +89,16 @@ def versions() -> dict[str, str]:
 
 
 def algo_class(cfg: DictConfig) -> type:
+    hydra_log = logging.getLogger("hydra.utils")  # get_class logs its own multi-line error
+    level = hydra_log.level
+    hydra_log.setLevel(logging.CRITICAL)
     try:
         return get_class(cfg.algo._target_)
     except Exception as e:
-        raise UserError(f"algo._target_={cfg.algo._target_!r} cannot be imported ({e})") from None
+        why = " ".join(str(e).split())  # Hydra's message spans lines
+        raise UserError(f"algo._target_={cfg.algo._target_!r} cannot be imported ({why})") from None
+    finally:
+        hydra_log.setLevel(level)
 
 
 def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
@@ -104,6 +112,7 @@ def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
                         f"{', '.join(t.__name__ for t in cls.action_spaces)}); algorithms "
                         f"that can: {', '.join(able) if able else 'none yet'}")
     provided = {"observation_space", "action_space", "n_envs", "total_steps", "seed"}
+    config_checks.check_no_nested_targets(config_checks.to_plain(cfg.algo))
     kwargs = {k: config_checks.to_plain(v) for k, v in cfg.algo.items() if k != "_target_"}
     config_checks.check_algo_kwargs(name, cls, kwargs, provided)
     try:
@@ -191,6 +200,7 @@ class Trainer:
         self.logger = TBLogger(self.run_dir / "tb",
                                purge_step=self.env_steps + 1 if resume else None,
                                flush_secs=cfg.logger.get("flush_secs", 20))
+        runlog.accept()  # a resume is accepted: its train.log gets the lines held back
         if not resume:
             flat = config_checks.flatten(OmegaConf.to_container(cfg, resolve=True))
             self.logger.hparams(flat, ["eval/return_mean", "charts/episodic_return"])
@@ -282,8 +292,8 @@ class Trainer:
             elapsed = time.perf_counter() - start
             results = self._close(status, elapsed, start_steps, error)
         if status == "interrupted":
-            log.info("stopped at step %d; last.pt saved. Resume with:\n  rl-run resume=%s",
-                     self.env_steps, shlex.quote(str(self.run_dir)))
+            log.info("stopped at step %d; last.pt saved. Resume with:\n  rl-run %s",
+                     self.env_steps, shlex.quote(f"resume={resume_value(self.run_dir)}"))
         else:
             log.info("done: %d %s in %.1f s (%.0f steps/s); eval return %.2f +- %.2f",
                      self.env_steps, unit, results["wall_seconds"], results["sps"],

@@ -120,11 +120,81 @@ def test_env_state_is_plain_data_and_continues_the_episode(tmp_path):
     envs_b.reset(seed=99)
     for _ in range(5):
         envs_a.step(np.array([0, 1]))
-    save_checkpoint(tmp_path / "e.pt", {"env": env_state(envs_a)})
-    restore_env_state(envs_b, load_checkpoint(tmp_path / "e.pt")["env"])
+    save_checkpoint(tmp_path / "e.pt", {"env": {"state": env_state(envs_a)}})
+    restore_env_state(envs_b, load_checkpoint(tmp_path / "e.pt")["env"]["state"])
     for _ in range(30):  # through terminations: the envs' RNGs came back too
         a, b = envs_a.step(np.array([1, 1])), envs_b.step(np.array([1, 1]))
         np.testing.assert_array_equal(a[0], b[0])
     with pytest.raises(ValueError):
         restore_env_state(make_vec_env("Pendulum-v1", 2), env_state(envs_a))
     assert env_state(make_vec_env("LunarLander-v3", 1)) is None  # a Box2D world: not plain data
+
+
+def rewrite(run: Path, change) -> None:
+    """Both checkpoints of `run`, loaded, changed by `change(state)` and saved as plain data."""
+    for name in ("best.pt", "last.pt"):
+        state = load_checkpoint(run / "checkpoints" / name)
+        change(state)
+        save_checkpoint(run / "checkpoints" / name, state)
+
+
+def test_a_config_that_names_code_is_refused_everywhere(finished_run, tmp_path, capsys,
+                                                        monkeypatch):
+    """No pickle, but a config whose algo names a loader (Hydra would call it) or a class
+    that is not a bundled algorithm: importing or calling it would run code of the file's
+    choosing."""
+    marker = tmp_path / "marker"
+    payload = tmp_path / "payload.bin"
+    torch.save(Payload(marker), payload)
+    nested = {"_target_": "rl_runner.algos.gail.GAIL",
+              "learner_kwargs": {"_target_": "torch.load", "_args_": [str(payload)],
+                                 "weights_only": False}}
+    for algo, says in ((nested, "_target_"), ({"_target_": "tests.helpers.nan_algo.NaNAfter3PPO"},
+                                              "not a bundled algorithm")):
+        run = tmp_path / f"run{len(says)}"
+        shutil.copytree(finished_run, run)
+        rewrite(run, lambda s: s["config"].update(algo=algo))
+        for main, prog in ((rl_eval.main, "rl-eval"), (rl_collect.main, "rl-collect")):
+            assert says in tool_error(capsys, main, [f"run={run}", "episodes=1"], prog)
+        assert says in error_line(run_cli([f"resume={run}"], tmp_path))
+    assert not marker.exists()
+    monkeypatch.setenv("RL_RUNNER_TRUSTED", "tests.helpers.nan_algo")  # the user's own choice
+    rl_eval.main([f"run={run}", "episodes=1"])
+    assert "return" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s.update(format_version=torch.tensor(2)),
+    lambda s: s["algo"].update(net={"__ndarray__": torch.zeros(2, dtype=torch.bfloat16)}),
+    lambda s: s["config"].pop("env"),
+    lambda s: s["algo"].pop("optimizer"),
+    lambda s: s.update(algo=[1, 2]),
+])
+def test_a_malformed_checkpoint_is_one_line(finished_run, tmp_path, capsys, change):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    for name in ("best.pt", "last.pt"):  # torch.save: the change may not survive encode
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
+        change(state)
+        torch.save(state, run / "checkpoints" / name)
+    tool_error(capsys, rl_eval.main, [f"run={run}", "episodes=1"], "rl-eval")
+    error_line(run_cli([f"resume={run}"], tmp_path))
+
+
+@pytest.mark.parametrize("layer, attr, value", [
+    (0, "_max_episode_steps", "x"),  # TimeLimit's counter as a string
+    (-1, "render_mode", "human"),  # would make step() render
+    (-1, "state", [1.0, 2.0]),  # a list where an array of 4 floats is
+    (-1, "metadata", {}),  # not state: never saved, never restored
+    (-1, "no_such_attribute", 1.0),
+])
+def test_env_state_restores_only_state_of_the_same_kind(layer, attr, value):
+    envs_a, envs_b = make_vec_env("CartPole-v1", 1), make_vec_env("CartPole-v1", 1)
+    envs_a.reset(seed=0)
+    envs_b.reset(seed=1)
+    state = env_state(envs_a)
+    state[0][layer]["attrs"][attr] = value
+    before = env_state(envs_b)
+    with pytest.raises(ValueError):
+        restore_env_state(envs_b, state)
+    assert str(env_state(envs_b)) == str(before)  # nothing of the layer was changed

@@ -22,7 +22,7 @@ from rl_runner import fileio, rl_collect, rl_eval
 from rl_runner.datasets import Dataset, save_dataset
 from rl_runner.errors import UserError
 from rl_runner.logger import TBLogger
-from rl_runner.summary import write_atomic
+from rl_runner.fileio import write_atomic
 from tests.conftest import PPO_FAST, run_cli, run_error_line, tool_error
 
 ERRNOS = [errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EACCES]

@@ -189,3 +189,8 @@ def test_second_run_leaves_the_first_runs_config(second_run_into_finished_dir):
     after = tree_digests(run_dir)
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml"):
         assert after[name] == before[name], name
+
+
+def test_an_algo_target_that_cannot_be_imported_is_one_line(cli):
+    line = error_line(cli(["algo._target_=no_such_module.Algo"]))
+    assert_says(line, "algo._target_='no_such_module.Algo'", "cannot be imported")

@@ -8,7 +8,7 @@ import pytest
 
 from rl_runner.checkpoint import load_checkpoint, nonfinite_paths
 from rl_runner.trainer import Trainer
-from tests.conftest import FAST, compose, error_line, read_results, run_cli, run_error_line
+from tests.conftest import FAST, REPO, compose, error_line, read_results, run_cli, run_error_line
 
 DIVERGING = ["algo=pg", "env=cartpole", *FAST, "algo.lr=1e300", "trainer.total_steps=8192"]
 
@@ -48,3 +48,16 @@ def test_a_budget_below_one_update_is_refused(tmp_path):
                               tmp_path))
     assert "less than one update" in line and "256 env steps" in line, line
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no stub run folder
+
+
+def test_weights_gone_inf_are_never_saved_and_the_last_good_checkpoint_stays(tmp_path):
+    run = tmp_path / "run"
+    line = run_error_line(run_cli(
+        ["algo._target_=tests.helpers.nan_algo.InfWeightsAfter3PPO", "env=cartpole", *FAST,
+         "trainer.total_steps=4096", "trainer.checkpoint_every=256", "trainer.eval_every=4096"],
+        tmp_path, run_dir=run, pythonpath=REPO))
+    assert "stopped before saving last.pt" in line, line
+    assert "last.pt keeps the last good state (env step 768)" in line, line
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["counters"]["env_steps"] == 768 and nonfinite_paths(last["algo"]) == []
+    assert read_results(run)["status"] == "failed"

@@ -15,6 +15,7 @@ import pytest
 
 from rl_runner import rundir
 from rl_runner.checkpoint import load_checkpoint
+from rl_runner.resume import hydra_quote
 from tests.conftest import FAST, RL_RUN, SHORT_RUN, cli_env, error_line, read_results, run_cli
 from tests.test_resume import interrupt_when_checkpointed
 
@@ -117,8 +118,10 @@ def test_resume_refuses_a_replaced_dataset(tmp_path):
                            "episodes=3", f"out={other}"], env=cli_env(), capture_output=True,
                           cwd=tmp_path).returncode == 0
     shutil.copy(other, data)
+    before = digests(run)
     line = error_line(run_cli([f"resume={run}"], tmp_path))
     assert "dataset" in line and str(data) in line, line
+    assert digests(run) == before  # train.log too: the trainer's refusal is not logged there
 
 
 def make_expert_run(tmp_path: Path) -> Path:
@@ -145,9 +148,10 @@ def test_a_refused_check_leaves_no_stub_directory(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_stopped_run_exits_128_plus_the_signal_and_resumes_with_the_printed_command(tmp_path,
                                                                                      sig):
-    run = tmp_path / "a run with spaces"
+    run = tmp_path / "a run, with [spaces]"
     args = [*SHORT_RUN, "trainer.total_steps=60000", "trainer.checkpoint_every=256"]
-    proc = subprocess.Popen([str(RL_RUN), *args, f"hydra.run.dir={run}"], cwd=tmp_path,
+    proc = subprocess.Popen([str(RL_RUN), *args, f"hydra.run.dir={hydra_quote(str(run))}"],
+                            cwd=tmp_path,
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 120
@@ -158,7 +162,8 @@ def test_a_stopped_run_exits_128_plus_the_signal_and_resumes_with_the_printed_co
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig.value, err
     assert read_results(run)["status"] == "interrupted"
-    command = next(ln.strip() for ln in err.splitlines() if ln.strip().startswith("rl-run resume="))
+    lines = [ln.strip() for ln in err.splitlines()]
+    command = lines[lines.index(next(ln for ln in lines if "Resume with:" in ln)) + 1]
     argv = shlex.split(command)
     resumed = subprocess.run([str(RL_RUN), *argv[1:], "trainer.total_steps=1024"], cwd=tmp_path,
                              env=cli_env(), capture_output=True, text=True, timeout=120)
@@ -209,3 +214,38 @@ def test_a_resumed_run_says_running_until_it_ends(finished_run, tmp_path):
     assert trainer.run()["status"] == "completed"
     assert seen and set(seen) == {"running"}
     assert read_results(run)["status"] == "completed"
+
+
+@pytest.mark.parametrize("bad", ["trainer.total_steps=-1", "trainer.eval_every=abc",
+                                 "trainer.torch_threads=0"])
+def test_a_resume_refused_for_a_bad_value_writes_nothing(finished_run, tmp_path, bad):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = digests(run)
+    error_line(run_cli([f"resume={run}", bad], tmp_path))
+    assert digests(run) == before  # train.log and .lock included
+
+
+def test_seed_out_of_range_is_one_line_and_leaves_no_stub(tmp_path):
+    line = error_line(subprocess.run([str(RL_RUN), *SHORT_RUN, "seed=-1"], cwd=tmp_path,
+                                     env=cli_env(), capture_output=True, text=True))
+    assert "seed=-1" in line
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_repeat_jobs_run_in_progress_cannot_be_resumed(tmp_path):
+    job = tmp_path / "job"
+    proc = subprocess.Popen([str(RL_RUN), *SHORT_RUN, "repeats=2", "trainer.total_steps=60000",
+                             "trainer.checkpoint_every=256", f"hydra.run.dir={job}"],
+                            cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (job / "s0" / "checkpoints" / "last.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.02)
+        line = error_line(run_cli([f"resume={job / 's0'}"], tmp_path))
+        assert "in use by another rl-run process" in line, line
+    finally:
+        proc.kill()
+        proc.wait()

@@ -4,6 +4,8 @@ Used through the plugin path a user would take: algo._target_=tests.helpers.nan_
 """
 from __future__ import annotations
 
+import torch
+
 from rl_runner.algos.ppo import PPO
 
 GOOD_UPDATES = 3
@@ -29,3 +31,16 @@ class CrashAfter3PPO(NaNAfter3PPO):
         if self.grad_steps >= GOOD_UPDATES * self._steps_per_update():
             raise RuntimeError("boom in update 4")
         return super().update(batch)
+
+
+class InfWeightsAfter3PPO(NaNAfter3PPO):
+    """Its fourth update leaves inf weights behind while reporting finite losses (a step that
+    diverges shows in the losses only one update later)."""
+
+    def update(self, batch):
+        metrics = PPO.update(self, batch)
+        if self.grad_steps > GOOD_UPDATES * self._steps_per_update():
+            with torch.no_grad():
+                for p in self.net.parameters():
+                    p.fill_(float("inf"))
+        return metrics
