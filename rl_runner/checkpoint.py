@@ -54,6 +54,57 @@ def decode(tree):
     return tree
 
 
+def misfit(reference, got, path: str = "") -> str | None:
+    """Where `got` (a state loaded from a file) differs in structure from `reference` (the same
+    state of freshly built objects): other keys, types, tensor shapes or dtypes; None if it fits.
+
+    Lists may differ in length (their items are checked against the reference's first), a dict
+    that is empty in the reference (an optimizer's state before its first step) takes any keys,
+    and None stands for anything on either side (a value not set yet)."""
+    where = path.rstrip(".") or "the state"
+    if reference is None or got is None:
+        return None
+    if isinstance(reference, dict):
+        if not isinstance(got, dict):
+            return f"{where} is a {type(got).__name__}, not a dict"
+        if not reference:
+            return None
+        if set(got) != set(reference):
+            extra, lacking = set(got) - set(reference), set(reference) - set(got)
+            return f"{where} " + (f"lacks {sorted(map(str, lacking))[:3]}" if lacking else
+                                  f"has unknown {sorted(map(str, extra))[:3]}")
+        return next((m for k in reference
+                     if (m := misfit(reference[k], got[k], f"{path}{k}.")) is not None), None)
+    if isinstance(reference, (list, tuple)):
+        if not isinstance(got, (list, tuple)):
+            return f"{where} is a {type(got).__name__}, not a list"
+        pairs = zip(reference, got) if len(got) == len(reference) else \
+            ((reference[0], g) for g in got) if reference else ()
+        return next((m for i, (r, g) in enumerate(pairs)
+                     if (m := misfit(r, g, f"{path}{i}.")) is not None), None)
+    if isinstance(got, np.ndarray) and got.shape == () and isinstance(reference, np.generic):
+        got = got[()]  # a 0-d array and a numpy scalar are the same state (running means)
+    if isinstance(reference, np.ndarray) and reference.shape == () and isinstance(got, np.generic):
+        got = np.asarray(got)
+    if isinstance(reference, (torch.Tensor, np.ndarray)):
+        if type(got) is not type(reference) or got.shape != reference.shape \
+                or got.dtype != reference.dtype:
+            shown = f"{type(got).__name__} {tuple(getattr(got, 'shape', ()))} " \
+                    f"{getattr(got, 'dtype', '')}"
+            return (f"{where} is {shown.strip()}, not {type(reference).__name__} "
+                    f"{tuple(reference.shape)} {reference.dtype}")
+        return None
+    kinds = ((bool, np.bool_), (int, np.integer), (float, int, np.floating, np.integer))
+    for kind in ((bool,), (int,), (float,), (str,), (np.generic,)):
+        if isinstance(reference, kind):
+            allowed = next((k for k in kinds if isinstance(reference, k[0])), kind)
+            if isinstance(got, bool) and not isinstance(reference, (bool, np.bool_)) \
+                    or not isinstance(got, allowed):
+                return f"{where} is {type(got).__name__} {got!r:.40}, not {type(reference).__name__}"
+            return None
+    return None
+
+
 def nonfinite_paths(tree, prefix: str = "") -> list[str]:
     """Where `tree` (a state dict) holds NaN or Inf in a tensor, array or number: "net.w1", ..."""
     if isinstance(tree, torch.Tensor):

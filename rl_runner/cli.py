@@ -25,7 +25,7 @@ INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--
               "--shell-completion", "-sc", "--resolve", "-p", "--package"}
 FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
                     "--experimental-rerun"}
-CHECKED_GROUPS = ("algo", "env", "hparams_search")
+CHECKED_GROUPS = ("algo", "env", "hparams_search", "trainer", "logger")
 # sweep plugins: (override key, value prefix) -> (module, the extra that installs it)
 PLUGINS = {("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "joblib"),
            ("hydra/launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "ray"),

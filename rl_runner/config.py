@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import types
 import typing
@@ -15,11 +16,12 @@ from rl_runner.errors import UserError
 if TYPE_CHECKING:  # gymnasium is only needed on the error path; keep `rl-run --help` light
     import gymnasium as gym
 
-POSITIVE = {"total_steps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_episodes",
+POSITIVE = {"flush_secs", "total_steps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_episodes",
             "torch_threads", "buffer_size", "gradient_steps", "train_freq", "expert_episodes"}
 NON_NEGATIVE = {"lr", "ent_coef", "vf_coef", "eval_every", "checkpoint_every", "learning_starts",
                 "max_grad_norm", "value_epochs", "kl_target", "kl_beta", "clip_coef",
                 "expert_noise"}
+POSITIVE_ITEMS = {"hidden_sizes"}  # lists whose every entry must be positive
 UNIT_INTERVAL = {"gamma", "gae_lambda", "tau", "expert_epsilon"}
 SEED_MAX = 2**32 - 1 - 50_000
 TRAINER_TYPES = {"total_steps": int, "eval_every": int, "eval_episodes": int,
@@ -56,14 +58,15 @@ def bundled_algo_targets() -> set[str]:
                 ._target_) for name in group_choices("algo")}
 
 
-def check_no_nested_targets(algo: dict, where: str = "algo") -> None:
+def check_no_nested_targets(algo: dict | list, where: str = "algo") -> None:
     """Refuse Hydra's instantiate keys below the algorithm's own `_target_`: a value like
     {_target_: torch.load, ...} in a hyperparameter would be called by instantiate."""
-    for key, value in algo.items():
+    items = algo.items() if isinstance(algo, dict) else enumerate(algo)
+    for key, value in items:
         if key in HYDRA_KEYS and not (where == "algo" and key == "_target_"):
             raise UserError(f"{where}.{key}: Hydra's {key} is not allowed inside the algorithm's "
                             "hyperparameters; give plain values")
-        if isinstance(value, dict):
+        if isinstance(value, (dict, list, tuple)):
             check_no_nested_targets(value, f"{where}.{key}")
 
 
@@ -94,8 +97,13 @@ def check_value(key: str, value: Any, expected: Any) -> None:
     if not _fits(value, expected):
         raise UserError(f"{key}={_show(value)} has the wrong type; expected {_type_name(expected)}")
     name = key.rsplit(".", 1)[-1]
+    if name in POSITIVE_ITEMS and isinstance(value, (list, tuple)):
+        if any(isinstance(v, (int, float)) and v <= 0 for v in value):
+            raise UserError(f"{key}={list(value)}: every entry must be positive")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{key}={value} must be a finite number")
     if name in POSITIVE and value <= 0:
         raise UserError(f"{key}={value} must be positive")
     if name in NON_NEGATIVE and value < 0:
@@ -112,8 +120,13 @@ def check_trainer(cfg: DictConfig) -> None:
     if missing:
         raise UserError(f"{', '.join(missing)} must be set (KEY=VALUE on the command line)")
     for key, value in cfg.trainer.items():
-        if key in TRAINER_TYPES:
-            check_value(f"trainer.{key}", value, TRAINER_TYPES[key])
+        if key not in TRAINER_TYPES:
+            raise UserError(f"trainer.{key} is not a trainer key; allowed: "
+                            f"{', '.join(TRAINER_TYPES)}")
+        check_value(f"trainer.{key}", value, TRAINER_TYPES[key])
+    for key, value in (cfg.get("logger") or {}).items():
+        if key == "flush_secs":
+            check_value("logger.flush_secs", value, int)
     threads = cfg.trainer.torch_threads
     if isinstance(threads, str) and threads != "auto":
         raise UserError(f"trainer.torch_threads={threads!r} is not allowed; expected a positive "

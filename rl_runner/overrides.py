@@ -90,6 +90,10 @@ def check_values(cfg: DictConfig) -> None:
     from rl_runner.config import check_algo_kwargs, check_trainer, to_plain
     from rl_runner.trainer import algo_class
 
+    try:  # an interpolation that does not resolve (${oc.env:UNSET}, ${no.such.key})
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:
+        raise UserError(f"the config does not resolve: {' '.join(str(e).split())[:300]}") from None
     check_trainer(cfg)
     cls = algo_class(cfg)
     name = algo_name(cls)
@@ -225,7 +229,9 @@ def _unknown(key: str, word: str, allowed: list[str], what: str, leaves: list[st
             has = "has" if len(owners) == 1 else "have"
             return (f"{key} is not {what} ({', '.join(owners)} {has} it); "
                     f"allowed: {', '.join(allowed)}")
-    names = {leaf.rsplit(".", 1)[-1]: leaf for leaf in sorted(leaves, key=len, reverse=True)}
+    # the key itself is a leaf when added with +: never suggest it back
+    names = {leaf.rsplit(".", 1)[-1]: leaf for leaf in sorted(leaves, key=len, reverse=True)
+             if leaf != key.lstrip("+")}
     prefix = f"{where}." if where else ""
     hint = None
     for fuzzy in (False, True):

@@ -81,6 +81,11 @@ class ReplayBuffer:
         if (state["capacity"], state["width"]) != (self.capacity, self.width):
             raise ValueError(f"replay buffer of capacity {state['capacity']} x {state['width']} "
                              f"does not fit {self.capacity} x {self.width}")
+        size, pos, data = state["size"], state["pos"], state["data"]
+        if not (isinstance(data, np.ndarray) and 0 <= size <= self.capacity
+                and 0 <= pos < self.capacity and data.shape == (size, self.width)):
+            raise ValueError(f"replay buffer state does not fit: size {size}, pos {pos}, data "
+                             f"{getattr(data, 'shape', type(data).__name__)}")
         self.data[:state["size"]] = state["data"]
         self.data[state["size"]:] = 0.0
         self.pos, self.size = state["pos"], state["size"]

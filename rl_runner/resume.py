@@ -52,6 +52,8 @@ def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
         if key != "resume" and not key.startswith(("trainer.", "hydra.")):
             raise UserError(f"resume takes the run's saved config; only trainer.* may be "
                             f"overridden, not {key}")
+        if ov.is_sweep_override():
+            raise UserError(f"resume continues one run: {key} takes one value here")
     if rundir.is_locked(run_dir):
         rundir.lock(run_dir)  # refuses with one line, naming the live process
     # refuse a drifted config, a class nobody trusted, bad trainer.* values: before anything
@@ -83,6 +85,8 @@ def trained_config(run_dir: Path) -> dict:
     except Exception as e:  # unparsable YAML, an interpolation that no longer resolves
         raise UserError(f"resume={run_dir}: {saved_path} cannot be read or resolved "
                         f"({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"resume={run_dir}: {saved_path} is not a config (a YAML mapping)")
     differing = config_differences(trained, saved)
     if differing:
         shown = "; ".join(f"{k}: {a!r} in last.pt, {b!r} in .hydra/config.yaml"

@@ -17,16 +17,15 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tqdm
-from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 import rl_runner
 from rl_runner import config as config_checks
 from rl_runner import runlog
 from rl_runner.algos.base import OnPolicyAlgorithm
-from rl_runner.checkpoint import (load_checkpoint, nonfinite_paths, rng_state, save_checkpoint,
-                                  seed_everything, set_rng_state)
+from rl_runner.checkpoint import (load_checkpoint, misfit, nonfinite_paths, rng_state,
+                                  save_checkpoint, seed_everything, set_rng_state)
 from rl_runner.envs import make_vec_env
 from rl_runner.envstate import env_state, restore_env_state
 from rl_runner.errors import UserError, describe
@@ -115,14 +114,17 @@ def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
     config_checks.check_no_nested_targets(config_checks.to_plain(cfg.algo))
     kwargs = {k: config_checks.to_plain(v) for k, v in cfg.algo.items() if k != "_target_"}
     config_checks.check_algo_kwargs(name, cls, kwargs, provided)
+    # the class is called directly, not through Hydra's instantiate: that would also call any
+    # `_target_` nested in a hyperparameter (a checkpoint's config is not to name code)
     try:
-        return instantiate(cfg.algo, observation_space=obs_space, action_space=action_space,
-                           n_envs=cfg.env.n_envs, total_steps=cfg.trainer.total_steps,
-                           seed=cfg.seed, _convert_="all")
-    except InstantiationException as e:  # Hydra wraps what the constructor raised
-        if isinstance(e.__cause__, UserError):
-            raise e.__cause__ from None
+        return cls(observation_space=obs_space, action_space=action_space, n_envs=cfg.env.n_envs,
+                   total_steps=cfg.trainer.total_steps, seed=cfg.seed, **kwargs)
+    except UserError:
         raise
+    except (KeyError, ValueError, TypeError, RuntimeError, MemoryError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise UserError(f"algo: {name} cannot be built with these hyperparameters "
+                        f"({type(e).__name__}: {why})") from None
 
 
 class Trainer:
@@ -365,11 +367,7 @@ class Trainer:
         wall = self.wall_before + (elapsed if elapsed is not None else 0.0)
         state = {
             "algo": self.algo.state_dict(),
-            "counters": {"env_steps": self.env_steps, "grad_steps": self.algo.grad_steps,
-                         "next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint,
-                         "best_eval": self.best_eval, "last_eval": self.last_eval,
-                         "last_eval_step": self.last_eval_step, "wall_seconds": wall,
-                         "recent_returns": list(self.recent_returns)},
+            "counters": self._counters(wall),
             "rng": rng_state(),
             "env": {"state": env_state(self.envs), "action_space_rng":
                     self.envs.action_space.np_random.bit_generator.state},
@@ -401,7 +399,37 @@ class Trainer:
         if self.dataset:
             log.info("dataset %s: %s", self.dataset["path"], self.dataset["rows"])
 
+    def _counters(self, wall: float) -> dict:
+        return {"env_steps": self.env_steps, "grad_steps": self.algo.grad_steps,
+                "next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint,
+                "best_eval": self.best_eval, "last_eval": self.last_eval,
+                "last_eval_step": self.last_eval_step, "wall_seconds": wall,
+                "recent_returns": list(self.recent_returns)}
+
+    def _check_fits(self, ckpt: dict) -> None:
+        """The checkpoint's parts have the structure of this run's own (keys, types, shapes),
+        and its counters are in range, before any of it is loaded: one line where not."""
+        last = self.ckpt_dir / "last.pt"
+        parts = {"algo": self.algo.state_dict(), "feeder": self.feeder.state_dict(),
+                 "counters": self._counters(0.0), "rng": rng_state(),
+                 "env": {"state": None, "action_space_rng":
+                         self.envs.action_space.np_random.bit_generator.state}}
+        for key, reference in parts.items():
+            where = misfit(reference, ckpt.get(key, {} if key != "env" else None), f"{key}.")
+            if where is not None or key not in ckpt:
+                raise UserError(f"{last} does not fit this run: {where or key + ' is missing'}")
+        c = ckpt["counters"]
+        for key in ("env_steps", "grad_steps", "next_eval", "next_checkpoint"):
+            if not 0 <= c[key] < 2**53:
+                raise UserError(f"{last} does not fit this run: counters.{key}={c[key]} is out "
+                                "of range")
+        saved_envs = ckpt["env"]["state"]
+        if saved_envs is not None and not isinstance(saved_envs, (list, bytes)):
+            raise UserError(f"{last} does not fit this run: its env state is a "
+                            f"{type(saved_envs).__name__}")
+
     def _restore(self, ckpt: dict) -> None:
+        self._check_fits(ckpt)
         try:
             self.algo.load_state_dict(ckpt["algo"])
             c = ckpt["counters"]

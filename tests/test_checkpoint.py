@@ -149,9 +149,12 @@ def test_a_config_that_names_code_is_refused_everywhere(finished_run, tmp_path, 
     nested = {"_target_": "rl_runner.algos.gail.GAIL",
               "learner_kwargs": {"_target_": "torch.load", "_args_": [str(payload)],
                                  "weights_only": False}}
-    for algo, says in ((nested, "_target_"), ({"_target_": "tests.helpers.nan_algo.NaNAfter3PPO"},
-                                              "not a bundled algorithm")):
-        run = tmp_path / f"run{len(says)}"
+    in_a_list = {"_target_": "rl_runner.algos.gail.GAIL",
+                 "learner_kwargs": {"x": [[nested["learner_kwargs"]]]}}
+    for algo, says in ((nested, "_target_"), (in_a_list, "_target_"),
+                       ({"_target_": "tests.helpers.nan_algo.NaNAfter3PPO"},
+                        "not a bundled algorithm")):
+        run = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
         shutil.copytree(finished_run, run)
         rewrite(run, lambda s: s["config"].update(algo=algo))
         for main, prog in ((rl_eval.main, "rl-eval"), (rl_collect.main, "rl-collect")):
@@ -169,6 +172,12 @@ def test_a_config_that_names_code_is_refused_everywhere(finished_run, tmp_path, 
     lambda s: s["config"].pop("env"),
     lambda s: s["algo"].pop("optimizer"),
     lambda s: s.update(algo=[1, 2]),
+    lambda s: s["counters"].update(best_eval="x"),
+    lambda s: s["counters"].update(env_steps=10**30),
+    lambda s: s["env"].update(state="abc"),
+    lambda s: s["feeder"].update(obs={"__ndarray__": torch.zeros(3, 3)}),
+    lambda s: s["algo"]["optimizer"].update(lr="x"),
+    lambda s: s["algo"]["obs_norm"].update(mean={"__ndarray__": torch.zeros(7)}),
 ])
 def test_a_malformed_checkpoint_is_one_line(finished_run, tmp_path, capsys, change):
     run = tmp_path / "run"
@@ -177,8 +186,13 @@ def test_a_malformed_checkpoint_is_one_line(finished_run, tmp_path, capsys, chan
         state = torch.load(run / "checkpoints" / name, weights_only=True)
         change(state)
         torch.save(state, run / "checkpoints" / name)
-    tool_error(capsys, rl_eval.main, [f"run={run}", "episodes=1"], "rl-eval")
+    try:  # rl-eval reads the config and the algorithm's state only: it evaluates or refuses
+        rl_eval.main([f"run={run}", "episodes=1"])
+    except SystemExit as e:
+        assert e.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+    before = sorted((p.name, p.read_bytes()) for p in run.rglob("*") if p.is_file())
     error_line(run_cli([f"resume={run}"], tmp_path))
+    assert sorted((p.name, p.read_bytes()) for p in run.rglob("*") if p.is_file()) == before
 
 
 @pytest.mark.parametrize("layer, attr, value", [

@@ -194,3 +194,31 @@ def test_second_run_leaves_the_first_runs_config(second_run_into_finished_dir):
 def test_an_algo_target_that_cannot_be_imported_is_one_line(cli):
     line = error_line(cli(["algo._target_=no_such_module.Algo"]))
     assert_says(line, "algo._target_='no_such_module.Algo'", "cannot be imported")
+
+
+@pytest.mark.parametrize("override, says", [
+    ("algo.lr=${oc.env:RL_RUNNER_UNSET_VARIABLE}", "does not resolve"),
+    ("algo.lr=${no.such.key}", "does not resolve"),
+    ("algo.lr=nan", "finite"), ("algo.ent_coef=inf", "finite"),
+    ("algo.hidden_sizes=[64,0]", "every entry must be positive"),
+    ("+trainer.foo=1", "not a trainer key"), ("logger.flush_secs=-1", "must be positive"),
+    ("trainer=fast", "unknown trainer"), ("algo.activation=foo", "cannot be built"),
+])
+def test_values_caught_before_any_run_dir(cli, tmp_path, override, says):
+    line = error_line(cli([override], run_dir=tmp_path / "outputs" / "run"))
+    assert says in line, line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_added_unknown_key_is_not_suggested_back(cli):
+    line = error_line(cli(["+algo.foo=1"]))
+    assert "did you mean algo.foo" not in line, line
+
+
+def test_resume_of_an_unusable_saved_config_is_one_line(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / ".hydra" / "config.yaml").write_text("[1, 2, 3]\n")
+    assert "not a config" in error_line(run_cli([f"resume={run_dir}"], tmp_path))
+    assert "one value" in error_line(run_cli([f"resume={run_dir}",
+                                              "trainer.total_steps=4096,8192"], tmp_path))
