@@ -70,14 +70,19 @@ def write_atomic_with(path: Path, write: Callable[[Path], None]) -> None:
     leaves the earlier `path` as it was, and becomes a UserError naming `path`."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     try:
         with writing(path):
             make_folder(path.parent)
             write(tmp)
             os.replace(tmp, path)
+            made = []
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        for folder in made:  # a failed write leaves no empty folders it made (deepest first)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

@@ -251,3 +251,12 @@ def test_a_full_disk_keeps_the_earlier_last_pt_and_records_the_failure(tmpfs, tm
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "failed" and "No space left" in results["error"]
     assert leftovers(disk) == []
+
+
+def test_a_failed_write_leaves_no_folder_it_made(tmp_path):
+    def fail(_tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(UserError, match="No space left"):
+        fileio.write_atomic_with(tmp_path / "datasets" / "sub" / "x.npz", fail)
+    assert list(tmp_path.iterdir()) == []
