@@ -100,7 +100,9 @@ def claim_output_dir(argv: list[str], parsed: list, overrides: list[str],
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     for p in parsed:
-        if p.get_key_element() == key and (p.is_sweep_override() or not isinstance(p.value(), str)):
+        # a number or a bool is a fine name (hydra.run.dir=nan); several values or a list are not
+        if p.get_key_element() == key and (p.is_sweep_override()
+                                           or isinstance(p.value(), (list, dict))):
             raise UserError(f"{key} takes one path, not several values; quote a path with "
                             f"commas or brackets: {key}='<path>'")
     fixed = [o for o, p in zip(overrides, parsed) if not p.is_sweep_override()]

@@ -136,6 +136,12 @@ def test_a_run_dir_that_parses_as_several_values_is_refused(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_run_dir_named_like_a_number_is_a_path(tmp_path):
+    proc = run_cli(SHORT_RUN, tmp_path, run_dir=Path("nan"))
+    assert proc.returncode == 0, proc.stderr
+    assert read_results(tmp_path / "nan")["status"] == "completed"
+
+
 def test_a_refused_check_leaves_no_stub_directory(tmp_path):
     """A check that only the trainer can make (the dataset file is read there)."""
     proc = subprocess.run([str(RL_RUN), "algo=bc", "env=cartpole", *FAST,
