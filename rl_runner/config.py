@@ -24,6 +24,7 @@ NON_NEGATIVE = {"lr", "ent_coef", "vf_coef", "eval_every", "checkpoint_every", "
 POSITIVE_ITEMS = {"hidden_sizes"}  # lists whose every entry must be positive
 UNIT_INTERVAL = {"gamma", "gae_lambda", "tau", "expert_epsilon"}
 SEED_MAX = 2**32 - 1 - 50_000
+MAX_ENVS = 4096  # gymnasium's vector envs, one Python object each: beyond this, a typo
 TRAINER_TYPES = {"total_steps": int, "eval_every": int, "eval_episodes": int,
                  "checkpoint_every": int, "torch_threads": int | str, "device": str,
                  "save_replay_buffer": bool, "progress": bool, "fail_fast": bool}
@@ -74,6 +75,11 @@ def check_file_config(cfg: DictConfig, source: object) -> None:
     """A config read from a file someone may have handed over (a checkpoint): it may name only
     code the user chose to run. Importing a module runs it, so algo._target_ must be a bundled
     algorithm, and env.id's `module:` part is refused, unless listed in $RL_RUNNER_TRUSTED."""
+    try:  # saved resolved: an interpolation in it is an edit, and must resolve like any other
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:
+        raise UserError(f"{source}: its config does not resolve "
+                        f"({' '.join(str(e).split())[:200]})") from None
     algo, env = cfg.get("algo"), cfg.get("env")
     if not (isinstance(algo, DictConfig) and isinstance(algo.get("_target_"), str)
             and isinstance(env, DictConfig) and isinstance(env.get("id"), str)):
@@ -137,6 +143,8 @@ def check_trainer(cfg: DictConfig) -> None:
     if not 0 <= cfg.seed <= SEED_MAX:
         raise UserError(f"seed={cfg.seed} must lie in [0, {SEED_MAX}]")
     check_value("env.n_envs", cfg.env.n_envs, int)
+    if cfg.env.n_envs > MAX_ENVS:
+        raise UserError(f"env.n_envs={cfg.env.n_envs} is more than {MAX_ENVS} envs")
     check_value("env.id", cfg.env.id, str)
     if cfg.trainer.device != "cpu":
         raise UserError(f"trainer.device={cfg.trainer.device!r} is not supported yet; allowed: cpu "

@@ -56,6 +56,11 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
         make_one(env_id, kwargs).close()  # surface bad kwargs as one line, not a worker crash
     except TypeError as e:
         raise UserError(f"env.kwargs {kwargs} rejected by {env_id}: {e}") from None
+    except UserError:
+        raise
+    except Exception as e:  # a missing extra (jax, shimmy), an env that fails to start
+        raise UserError(f"env.id={env_id} cannot be made here ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
     fns = [_EnvFn(env_id, kwargs) for _ in range(n_envs)]
     if vectorization == "async":
         return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)

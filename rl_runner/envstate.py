@@ -9,6 +9,7 @@ other object (a Box2D world, MuJoCo's MjData) cannot be captured this way: None,
 restart on resume."""
 from __future__ import annotations
 
+import math
 import types
 
 import gymnasium as gym
@@ -19,7 +20,8 @@ from gymnasium.vector import SyncVectorEnv
 # built from the constructor and config again on resume, never state
 STRUCTURE = (gym.Env, gym.Space, EnvSpec, types.FunctionType, types.MethodType,
              types.BuiltinFunctionType, types.ModuleType, type)
-SKIPPED_NAMES = {"_saved_kwargs", "spec", "_cached_spec", "metadata", "_metadata"}
+SKIPPED_NAMES = {"_saved_kwargs", "spec", "_cached_spec", "metadata", "_metadata",
+                 "_action_space", "_observation_space"}  # a wrapper's space overrides
 GENERATOR = "__generator__"
 BIT_GENERATORS = {"PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"}
 
@@ -86,10 +88,19 @@ def _restored(saved, current, name: str):
         rng = np.random.Generator(getattr(np.random, kind)())  # checked here, set in place later
         rng.bit_generator.state = state
         return rng
-    if current is None or saved is None:
-        if isinstance(saved, (str, dict, list, tuple)) or isinstance(current, str):
-            raise ValueError(f"{name}: {type(saved).__name__} where {current!r} is")
-        return saved.copy() if isinstance(saved, np.ndarray) else saved
+    if isinstance(saved, int) and not isinstance(saved, bool) and not -2**53 < saved < 2**53:
+        raise ValueError(f"{name}: an integer out of range ({str(saved)[:20]}...)")
+    if isinstance(saved, float) and not math.isfinite(saved) and not (
+            isinstance(current, float) and not math.isfinite(current)):
+        raise ValueError(f"{name}: {saved} where {current!r} is")
+    if saved is None:  # state that was not set (yet, or any more); an env's strings are set
+        if isinstance(current, str):
+            raise ValueError(f"{name}: None where {current!r} is")
+        return None
+    if current is None:  # state not set yet: a number may come, nothing else
+        if not isinstance(saved, (int, float)) or isinstance(saved, bool):
+            raise ValueError(f"{name}: {type(saved).__name__} where None is")
+        return saved
     if isinstance(current, np.ndarray):
         if not (isinstance(saved, np.ndarray) and saved.shape == current.shape
                 and saved.dtype == current.dtype):
@@ -133,8 +144,10 @@ def restore_env_state(envs: gym.vector.VectorEnv, state: list) -> None:
             if not isinstance(attrs, dict):
                 raise ValueError(f"saved env layer {name!r} holds no attributes")
             for attr, value in attrs.items():
+                if attr in SKIPPED_NAMES:  # not state: built from the config, never set back
+                    continue
                 current = vars(layer).get(attr)
-                if (attr not in vars(layer) or attr in SKIPPED_NAMES or attr == "env"
+                if (attr not in vars(layer) or attr == "env"
                         or isinstance(current, STRUCTURE) or callable(current)):
                     raise ValueError(f"{name} has no state attribute {attr!r}")
                 updates.append((layer, attr, _restored(value, current, f"{name}.{attr}")))

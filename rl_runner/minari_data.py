@@ -7,6 +7,7 @@ len + 1 observations per episode, so row t is (obs[t], action[t], reward[t], obs
 """
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -33,6 +34,23 @@ def is_minari(path: str) -> bool:
     return path.startswith(PREFIX) or minari_data_dir(path) is not None
 
 
+def check_spaces_given(folder: Path | None, path: str) -> None:
+    """Minari builds the env from the metadata's env_spec where the spaces are missing, which
+    imports and calls the entry point the file names: a dataset someone handed over must
+    carry its spaces, and is refused (one line) without them."""
+    meta_file = folder / METADATA if folder is not None else None
+    if meta_file is None or not meta_file.is_file():
+        raise FileNotFoundError(path)
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"dataset.path={path}: {meta_file} is not readable JSON ({e})") from None
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) and meta[k]
+                                              for k in ("observation_space", "action_space")):
+        raise UserError(f"dataset.path={path}: {meta_file} gives no observation_space and "
+                        "action_space; rl-runner does not build the env its env_spec names")
+
+
 def load_minari(path: str) -> Dataset:
     """Read a Minari dataset (by `minari:<id>` or directory) as one Dataset; errors are
     UserErrors."""
@@ -45,8 +63,11 @@ def load_minari(path: str) -> Dataset:
                         f"(pip install 'rl-runner[minari]')") from None
     try:
         if path.startswith(PREFIX):
+            folder = minari.storage.get_dataset_path(path[len(PREFIX):]) / "data"
+            check_spaces_given(folder, path)
             source = minari.load_dataset(path[len(PREFIX):], download=False)
         else:
+            check_spaces_given(minari_data_dir(path), path)
             source = minari.MinariDataset(minari_data_dir(path))
         return convert(source, path)
     except FileNotFoundError:

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rl_runner.algos.base import Algorithm
-from rl_runner.checkpoint import load_checkpoint, misfit
+from rl_runner.checkpoint import load_checkpoint, misfit, nonfinite_paths
 from rl_runner.config import check_file_config, to_plain
 from rl_runner.envs import make_vec_env
 from rl_runner.errors import UserError
@@ -75,7 +75,8 @@ def load_policy(run: Path, checkpoint: str = "best") -> Policy:
                 algo = build_algo(cfg, envs.single_observation_space, envs.single_action_space)
         finally:
             envs.close()
-        where = misfit(algo.state_dict(), state["algo"], "algo.")
+        where = misfit(algo.state_dict(), state["algo"], "algo.") or next(
+            (f"algo.{p} is NaN/Inf" for p in nonfinite_paths(state["algo"])), None)
         if where is not None:
             raise UserError(f"{path} does not fit its own config: {where}")
         algo.load_state_dict(state["algo"])

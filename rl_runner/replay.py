@@ -78,14 +78,7 @@ class ReplayBuffer:
                 "capacity": self.capacity, "width": self.width}
 
     def load_state_dict(self, state: dict) -> None:
-        if (state["capacity"], state["width"]) != (self.capacity, self.width):
-            raise ValueError(f"replay buffer of capacity {state['capacity']} x {state['width']} "
-                             f"does not fit {self.capacity} x {self.width}")
-        size, pos, data = state["size"], state["pos"], state["data"]
-        if not (isinstance(data, np.ndarray) and 0 <= size <= self.capacity
-                and 0 <= pos < self.capacity and data.shape == (size, self.width)):
-            raise ValueError(f"replay buffer state does not fit: size {size}, pos {pos}, data "
-                             f"{getattr(data, 'shape', type(data).__name__)}")
+        check_buffer_state(state, self.capacity, self.width)
         self.data[:state["size"]] = state["data"]
         self.data[state["size"]:] = 0.0
         self.pos, self.size = state["pos"], state["size"]
@@ -147,3 +140,22 @@ class ReplayFeeder:
         self.tracker.load_state_dict(state["tracker"])
         self.rng.bit_generator.state = state["rng"]
         self.env_steps = state["env_steps"]
+
+
+def check_buffer_state(state, capacity: int, width: int) -> None:
+    """A saved buffer (state_dict) that fits a buffer of `capacity` rows of `width`: ValueError
+    naming what does not."""
+    ints = ("capacity", "width", "size", "pos")
+    if not (isinstance(state, dict) and isinstance(state.get("data"), np.ndarray)
+            and all(isinstance(state.get(k), int) and not isinstance(state.get(k), bool)
+                    for k in ints)):
+        raise ValueError("a replay buffer is a dict of data (an array) and capacity, width, size "
+                         "and pos (integers)")
+    if (state["capacity"], state["width"]) != (capacity, width):
+        raise ValueError(f"replay buffer of capacity {state['capacity']} x {state['width']} "
+                         f"does not fit {capacity} x {width}")
+    size, pos, data = state["size"], state["pos"], state["data"]
+    if not (0 <= size <= capacity and 0 <= pos < capacity and data.shape == (size, width)
+            and data.dtype == np.float32 and (size == capacity or pos == size)):
+        raise ValueError(f"replay buffer state does not fit: size {size}, pos {pos}, data "
+                         f"{data.shape} {data.dtype}")

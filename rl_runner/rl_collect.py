@@ -17,6 +17,7 @@ from rl_runner.errors import UserError
 from rl_runner.options import Option, run_tool
 from rl_runner.checkpoint import load_checkpoint
 from rl_runner.policy import Policy, load_policy
+from rl_runner.replay import check_buffer_state
 
 SUMMARY = ("Roll out a trained policy and write its transitions as a dataset (.npz; format in "
            "docs/datasets.md) for bc, gail and cql. Give episodes=N or steps=N; or write an "
@@ -81,6 +82,15 @@ def write_replay(run: Path, opts: dict) -> Path:
     if buffer is None:
         raise UserError(f"{policy.checkpoint} holds no replay buffer; train with "
                         "trainer.save_replay_buffer=true (off-policy algorithms)")
+    env = make_one(policy.env_id, policy.env_kwargs)
+    obs_dim = int(np.prod(env.observation_space.shape))
+    env.close()
+    try:
+        check_buffer_state(buffer, policy.algo.buffer_size,
+                           2 * obs_dim + policy.algo.buffer_action_dim + 2)
+    except ValueError as e:
+        raise UserError(f"{policy.checkpoint}: its replay buffer does not fit the run ({e})") \
+            from None
     out = Path(opts["out"]) if opts["out"] else run / "datasets" / "replay.npz"
     check_out(out)
     data = replay_rows(policy, buffer)

@@ -418,11 +418,10 @@ class Trainer:
             where = misfit(reference, ckpt.get(key, {} if key != "env" else None), f"{key}.")
             if where is not None or key not in ckpt:
                 raise UserError(f"{last} does not fit this run: {where or key + ' is missing'}")
-        c = ckpt["counters"]
-        for key in ("env_steps", "grad_steps", "next_eval", "next_checkpoint"):
-            if not 0 <= c[key] < 2**53:
-                raise UserError(f"{last} does not fit this run: counters.{key}={c[key]} is out "
-                                "of range")
+        bad = counters_misfit(ckpt["counters"]) or \
+            next((f"algo.{p} is NaN/Inf" for p in nonfinite_paths(ckpt["algo"])), None)
+        if bad:
+            raise UserError(f"{last} does not fit this run: {bad}")
         saved_envs = ckpt["env"]["state"]
         if saved_envs is not None and not isinstance(saved_envs, (list, bytes)):
             raise UserError(f"{last} does not fit this run: its env state is a "
@@ -522,6 +521,28 @@ class Trainer:
         if self.stop_signal is not None:
             results["signal"] = signal.Signals(self.stop_signal).name
         return write_json(self.run_dir / "results.json", results)
+
+
+def counters_misfit(c: dict) -> str | None:
+    """What is wrong with a checkpoint's trainer counters (types fit already: misfit), or None:
+    step counts in range, times and returns finite, at most 20 recent returns."""
+    for key in ("env_steps", "grad_steps", "next_eval", "next_checkpoint", "last_eval_step"):
+        if not -1 <= c[key] < 2**53:
+            return f"counters.{key}={c[key]} is out of range"
+    if not (isinstance(c["wall_seconds"], float) and 0 <= c["wall_seconds"] < 1e12):
+        return f"counters.wall_seconds={c['wall_seconds']!r:.40} is not a time in seconds"
+    if not (isinstance(c["best_eval"], float) and c["best_eval"] < math.inf):
+        return f"counters.best_eval={c['best_eval']!r:.40} is not a return"
+    recent = c["recent_returns"]
+    if len(recent) > 20 or not all(isinstance(r, float) and math.isfinite(r) for r in recent):
+        return "counters.recent_returns is not a list of up to 20 finite returns"
+    ev = c["last_eval"]
+    if ev is not None and not (isinstance(ev, dict) and set(ev) >= {"return_mean", "return_std",
+                                                                      "length_mean", "episodes"}
+                               and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                       and math.isfinite(v) for v in ev.values())):
+        return "counters.last_eval is not an evaluation's result"
+    return None
 
 
 def write_json(path: Path, results: dict) -> dict:

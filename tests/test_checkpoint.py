@@ -178,6 +178,14 @@ def test_a_config_that_names_code_is_refused_everywhere(finished_run, tmp_path, 
     lambda s: s["feeder"].update(obs={"__ndarray__": torch.zeros(3, 3)}),
     lambda s: s["algo"]["optimizer"].update(lr="x"),
     lambda s: s["algo"]["obs_norm"].update(mean={"__ndarray__": torch.zeros(7)}),
+    lambda s: s["counters"].update(last_eval="boom"),
+    lambda s: s["counters"].update(recent_returns=["x", {}]),
+    lambda s: s["counters"].update(wall_seconds=float("nan")),
+    lambda s: s["counters"].update(wall_seconds=10**400),
+    lambda s: s["algo"]["net"].update({k: torch.full_like(v, float("nan"))
+                                       for k, v in s["algo"]["net"].items()}),
+    lambda s: s["env"]["state"][0][-1]["attrs"].update(steps_beyond_terminated=[0.0] * 5),
+    lambda s: s["env"]["state"][0][-1]["attrs"].update(tau=10**400),
 ])
 def test_a_malformed_checkpoint_is_one_line(finished_run, tmp_path, capsys, change):
     run = tmp_path / "run"
@@ -199,7 +207,6 @@ def test_a_malformed_checkpoint_is_one_line(finished_run, tmp_path, capsys, chan
     (0, "_max_episode_steps", "x"),  # TimeLimit's counter as a string
     (-1, "render_mode", "human"),  # would make step() render
     (-1, "state", [1.0, 2.0]),  # a list where an array of 4 floats is
-    (-1, "metadata", {}),  # not state: never saved, never restored
     (-1, "no_such_attribute", 1.0),
 ])
 def test_env_state_restores_only_state_of_the_same_kind(layer, attr, value):
@@ -212,3 +219,15 @@ def test_env_state_restores_only_state_of_the_same_kind(layer, attr, value):
     with pytest.raises(ValueError):
         restore_env_state(envs_b, state)
     assert str(env_state(envs_b)) == str(before)  # nothing of the layer was changed
+
+
+def test_env_state_never_sets_what_is_not_state():
+    envs_a, envs_b = make_vec_env("CartPole-v1", 1), make_vec_env("CartPole-v1", 1)
+    envs_a.reset(seed=0)
+    envs_b.reset(seed=1)
+    state = env_state(envs_a)
+    state[0][-1]["attrs"]["metadata"] = {"render_modes": ["x"]}
+    state[0][0]["attrs"]["_action_space"] = 7  # a wrapper's space override
+    restore_env_state(envs_b, state)
+    assert envs_b.envs[0].unwrapped.metadata != {"render_modes": ["x"]}
+    assert envs_b.envs[0].action_space.n == 2

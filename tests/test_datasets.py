@@ -154,3 +154,20 @@ def test_a_saved_replay_buffer_becomes_a_dataset_oldest_row_first(tmp_path, buff
 def test_replay_source_without_a_saved_buffer_is_exit_2(pendulum_run, tmp_path, capsys):
     line = exit_line(capsys, [f"run={pendulum_run}", "source=replay", f"out={tmp_path / 'r.npz'}"])
     assert "holds no replay buffer" in line and "trainer.save_replay_buffer=true" in line
+
+
+@pytest.mark.parametrize("change", [
+    lambda b: b.update(pos=10**9), lambda b: b.update(data="x"),
+    lambda b: b.update(data=np.zeros((5, 2), np.float32), size=5),
+])
+def test_a_replay_buffer_that_does_not_fit_is_exit_2(tmp_path, capsys, change):
+    from rl_runner.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "sac"
+    train(compose([*SAC_FAST, "trainer.save_replay_buffer=true"]), run)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    change(state["replay_buffer"])
+    save_checkpoint(run / "checkpoints" / "last.pt", state)
+    line = exit_line(capsys, [f"run={run}", "source=replay", f"out={tmp_path / 'r.npz'}"])
+    assert "replay buffer does not fit" in line, line
+    assert not (tmp_path / "r.npz").exists()

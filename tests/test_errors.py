@@ -203,6 +203,7 @@ def test_an_algo_target_that_cannot_be_imported_is_one_line(cli):
     ("algo.hidden_sizes=[64,0]", "every entry must be positive"),
     ("+trainer.foo=1", "not a trainer key"), ("logger.flush_secs=-1", "must be positive"),
     ("trainer=fast", "unknown trainer"), ("algo.activation=foo", "cannot be built"),
+    ("env.n_envs=5000", "more than 4096"),
 ])
 def test_values_caught_before_any_run_dir(cli, tmp_path, override, says):
     line = error_line(cli([override], run_dir=tmp_path / "outputs" / "run"))

@@ -134,3 +134,24 @@ def test_replay_rows_that_do_not_continue_each_other_become_separate_episodes(mi
     np.testing.assert_array_equal(back.episode_starts, [1, 0, 0, 1, 0, 0])
     np.testing.assert_array_equal(back.truncations, [0, 0, 1, 0, 0, 1])
     np.testing.assert_array_equal(back.next_observations, nxt)
+
+
+@pytest.mark.parametrize("name", ["minari:cartpole/random-v0", "directory"])
+def test_a_dataset_without_spaces_never_makes_the_env_its_spec_names(minari_root, tmp_path, name):
+    """Minari builds the env from metadata's env_spec where the spaces are missing: a handed-
+    over dataset could name any entry point (here one that writes a marker file)."""
+    import json
+
+    data_dir = minari_root / "cartpole" / "random-v0" / "data"
+    meta_file = data_dir / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    marker = tmp_path / "marker"
+    spec = json.loads(meta["env_spec"])
+    spec.update(entry_point="pathlib:Path.touch", kwargs={"self": str(marker)})
+    meta["env_spec"] = json.dumps(spec)
+    del meta["observation_space"], meta["action_space"]
+    meta_file.write_text(json.dumps(meta))
+    path = name if name.startswith("minari:") else str(data_dir.parent)
+    with pytest.raises(UserError, match="gives no observation_space and action_space"):
+        load_minari(path)
+    assert not marker.exists()
