@@ -94,14 +94,19 @@ def misfit(reference, got, path: str = "") -> str | None:
             return (f"{where} is {shown.strip()}, not {type(reference).__name__} "
                     f"{tuple(reference.shape)} {reference.dtype}")
         return None
-    kinds = ((bool, np.bool_), (int, np.integer), (float, int, np.floating, np.integer))
-    for kind in ((bool,), (int,), (float,), (str,), (np.generic,)):
-        if isinstance(reference, kind):
-            allowed = next((k for k in kinds if isinstance(reference, k[0])), kind)
-            if isinstance(got, bool) and not isinstance(reference, (bool, np.bool_)) \
-                    or not isinstance(got, allowed):
-                return f"{where} is {type(got).__name__} {got!r:.40}, not {type(reference).__name__}"
-            return None
+    if isinstance(reference, bool):
+        allowed: tuple = (bool, np.bool_)
+    elif isinstance(reference, int):
+        allowed = (int, np.integer)
+    elif isinstance(reference, float):
+        allowed = (float, int, np.floating, np.integer)
+    elif isinstance(reference, (str, np.generic)):
+        allowed = (str,) if isinstance(reference, str) else (np.generic,)
+    else:
+        return None
+    if isinstance(got, bool) and not isinstance(reference, (bool, np.bool_)) \
+            or not isinstance(got, allowed):
+        return f"{where} is {type(got).__name__} {got!r:.40}, not {type(reference).__name__}"
     return None
 
 
