@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rl_runner import rundir, runlog
 from rl_runner.config import group_choices
-from rl_runner.errors import UserError
+from rl_runner.errors import UserError, one_line
 from rl_runner.fileio import writing
 from rl_runner.overrides import check_jobs, check_overrides
 from rl_runner.resume import hydra_quote, resume_overrides, resumed_config
@@ -65,7 +65,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:
-        raise UserError(f"cannot parse the overrides: {_one_line(e)}") from None
+        raise UserError(f"cannot parse the overrides: {one_line(e)}") from None
     for ov in parsed:
         key = ov.get_key_element().lstrip("+~")
         if key in CHECKED_GROUPS:
@@ -112,7 +112,7 @@ def claim_output_dir(argv: list[str], parsed: list, overrides: list[str],
         try:
             folder = Path(str(OmegaConf.select(cfg, key)))
         except Exception as e:
-            raise UserError(f"{key} cannot be resolved: {_one_line(e)}") from None
+            raise UserError(f"{key} cannot be resolved: {one_line(e)}") from None
     explicit = any(p.get_key_element() == key for p in parsed)
     if not explicit:
         folder = rundir.claim_new(folder)
@@ -173,12 +173,8 @@ def _check_composes(parsed: list, overrides: list[str]) -> None:
             try:
                 compose(config_name="train", overrides=trial)
             except Exception as e:
-                raise UserError(_one_line(e)) from None
+                raise UserError(one_line(e)) from None
         check_jobs(parsed, overrides)  # the trainer's checks, before Hydra makes a run directory
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).replace("\t", " ").split())
 
 
 @hydra.main(config_path="pkg://rl_runner.conf", config_name="train", version_base="1.3")

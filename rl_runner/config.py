@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rl_runner.errors import UserError
+from rl_runner.errors import UserError, one_line
 
 if TYPE_CHECKING:  # gymnasium is only needed on the error path; keep `rl-run --help` light
     import gymnasium as gym
@@ -79,7 +79,7 @@ def check_file_config(cfg: DictConfig, source: object) -> None:
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:
         raise UserError(f"{source}: its config does not resolve "
-                        f"({' '.join(str(e).split())[:200]})") from None
+                        f"({one_line(e, 200)})") from None
     algo, env = cfg.get("algo"), cfg.get("env")
     if not (isinstance(algo, DictConfig) and isinstance(algo.get("_target_"), str)
             and isinstance(env, DictConfig) and isinstance(env.get("id"), str)):
@@ -130,9 +130,8 @@ def check_trainer(cfg: DictConfig) -> None:
             raise UserError(f"trainer.{key} is not a trainer key; allowed: "
                             f"{', '.join(TRAINER_TYPES)}")
         check_value(f"trainer.{key}", value, TRAINER_TYPES[key])
-    for key, value in (cfg.get("logger") or {}).items():
-        if key == "flush_secs":
-            check_value("logger.flush_secs", value, int)
+    if "flush_secs" in (cfg.get("logger") or {}):
+        check_value("logger.flush_secs", cfg.logger.flush_secs, int)
     threads = cfg.trainer.torch_threads
     if isinstance(threads, str) and threads != "auto":
         raise UserError(f"trainer.torch_threads={threads!r} is not allowed; expected a positive "

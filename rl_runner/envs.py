@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-from rl_runner.errors import UserError
+from rl_runner.errors import UserError, one_line
 
 
 def check_env_id(env_id: str) -> None:
@@ -60,7 +60,7 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
         raise
     except Exception as e:  # a missing extra (jax, shimmy), an env that fails to start
         raise UserError(f"env.id={env_id} cannot be made here ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:200]})") from None
+                        f"{one_line(e, 200)})") from None
     fns = [_EnvFn(env_id, kwargs) for _ in range(n_envs)]
     if vectorization == "async":
         return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)

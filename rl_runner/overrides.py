@@ -17,7 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf
 
-from rl_runner.errors import UserError
+from rl_runner.errors import UserError, one_line
 
 CONFIG_MODULE = "rl_runner.conf"
 # what the trainer passes to every algorithm constructor itself (rl_runner/trainer.py build_algo)
@@ -93,7 +93,7 @@ def check_values(cfg: DictConfig) -> None:
     try:  # an interpolation that does not resolve (${oc.env:UNSET}, ${no.such.key})
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:
-        raise UserError(f"the config does not resolve: {' '.join(str(e).split())[:300]}") from None
+        raise UserError(f"the config does not resolve: {one_line(e, 300)}") from None
     check_trainer(cfg)
     cls = algo_class(cfg)
     name = algo_name(cls)

@@ -12,7 +12,7 @@ from rl_runner.algos.base import Algorithm
 from rl_runner.checkpoint import load_checkpoint, misfit, nonfinite_paths
 from rl_runner.config import check_file_config, to_plain
 from rl_runner.envs import make_vec_env
-from rl_runner.errors import UserError
+from rl_runner.errors import UserError, one_line
 
 NAMED = ("best", "last")  # checkpoint=best|last name files in <run>/checkpoints/
 
@@ -85,5 +85,5 @@ def load_policy(run: Path, checkpoint: str = "best") -> Policy:
         raise
     except Exception as e:  # a config or state that is not what rl-run writes
         raise UserError(f"{path}: its config or algorithm state does not fit "
-                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+                        f"({type(e).__name__}: {one_line(e, 200)})") from None
     return Policy(algo=algo, config=cfg, checkpoint=path, env_steps=steps)

@@ -28,7 +28,7 @@ from rl_runner.checkpoint import (load_checkpoint, misfit, nonfinite_paths, rng_
                                   save_checkpoint, seed_everything, set_rng_state)
 from rl_runner.envs import make_vec_env
 from rl_runner.envstate import env_state, restore_env_state
-from rl_runner.errors import UserError, describe
+from rl_runner.errors import UserError, describe, one_line
 from rl_runner.evaluation import Evaluator
 from rl_runner.fileio import write_atomic
 from rl_runner.logger import TBLogger
@@ -94,7 +94,7 @@ def algo_class(cfg: DictConfig) -> type:
     try:
         return get_class(cfg.algo._target_)
     except Exception as e:
-        why = " ".join(str(e).split())  # Hydra's message spans lines
+        why = one_line(e)  # Hydra's message spans lines
         raise UserError(f"algo._target_={cfg.algo._target_!r} cannot be imported ({why})") from None
     finally:
         hydra_log.setLevel(level)
@@ -122,7 +122,7 @@ def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
     except UserError:
         raise
     except (KeyError, ValueError, TypeError, RuntimeError, MemoryError) as e:
-        why = " ".join(str(e).split())[:200]
+        why = one_line(e, 200)
         raise UserError(f"algo: {name} cannot be built with these hyperparameters "
                         f"({type(e).__name__}: {why})") from None
 
