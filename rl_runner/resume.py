@@ -5,6 +5,7 @@ variable changed since, or any other difference outside trainer.* refuses the re
 keys. Only trainer.* may change on the command line."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -14,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rl_runner import rundir
 from rl_runner.checkpoint import load_checkpoint
 from rl_runner.config import check_file_config, check_trainer, flatten
-from rl_runner.errors import UserError
+from rl_runner.errors import UserError, one_line
 
 CHANGEABLE = ("trainer.", "resume")  # what a resume may change; the rest is the checkpoint's
 
@@ -65,15 +66,26 @@ def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
         raise
     except Exception as e:  # a config with parts missing: not what rl-run saves
         raise UserError(f"resume={run_dir}: the config in last.pt is incomplete "
-                        f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+                        f"({type(e).__name__}: {one_line(e, 160)})") from None
     rundir.lock(run_dir)
     # keep the run's .hydra/ untouched: nothing already written is overwritten
     return [f"hydra.run.dir={hydra_quote(str(run_dir))}", "hydra.output_subdir=null"]
 
 
+_checked: dict[Path, dict] = {}  # run dir -> its trained config, checked once per process
+
+
 def trained_config(run_dir: Path) -> dict:
     """The resolved config last.pt was trained with, after checking that the run's
-    .hydra/config.yaml still resolves to it outside trainer.*."""
+    .hydra/config.yaml still resolves to it outside trainer.*. rl-run checks it before Hydra
+    starts (resume_overrides) and uses it in the job (resumed_config): read once."""
+    key = Path(run_dir).resolve()
+    if key not in _checked:
+        _checked[key] = _check_trained_config(run_dir)
+    return copy.deepcopy(_checked[key])
+
+
+def _check_trained_config(run_dir: Path) -> dict:
     last = run_dir / "checkpoints" / "last.pt"
     trained = load_checkpoint(last, mmap=True).get("config")
     if not isinstance(trained, dict):
@@ -84,7 +96,7 @@ def trained_config(run_dir: Path) -> dict:
         saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
     except Exception as e:  # unparsable YAML, an interpolation that no longer resolves
         raise UserError(f"resume={run_dir}: {saved_path} cannot be read or resolved "
-                        f"({' '.join(str(e).split())[:200]})") from None
+                        f"({one_line(e, 200)})") from None
     if not isinstance(saved, dict):
         raise UserError(f"resume={run_dir}: {saved_path} is not a config (a YAML mapping)")
     differing = config_differences(trained, saved)
