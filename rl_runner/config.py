@@ -48,6 +48,8 @@ def algos_supporting(action_space: gym.Space) -> list[str]:
     return able
 
 
+# what the trainer passes to every algorithm constructor itself (trainer.build_algo)
+PROVIDED = {"observation_space", "action_space", "n_envs", "total_steps", "seed"}
 TRUST_ENV = "RL_RUNNER_TRUSTED"  # module.Class names (or modules) a user trusts, comma-separated
 # Hydra's instantiate keys: below algo they would build objects of any class the config names
 HYDRA_KEYS = {"_target_", "_args_", "_partial_", "_recursive_", "_convert_"}

@@ -17,11 +17,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf
 
+from rl_runner.config import PROVIDED
 from rl_runner.errors import UserError, one_line
 
 CONFIG_MODULE = "rl_runner.conf"
-# what the trainer passes to every algorithm constructor itself (rl_runner/trainer.py build_algo)
-PROVIDED = {"observation_space", "action_space", "n_envs", "total_steps", "seed"}
 # names other libraries and papers use for a key of ours (matched on the last part of a key)
 ALIASES = {"learning_rate": "lr", "discount": "gamma", "discount_factor": "gamma",
            "net_arch": "hidden_sizes", "hidden_layers": "hidden_sizes", "layers": "hidden_sizes",

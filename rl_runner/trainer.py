@@ -110,10 +110,9 @@ def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
                         f"{cfg.env.id} (it takes "
                         f"{', '.join(t.__name__ for t in cls.action_spaces)}); algorithms "
                         f"that can: {', '.join(able) if able else 'none yet'}")
-    provided = {"observation_space", "action_space", "n_envs", "total_steps", "seed"}
     config_checks.check_no_nested_targets(config_checks.to_plain(cfg.algo))
     kwargs = {k: config_checks.to_plain(v) for k, v in cfg.algo.items() if k != "_target_"}
-    config_checks.check_algo_kwargs(name, cls, kwargs, provided)
+    config_checks.check_algo_kwargs(name, cls, kwargs, config_checks.PROVIDED)
     # the class is called directly, not through Hydra's instantiate: that would also call any
     # `_target_` nested in a hyperparameter (a checkpoint's config is not to name code)
     try:
