@@ -7,26 +7,21 @@ import os
 import types
 import typing
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rl_runner.errors import UserError, one_line
+from rl_runner.params import NonNegativeInt, PositiveInt, Range
 
 if TYPE_CHECKING:  # gymnasium is only needed on the error path; keep `rl-run --help` light
     import gymnasium as gym
 
-POSITIVE = {"flush_secs", "total_steps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_episodes",
-            "torch_threads", "buffer_size", "gradient_steps", "train_freq", "expert_episodes"}
-NON_NEGATIVE = {"lr", "ent_coef", "vf_coef", "eval_every", "checkpoint_every", "learning_starts",
-                "max_grad_norm", "value_epochs", "kl_target", "kl_beta", "clip_coef",
-                "expert_noise"}
-POSITIVE_ITEMS = {"hidden_sizes"}  # lists whose every entry must be positive
-UNIT_INTERVAL = {"gamma", "gae_lambda", "tau", "expert_epsilon"}
 SEED_MAX = 2**32 - 1 - 50_000
 MAX_ENVS = 4096  # gymnasium's vector envs, one Python object each: beyond this, a typo
-TRAINER_TYPES = {"total_steps": int, "eval_every": int, "eval_episodes": int,
-                 "checkpoint_every": int, "torch_threads": int | str, "device": str,
+TRAINER_TYPES = {"total_steps": PositiveInt, "eval_every": NonNegativeInt,
+                 "eval_episodes": PositiveInt, "checkpoint_every": NonNegativeInt,
+                 "torch_threads": PositiveInt | Literal["auto"], "device": str,
                  "save_replay_buffer": bool, "progress": bool, "fail_fast": bool}
 
 
@@ -101,23 +96,11 @@ def check_file_config(cfg: DictConfig, source: object) -> None:
 
 
 def check_value(key: str, value: Any, expected: Any) -> None:
-    """Raise UserError unless `value` fits the type hint `expected` and the range rules."""
-    if not _fits(value, expected):
-        raise UserError(f"{key}={_show(value)} has the wrong type; expected {_type_name(expected)}")
-    name = key.rsplit(".", 1)[-1]
-    if name in POSITIVE_ITEMS and isinstance(value, (list, tuple)):
-        if any(isinstance(v, (int, float)) and v <= 0 for v in value):
-            raise UserError(f"{key}={list(value)}: every entry must be positive")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"{key}={value} must be a finite number")
-    if name in POSITIVE and value <= 0:
-        raise UserError(f"{key}={value} must be positive")
-    if name in NON_NEGATIVE and value < 0:
-        raise UserError(f"{key}={value} must not be negative")
-    if name in UNIT_INTERVAL and not 0 <= value <= 1:
-        raise UserError(f"{key}={value} must lie in [0, 1]")
+    """Raise UserError unless `value` fits the type hint `expected`: its type, the choices of a
+    Literal, the Range of an Annotated hint (rl_runner/params.py), every entry of a list."""
+    problem = _problem(value, expected)
+    if problem is not None:
+        raise UserError(f"{key}={_show(value)} {problem}")
 
 
 def check_trainer(cfg: DictConfig) -> None:
@@ -133,17 +116,13 @@ def check_trainer(cfg: DictConfig) -> None:
                             f"{', '.join(TRAINER_TYPES)}")
         check_value(f"trainer.{key}", value, TRAINER_TYPES[key])
     if "flush_secs" in (cfg.get("logger") or {}):
-        check_value("logger.flush_secs", cfg.logger.flush_secs, int)
-    threads = cfg.trainer.torch_threads
-    if isinstance(threads, str) and threads != "auto":
-        raise UserError(f"trainer.torch_threads={threads!r} is not allowed; expected a positive "
-                        "number of threads or auto")
+        check_value("logger.flush_secs", cfg.logger.flush_secs, PositiveInt)
     check_value("seed", cfg.seed, int)
     # numpy and torch take seeds in [0, 2**32); the evaluation, replay and dataset streams
     # add up to 50000 to the run's seed
     if not 0 <= cfg.seed <= SEED_MAX:
         raise UserError(f"seed={cfg.seed} must lie in [0, {SEED_MAX}]")
-    check_value("env.n_envs", cfg.env.n_envs, int)
+    check_value("env.n_envs", cfg.env.n_envs, PositiveInt)
     if cfg.env.n_envs > MAX_ENVS:
         raise UserError(f"env.n_envs={cfg.env.n_envs} is more than {MAX_ENVS} envs")
     check_value("env.id", cfg.env.id, str)
@@ -163,7 +142,8 @@ def check_algo_kwargs(name: str, cls: type, kwargs: dict[str, Any], provided: se
         sig = inspect.signature(init)
         params |= {p for p, v in sig.parameters.items()
                    if v.kind == v.KEYWORD_ONLY and p not in provided}
-        hints.update({k: v for k, v in typing.get_type_hints(init).items() if k in params})
+        hints.update({k: v for k, v in typing.get_type_hints(init, include_extras=True).items()
+                      if k in params})
     for key, value in kwargs.items():
         if key not in params:
             raise UserError(f"algo.{key} is not a hyperparameter of {name}; "
@@ -188,10 +168,52 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _problem(value: Any, expected: Any) -> str | None:
+    """What is wrong with `value` for the hint `expected` (the end of a sentence), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if expected is Any:
+        return None
+    origin = typing.get_origin(expected)
+    if origin is Annotated:
+        base, *rules = typing.get_args(expected)
+        problem = _problem(value, base)
+        if problem is None:
+            problem = next((r.describe() for r in rules
+                            if isinstance(r, Range) and not r.holds(value)), None)
+        return problem
+    if origin is Literal:
+        if any(value == c and type(value) is type(c) for c in typing.get_args(expected)):
+            return None
+        return f"is not known; allowed: {_type_name(expected)}"
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(expected)
+        problems = [_problem(value, arg) for arg in args]
+        if None in problems:
+            return None
+        # a value of the right type but out of range: say the range, not the type
+        fitting = [p for arg, p in zip(args, problems) if _fits(value, arg)]
+        return fitting[0] if fitting else f"has the wrong type; expected {_type_name(expected)}"
+    if not _fits(value, expected):
+        return f"has the wrong type; expected {_type_name(expected)}"
+    item = (typing.get_args(expected) or (Any,))[0]
+    if isinstance(value, (list, tuple)) and origin in (list, tuple) and item is not Any:
+        for v in value:
+            problem = _problem(v, item)
+            if problem is not None:
+                return f"has an entry {_show(v)} that {problem}"
+    return None
+
+
 def _fits(value: Any, expected: Any) -> bool:
+    """The value's type fits the hint, leaving choices and ranges aside."""
     if expected is Any:
         return True
     origin = typing.get_origin(expected)
+    if origin is Annotated:
+        return _fits(value, typing.get_args(expected)[0])
+    if origin is Literal:
+        return any(type(value) is type(c) for c in typing.get_args(expected))
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, arg) for arg in typing.get_args(expected))
     if expected is type(None):
@@ -208,6 +230,16 @@ def _fits(value: Any, expected: Any) -> bool:
 
 
 def _type_name(expected: Any) -> str:
+    origin = typing.get_origin(expected)
+    if origin is Annotated:
+        return _type_name(typing.get_args(expected)[0])
+    if origin is Literal:
+        return ", ".join(str(c) for c in typing.get_args(expected))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(expected))
+    if origin in (list, tuple):
+        args = typing.get_args(expected)
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
     return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
 
 

@@ -22,6 +22,7 @@ from rl_runner.config import check_value
 from rl_runner.datasets import Dataset, check_matches, load_dataset, save_dataset
 from rl_runner.errors import UserError
 from rl_runner.minari_data import is_minari, load_minari
+from rl_runner.params import Fraction, NonNegativeFloat, PositiveInt
 
 log = logging.getLogger("rl_runner")
 
@@ -74,8 +75,8 @@ def training_dataset(cfg: DictConfig, obs_space: gym.Space,
     """dataset.path or the bundled expert's data, checked against the env, then subsampled."""
     d = cfg.dataset
     for key, kind in (("path", str | None), ("episodes", int | None), ("max_samples", int | None),
-                      ("expert_episodes", int), ("expert_seed", int),
-                      ("expert_noise", float | int), ("expert_epsilon", float | int)):
+                      ("expert_episodes", PositiveInt), ("expert_seed", int),
+                      ("expert_noise", NonNegativeFloat), ("expert_epsilon", Fraction)):
         check_value(f"dataset.{key}", d[key], kind)
     if not d.path and d.expert_noise and not isinstance(action_space, gym.spaces.Box):
         raise UserError(f"dataset.expert_noise={d.expert_noise} is for Box actions; this env "

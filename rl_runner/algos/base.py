@@ -5,17 +5,21 @@ its networks, optimizers, normalizer statistics and the update math. `update` re
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 
+from rl_runner.config import PROVIDED, check_algo_kwargs
 from rl_runner.errors import UserError
 from rl_runner.heads import make_head
 from rl_runner.kernels import MLPKernel
 from rl_runner.nets import ActorCritic
 from rl_runner.normalize import ObsNormalizer, RewardScaler
 from rl_runner.optim import FlatAdam
+from rl_runner.params import (Activation, Fraction, NonNegativeFloat, NonNegativeInt,
+                               PositiveInt, Sizes)
 
 
 class Algorithm:
@@ -25,6 +29,14 @@ class Algorithm:
     family: ClassVar[str] = ""  # "on_policy" | "off_policy" | "offline"
     action_spaces: ClassVar[tuple[type, ...]] = (gym.spaces.Discrete, gym.spaces.Box)
     grad_steps: int = 0
+
+    def __init_subclass__(cls, **kwargs):
+        """Every constructor's keyword arguments are checked against its declared hints
+        (rl_runner/params.py: Literal choices, ranges) before it runs, however it is called."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not hasattr(init, "__wrapped__"):
+            cls.__init__ = _checked(init)
 
     @classmethod
     def supports(cls, action_space: gym.Space) -> bool:
@@ -45,6 +57,16 @@ class Algorithm:
 
     def load_state_dict(self, state: dict) -> None:
         raise NotImplementedError
+
+
+def _checked(init):
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        if type(self).__init__ is checked:  # the outermost constructor checks for all
+            check_algo_kwargs(type(self).name or type(self).__name__.lower(), type(self),
+                              {k: v for k, v in kwargs.items() if k not in PROVIDED}, PROVIDED)
+        init(self, *args, **kwargs)
+    return checked
 
 
 class Rollout(NamedTuple):
@@ -90,12 +112,13 @@ class OnPolicyAlgorithm(Algorithm):
     family = "on_policy"
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
-                 total_steps: int, seed: int = 0, lr: float = 3e-4, gamma: float = 0.99,
-                 hidden_sizes: list[int] = (64, 64), n_steps: int = 2048, activation: str = "tanh",
+                 total_steps: int, seed: int = 0, lr: NonNegativeFloat = 3e-4,
+                 gamma: Fraction = 0.99, hidden_sizes: Sizes = (64, 64),
+                 n_steps: PositiveInt = 2048, activation: Activation = "tanh",
                  log_std_init: float = 0.0, normalize_obs: bool = False,
-                 normalize_reward: bool = False, max_grad_norm: float = 0.5,
-                 anneal_lr: bool = False, ent_coef: float = 0.0, vf_coef: float = 0.5,
-                 norm_adv: bool = True):
+                 normalize_reward: bool = False, max_grad_norm: NonNegativeFloat = 0.5,
+                 anneal_lr: bool = False, ent_coef: NonNegativeFloat = 0.0,
+                 vf_coef: NonNegativeFloat = 0.5, norm_adv: bool = True):
         self.n_steps, self.n_envs, self.total_steps = n_steps, n_envs, total_steps
         self.lr, self.gamma, self.anneal_lr = lr, gamma, anneal_lr
         self.max_grad_norm, self.ent_coef, self.vf_coef = max_grad_norm, ent_coef, vf_coef
@@ -242,10 +265,11 @@ class OffPolicyAlgorithm(Algorithm):
     family = "off_policy"
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
-                 total_steps: int, seed: int = 0, lr: float = 3e-4, anneal_lr: bool = False,
-                 gamma: float = 0.99, tau: float = 0.005, hidden_sizes: list[int] = (256, 256),
-                 buffer_size: int = 1_000_000, learning_starts: int = 100, batch_size: int = 256,
-                 train_freq: int = 1, gradient_steps: int = 1):
+                 total_steps: int, seed: int = 0, lr: NonNegativeFloat = 3e-4,
+                 anneal_lr: bool = False, gamma: Fraction = 0.99, tau: Fraction = 0.005,
+                 hidden_sizes: Sizes = (256, 256), buffer_size: PositiveInt = 1_000_000,
+                 learning_starts: NonNegativeInt = 100, batch_size: PositiveInt = 256,
+                 train_freq: PositiveInt = 1, gradient_steps: PositiveInt = 1):
         if buffer_size < n_envs:
             raise UserError(f"algo.buffer_size={buffer_size} must hold at least one step of the "
                             f"{n_envs} envs (env.n_envs)")

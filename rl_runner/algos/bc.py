@@ -7,6 +7,8 @@ are standardised with the training split's mean and std, fixed before the first 
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -15,29 +17,20 @@ from torch import nn
 
 from rl_runner.algos.base import Algorithm, box_bounds, to_unit_box
 from rl_runner.datasets import Dataset
-from rl_runner.errors import UserError
-from rl_runner.nets import ACTIVATIONS, LOG_2PI, ParallelMLP
+from rl_runner.nets import LOG_2PI, ParallelMLP
 from rl_runner.offline import OfflineBatch
-
-LOSSES = ("nll", "mse")
-
+from rl_runner.params import (Activation, HoldOut, NonNegativeFloat, PositiveInt,
+                               Sizes)
 
 class BC(Algorithm):
     name = "bc"
     family = "offline"
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
-                 total_steps: int, seed: int = 0, lr: float = 1e-3,
-                 hidden_sizes: list[int] = (64, 64), activation: str = "relu",
-                 batch_size: int = 64, loss: str = "nll", val_fraction: float = 0.1,
-                 weight_decay: float = 0.0):
-        if loss not in LOSSES:
-            raise UserError(f"algo.loss={loss!r} is not known; allowed: {', '.join(LOSSES)}")
-        if activation not in ACTIVATIONS:
-            raise UserError(f"algo.activation={activation!r} is not known; allowed: "
-                            f"{', '.join(ACTIVATIONS)}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise UserError(f"algo.val_fraction={val_fraction} must lie in [0, 1)")
+                 total_steps: int, seed: int = 0, lr: NonNegativeFloat = 1e-3,
+                 hidden_sizes: Sizes = (64, 64), activation: Activation = "relu",
+                 batch_size: PositiveInt = 64, loss: Literal["nll", "mse"] = "nll",
+                 val_fraction: HoldOut = 0.1, weight_decay: NonNegativeFloat = 0.0):
         self.batch_size, self.loss, self.val_fraction = batch_size, loss, val_fraction
         self.obs_dim = int(np.prod(observation_space.shape))
         self.discrete = isinstance(action_space, gym.spaces.Discrete)

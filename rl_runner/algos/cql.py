@@ -27,6 +27,8 @@ from rl_runner.datasets import Dataset
 from rl_runner.errors import UserError
 from rl_runner.offline import OfflineBatch
 from rl_runner.replay import ReplayBatch
+from rl_runner.params import (Activation, Fraction, NonNegativeFloat, PositiveInt,
+                               Sizes)
 
 
 class CQL(Algorithm):
@@ -34,16 +36,13 @@ class CQL(Algorithm):
     family = "offline"
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
-                 total_steps: int, seed: int = 0, cql_weight: float = 5.0,
-                 lagrange: bool = False, target_gap: float = 5.0, n_action_samples: int = 4,
-                 lr: float = 3e-4, gamma: float = 0.99, tau: float = 0.005,
-                 hidden_sizes: list[int] = (128, 128), batch_size: int = 256,
-                 ent_coef: float | None = None, activation: str = "relu",
-                 actor_lr: float = 1e-4, backup_entropy: bool = False):
-        if cql_weight < 0 or n_action_samples <= 0 or lr <= 0 or actor_lr <= 0:
-            raise UserError(f"algo.cql_weight={cql_weight} must not be negative, "
-                            f"algo.n_action_samples={n_action_samples}, algo.lr={lr} and "
-                            f"algo.actor_lr={actor_lr} must be positive")
+                 total_steps: int, seed: int = 0, cql_weight: NonNegativeFloat = 5.0,
+                 lagrange: bool = False, target_gap: float = 5.0,
+                 n_action_samples: PositiveInt = 4, lr: NonNegativeFloat = 3e-4,
+                 gamma: Fraction = 0.99, tau: Fraction = 0.005, hidden_sizes: Sizes = (128, 128),
+                 batch_size: PositiveInt = 256, ent_coef: NonNegativeFloat | None = None,
+                 activation: Activation = "relu", actor_lr: NonNegativeFloat = 1e-4,
+                 backup_entropy: bool = False):
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.start = int(action_space.start) if self.discrete else 0
         if self.discrete:

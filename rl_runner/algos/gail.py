@@ -9,6 +9,7 @@ data's mean and std, actions one-hot (Discrete) or rescaled from the env's bound
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -21,6 +22,8 @@ from rl_runner.algos.base import Algorithm, Rollout, box_bounds, to_unit_box
 from rl_runner.datasets import Dataset
 from rl_runner.errors import UserError
 from rl_runner.nets import ParallelMLP
+from rl_runner.params import (NonNegativeFloat, NonNegativeInt, PositiveInt,
+                               Sizes)
 
 # the learner's reward from D's logit l = log(D / (1 - D)), D = P(learner):
 # gail: -log D = softplus(-l), always positive, as Ho & Ermon pay it;
@@ -36,21 +39,11 @@ class GAIL(Algorithm):
     family = "on_policy"
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
-                 total_steps: int, seed: int = 0, learner: str = "ppo",
-                 learner_kwargs: dict | None = None, disc_hidden_sizes: list[int] = (64, 64),
-                 disc_lr: float = 3e-4, disc_steps: int = 5, disc_batch_size: int = 256,
-                 grad_penalty: float = 0.0, reward: str = "gail", bc_init_steps: int = 0):
-        if reward not in REWARDS:
-            raise UserError(f"algo.reward={reward!r} is not known; allowed: {', '.join(REWARDS)}")
-        if disc_steps <= 0 or disc_batch_size <= 0 or disc_lr <= 0 or grad_penalty < 0 \
-                or bc_init_steps < 0:
-            raise UserError(f"algo.disc_steps={disc_steps}, algo.disc_batch_size="
-                            f"{disc_batch_size} and algo.disc_lr={disc_lr} must be positive, "
-                            f"algo.grad_penalty={grad_penalty} and algo.bc_init_steps="
-                            f"{bc_init_steps} not negative")
-        if learner not in LEARNERS:
-            raise UserError(f"algo.learner={learner!r} is not known; allowed: "
-                            f"{', '.join(LEARNERS)}")
+                 total_steps: int, seed: int = 0, learner: Literal["ppo", "trpo"] = "ppo",
+                 learner_kwargs: dict | None = None, disc_hidden_sizes: Sizes = (64, 64),
+                 disc_lr: NonNegativeFloat = 3e-4, disc_steps: PositiveInt = 5,
+                 disc_batch_size: PositiveInt = 256, grad_penalty: NonNegativeFloat = 0.0,
+                 reward: Literal["gail", "airl"] = "gail", bc_init_steps: NonNegativeInt = 0):
         if bc_init_steps and learner != "ppo":  # trpo's value steps share the actor's Adam
             raise UserError(f"algo.bc_init_steps={bc_init_steps} works with algo.learner=ppo, "
                             f"not {learner}")

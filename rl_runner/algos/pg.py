@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from rl_runner.algos.base import OnPolicyAlgorithm, Rollout, explained_variance
+from rl_runner.params import NonNegativeInt
 
 
 class PolicyGradient(OnPolicyAlgorithm):
@@ -15,7 +16,7 @@ class PolicyGradient(OnPolicyAlgorithm):
 
     name = "pg"
 
-    def __init__(self, *, value_epochs: int = 0, **kwargs):
+    def __init__(self, *, value_epochs: NonNegativeInt = 0, **kwargs):
         super().__init__(**kwargs)
         self.value_epochs = value_epochs
 

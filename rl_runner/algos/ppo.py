@@ -1,10 +1,13 @@
 """PPO (Schulman et al. 2017): clipped surrogate, or the adaptive KL-penalty objective (sec. 4)."""
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from rl_runner.algos.base import OnPolicyAlgorithm, Rollout, explained_variance
 from rl_runner.errors import UserError
+from rl_runner.params import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 class PPO(OnPolicyAlgorithm):
@@ -12,13 +15,13 @@ class PPO(OnPolicyAlgorithm):
 
     name = "ppo"
 
-    def __init__(self, *, batch_size: int = 64, n_epochs: int = 10, gae_lambda: float = 0.95,
-                 clip_coef: float = 0.2, anneal_clip: bool = False, clip_vloss: bool = False,
-                 target_kl: float | None = None, objective: str = "clip", kl_target: float = 0.01,
-                 kl_beta: float = 1.0, **kwargs):
+    def __init__(self, *, batch_size: PositiveInt = 64, n_epochs: PositiveInt = 10,
+                 gae_lambda: Fraction = 0.95, clip_coef: NonNegativeFloat = 0.2,
+                 anneal_clip: bool = False, clip_vloss: bool = False,
+                 target_kl: PositiveFloat | None = None,
+                 objective: Literal["clip", "kl_penalty"] = "clip",
+                 kl_target: NonNegativeFloat = 0.01, kl_beta: NonNegativeFloat = 1.0, **kwargs):
         super().__init__(**kwargs)
-        if objective not in ("clip", "kl_penalty"):
-            raise UserError(f"algo.objective={objective!r} is not known; allowed: clip, kl_penalty")
         rollout_size = self.n_steps * self.n_envs
         if batch_size > rollout_size:
             raise UserError(f"algo.batch_size={batch_size} is larger than the rollout "

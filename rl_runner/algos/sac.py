@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rl_runner.algos.base import OffPolicyAlgorithm
-from rl_runner.errors import UserError
-from rl_runner.nets import ACTIVATIONS, LOG_2PI, ParallelMLP
+from rl_runner.nets import LOG_2PI, ParallelMLP
 from rl_runner.optim import FlatAdam
+from rl_runner.params import Activation, NonNegativeFloat, PositiveFloat
 from rl_runner.replay import ReplayBatch
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # as SB3: keeps exp(log_std) finite early in training
@@ -111,15 +111,10 @@ class SAC(OffPolicyAlgorithm):
 
     name = "sac"
 
-    def __init__(self, *, ent_coef: float | None = None, alpha_init: float = 1.0,
-                 target_entropy: float | None = None, target_entropy_scale: float = 0.8,
-                 activation: str = "relu", **kwargs):
+    def __init__(self, *, ent_coef: NonNegativeFloat | None = None,
+                 alpha_init: PositiveFloat = 1.0, target_entropy: float | None = None,
+                 target_entropy_scale: float = 0.8, activation: Activation = "relu", **kwargs):
         super().__init__(**kwargs)
-        if alpha_init <= 0:
-            raise UserError(f"algo.alpha_init={alpha_init} must be positive")
-        if activation not in ACTIVATIONS:
-            raise UserError(f"algo.activation={activation!r} is not known; allowed: "
-                            f"{', '.join(ACTIVATIONS)}")
         hidden = self.hidden_sizes
         if self.discrete:  # Q(s) gives one value per action; the actor gives logits
             critic_in, q_out, actor_out = self.obs_dim, self.n_actions, self.n_actions

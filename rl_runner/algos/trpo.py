@@ -10,7 +10,7 @@ separately by Adam over minibatches, as in sb3-contrib's TRPO.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Annotated, Callable, NamedTuple
 
 import numpy as np
 
@@ -18,6 +18,10 @@ from rl_runner.algos.base import OnPolicyAlgorithm, Rollout, explained_variance
 from rl_runner.errors import UserError
 from rl_runner.heads import log_softmax
 from rl_runner.kernels import MLPKernel
+from rl_runner.params import (Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat,
+                               PositiveInt, Range)
+
+OPEN_UNIT = Range(0, 1, open_low=True, open_high=True)
 
 
 def conjugate_gradient(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray, iters: int,
@@ -77,22 +81,14 @@ class TRPO(OnPolicyAlgorithm):
 
     name = "trpo"
 
-    def __init__(self, *, target_kl: float = 0.01, cg_max_steps: int = 15,
-                 cg_damping: float = 0.1, line_search_shrinking_factor: float = 0.8,
-                 line_search_max_iter: int = 10, value_epochs: int = 10, batch_size: int = 128,
-                 gae_lambda: float = 0.95, lr: float = 1e-3, max_grad_norm: float = 0.0,
-                 vf_coef: float = 1.0, **kwargs):
+    def __init__(self, *, target_kl: PositiveFloat = 0.01, cg_max_steps: PositiveInt = 15,
+                 cg_damping: NonNegativeFloat = 0.1,
+                 line_search_shrinking_factor: Annotated[float, OPEN_UNIT] = 0.8,
+                 line_search_max_iter: PositiveInt = 10, value_epochs: NonNegativeInt = 10,
+                 batch_size: PositiveInt = 128, gae_lambda: Fraction = 0.95,
+                 lr: NonNegativeFloat = 1e-3, max_grad_norm: NonNegativeFloat = 0.0,
+                 vf_coef: NonNegativeFloat = 1.0, **kwargs):
         super().__init__(lr=lr, max_grad_norm=max_grad_norm, vf_coef=vf_coef, **kwargs)
-        checks = [("target_kl", target_kl, target_kl > 0, "must be positive"),
-                  ("cg_max_steps", cg_max_steps, cg_max_steps >= 1, "must be at least 1"),
-                  ("cg_damping", cg_damping, cg_damping >= 0, "must not be negative"),
-                  ("line_search_shrinking_factor", line_search_shrinking_factor,
-                   0 < line_search_shrinking_factor < 1, "must lie in (0, 1)"),
-                  ("line_search_max_iter", line_search_max_iter, line_search_max_iter >= 1,
-                   "must be at least 1")]
-        for key, value, ok, rule in checks:
-            if not ok:
-                raise UserError(f"algo.{key}={value} {rule}")
         rollout_size = self.n_steps * self.n_envs
         if batch_size > rollout_size:
             raise UserError(f"algo.batch_size={batch_size} is larger than the rollout "
