@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -89,3 +91,12 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     """Write text or bytes to `path` atomically (write_atomic_with)."""
     raw = data if isinstance(data, bytes) else data.encode()
     write_atomic_with(Path(path), lambda tmp: tmp.write_bytes(raw))
+
+
+def write_json(path: Path, results: dict) -> dict:
+    """Write results atomically (a temp file, then a rename); returns what was written."""
+    # strict JSON: a value not measured (no evaluation yet) is null, not NaN
+    results = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+               for k, v in results.items()}
+    write_atomic(path, json.dumps(results, indent=2) + "\n")
+    return results

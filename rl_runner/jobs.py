@@ -95,7 +95,7 @@ def _outcome(cfg: DictConfig, run_dir: Path, code: int) -> tuple[dict, bool]:
     """(The job's record after its training process ended with `code`, whether it failed on
     bad input). A process that ended without recording how (killed by a signal, os._exit, a
     crash in native code) is recorded as failed now, with the cause."""
-    from rl_runner.trainer import write_json
+    from rl_runner.fileio import write_json
 
     path = run_dir / "results.json"
     try:
@@ -124,7 +124,8 @@ def _repeat(cfg: DictConfig, run_dir: Path, repeats: int, options: dict) -> dict
 
     Each run keeps its own .hydra/config.yaml (repeats=1), so `rl-run resume=<job>/s<seed>`
     continues it alone."""
-    from rl_runner.trainer import train, write_json
+    from rl_runner.fileio import write_json
+    from rl_runner.trainer import train
 
     runs, records = [], []
     status = "completed"
@@ -181,7 +182,7 @@ def _mean_of_runs(cfg: DictConfig, runs: list[str], records: list[dict], status:
 
 def failed_results(cfg: DictConfig, error: str) -> dict:
     """results.json of a job that failed before its trainer could write one."""
-    from rl_runner.trainer import versions
+    from rl_runner.results import versions
 
     env = cfg.get("env") or {}
     algo = (HydraConfig.get().runtime.choices.get("algo") if HydraConfig.initialized()
@@ -196,7 +197,7 @@ def failed_results(cfg: DictConfig, error: str) -> dict:
 def record_failure(cfg: DictConfig, run_dir: Path, e: Exception) -> dict:
     """The job's failed record: the trainer's own, if it wrote one; else written now, unless
     results.json already holds something else (then it is left as it is, and only returned)."""
-    from rl_runner.trainer import write_json
+    from rl_runner.fileio import write_json
 
     if not isinstance(e, UserError):  # a bug, not bad input: keep the whole trace in train.log
         log.error("%s", "".join(traceback.format_exception(e)).rstrip())

@@ -6,6 +6,7 @@ from typing import Iterable
 
 import numpy as np
 import torch
+from torch import nn
 
 
 class FlatAdam:
@@ -68,3 +69,12 @@ class FlatAdam:
         self.exp_avg.copy_(state["exp_avg"])
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
         self.steps, self.lr = state["steps"], state["lr"]
+
+
+def share_flat(module: nn.Module, flat: torch.Tensor) -> None:
+    """Point the module's parameters into `flat`, in `parameters()` order (FlatAdam's layout)."""
+    offset = 0
+    for p in module.parameters():
+        n = p.numel()
+        p.data = flat[offset:offset + n].view_as(p)
+        offset += n

@@ -87,7 +87,7 @@ def check_values(cfg: DictConfig) -> None:
     """The trainer's checks of a composed config (trainer.*, seed, env.*, algo.* against the
     algorithm's constructor), run before Hydra makes a run directory."""
     from rl_runner.config import check_algo_kwargs, check_trainer, to_plain
-    from rl_runner.trainer import algo_class
+    from rl_runner.algos.build import algo_class
 
     try:  # an interpolation that does not resolve (${oc.env:UNSET}, ${no.such.key})
         OmegaConf.to_container(cfg, resolve=True)
@@ -113,7 +113,7 @@ def _check_build(cfg: DictConfig) -> None:
     can make) is left to the job."""
     from rl_runner.config import to_plain
     from rl_runner.envs import make_vec_env
-    from rl_runner.trainer import build_algo
+    from rl_runner.algos.build import build_algo
 
     try:
         envs = make_vec_env(cfg.env.id, 1, to_plain(cfg.env.get("kwargs")) or {})
@@ -200,7 +200,7 @@ def _unknown_key(cfg: DictConfig, tree: dict, key: str, ov: Override, groups: se
     word, where = parts[depth], ".".join(parts[:depth])
     leaves = _leaves(cfg)
     if where == "algo":
-        from rl_runner.trainer import algo_class
+        from rl_runner.algos.build import algo_class
 
         cls = algo_class(cfg)
         allowed = algo_params(cls)

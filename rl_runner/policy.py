@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rl_runner.algos.base import Algorithm
+from rl_runner.algos.build import build_algo
 from rl_runner.checkpoint import load_checkpoint, misfit, nonfinite_paths
 from rl_runner.config import check_file_config, to_plain
 from rl_runner.envs import make_vec_env
@@ -59,8 +60,6 @@ def load_policy(run: Path, checkpoint: str = "best") -> Policy:
 
     The file decides only values: the algorithm class must be one the user trusts
     (config.check_file_config), and anything in it that does not fit is one line naming it."""
-    from rl_runner.trainer import build_algo  # the trainer pulls in tensorboard; load it late
-
     path = find_checkpoint(Path(run), checkpoint)
     state = load_checkpoint(path)
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("algo"), dict):

@@ -1,30 +1,13 @@
 """The off-policy feeder: acts in the vector env, stores transitions, samples replay batches."""
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import gymnasium as gym
 import numpy as np
 
 from rl_runner.algos.base import OffPolicyAlgorithm
+from rl_runner.batches import ReplayBatch
 from rl_runner.envs import final_observations
 from rl_runner.rollout import EpisodeTracker
-
-
-class ReplayBatch(NamedTuple):
-    """`gradient_steps` minibatches of transitions, numpy views shaped [G, B, ...].
-
-    `next_obs` is the real successor observation (the final one where an episode ended) and
-    `terminated` excludes time-limit truncation, so that a time limit still bootstraps.
-    `env_steps` is the feeder's env step count when the batch was drawn (for lr schedules).
-    """
-
-    obs: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    terminated: np.ndarray
-    next_obs: np.ndarray
-    env_steps: int
 
 
 class ReplayBuffer:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from rl_runner.algos.base import OnPolicyAlgorithm, Rollout
+from rl_runner.algos.base import OnPolicyAlgorithm
+from rl_runner.batches import Rollout
 from rl_runner.envs import final_observations
 
 

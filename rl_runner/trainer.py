@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import math
 import os
-import platform
 import shlex
 import signal
 import time
@@ -15,24 +13,24 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import torch
 import tqdm
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-import rl_runner
 from rl_runner import config as config_checks
 from rl_runner import runlog
 from rl_runner.algos.base import OnPolicyAlgorithm
+from rl_runner.algos.build import build_algo
 from rl_runner.checkpoint import (load_checkpoint, misfit, nonfinite_paths, rng_state,
                                   save_checkpoint, seed_everything, set_rng_state)
 from rl_runner.envs import make_vec_env
 from rl_runner.envstate import env_state, restore_env_state
-from rl_runner.errors import UserError, describe, one_line
+from rl_runner.errors import UserError, describe
 from rl_runner.evaluation import Evaluator
-from rl_runner.fileio import write_atomic
+from rl_runner.fileio import write_json
 from rl_runner.logger import TBLogger
-from rl_runner.offline import fit_expert_data, offline_feeder
+from rl_runner.demonstrations import expert_data
+from rl_runner.offline import offline_feeder
+from rl_runner.results import versions
 from rl_runner.replay import ReplayFeeder
 from rl_runner.resume import resume_value
 from rl_runner.rollout import RolloutCollector
@@ -82,50 +80,6 @@ def keep_freed_memory() -> None:
     mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of free heap top
 
 
-def versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "gymnasium": gym.__version__, "rl_runner": rl_runner.__version__}
-
-
-def algo_class(cfg: DictConfig) -> type:
-    hydra_log = logging.getLogger("hydra.utils")  # get_class logs its own multi-line error
-    level = hydra_log.level
-    hydra_log.setLevel(logging.CRITICAL)
-    try:
-        return get_class(cfg.algo._target_)
-    except Exception as e:
-        why = one_line(e)  # Hydra's message spans lines
-        raise UserError(f"algo._target_={cfg.algo._target_!r} cannot be imported ({why})") from None
-    finally:
-        hydra_log.setLevel(level)
-
-
-def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
-    """The algorithm of `cfg.algo` for these spaces, its hyperparameters checked first."""
-    cls = algo_class(cfg)
-    name = getattr(cls, "name", "") or cls.__name__.lower()
-    if not cls.supports(action_space):
-        able = config_checks.algos_supporting(action_space)
-        raise UserError(f"{name} cannot handle the action space {action_space} of "
-                        f"{cfg.env.id} (it takes "
-                        f"{', '.join(t.__name__ for t in cls.action_spaces)}); algorithms "
-                        f"that can: {', '.join(able) if able else 'none yet'}")
-    config_checks.check_no_nested_targets(config_checks.to_plain(cfg.algo))
-    kwargs = {k: config_checks.to_plain(v) for k, v in cfg.algo.items() if k != "_target_"}
-    config_checks.check_algo_kwargs(name, cls, kwargs, config_checks.PROVIDED)
-    # the class is called directly, not through Hydra's instantiate: that would also call any
-    # `_target_` nested in a hyperparameter (a checkpoint's config is not to name code)
-    try:
-        return cls(observation_space=obs_space, action_space=action_space, n_envs=cfg.env.n_envs,
-                   total_steps=cfg.trainer.total_steps, seed=cfg.seed, **kwargs)
-    except UserError:
-        raise
-    except (KeyError, ValueError, TypeError, RuntimeError, MemoryError) as e:
-        why = one_line(e, 200)
-        raise UserError(f"algo: {name} cannot be built with these hyperparameters "
-                        f"({type(e).__name__}: {why})") from None
-
-
 class Trainer:
     """Owns envs, the feeder, counters, logging, evaluation, checkpoints and signals."""
 
@@ -164,7 +118,8 @@ class Trainer:
         else:
             self.feeder = FEEDERS[self.family](self.envs, self.algo, cfg.seed)
             if hasattr(self.algo, "fit_dataset"):  # imitation beside the env (gail)
-                self.dataset = fit_expert_data(cfg, self.envs, self.algo)
+                data, self.dataset = expert_data(cfg, self.envs)
+                self.algo.fit_dataset(data)
         self._check_dataset(checkpoint)
         # whole feeder steps only, so that the budget is never exceeded (at least one)
         # offline: one gradient step per update, whatever env.n_envs says
@@ -542,15 +497,6 @@ def counters_misfit(c: dict) -> str | None:
                                        for v in ev.values())):  # an inf eval is a record too
         return "counters.last_eval is not an evaluation's result"
     return None
-
-
-def write_json(path: Path, results: dict) -> dict:
-    """Write results atomically (a temp file, then a rename); returns what was written."""
-    # strict JSON: a value not measured (no evaluation yet) is null, not NaN
-    results = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-               for k, v in results.items()}
-    write_atomic(path, json.dumps(results, indent=2) + "\n")
-    return results
 
 
 def _next_multiple(steps: int, every: int) -> int:

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from bench_common import group_runs, rl_run, seed_cells, write_table_section
 from rl_runner.policy import load_policy
-from rl_runner.rl_collect import rollout
+from rl_runner.collection import rollout
 
 ROOT = Path(__file__).resolve().parent.parent
 RL_COLLECT = Path(sys.executable).with_name("rl-collect")

@@ -6,11 +6,12 @@ its networks, optimizers, normalizer statistics and the update math. `update` re
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
+from rl_runner.batches import Rollout
 from rl_runner.config import PROVIDED, check_algo_kwargs
 from rl_runner.errors import UserError
 from rl_runner.heads import make_head
@@ -67,22 +68,6 @@ def _checked(init):
                               {k: v for k, v in kwargs.items() if k not in PROVIDED}, PROVIDED)
         init(self, *args, **kwargs)
     return checked
-
-
-class Rollout(NamedTuple):
-    """n_steps x n_envs of on-policy experience, as numpy arrays shaped [T, N, ...].
-
-    `next_values` holds V(s_{t+1}) for continuing steps, V(final observation) where the episode was
-    truncated (a time limit is not death, so it bootstraps) and 0 where it terminated.
-    """
-
-    obs: np.ndarray
-    actions: np.ndarray
-    log_probs: np.ndarray
-    values: np.ndarray
-    rewards: np.ndarray
-    dones: np.ndarray
-    next_values: np.ndarray
 
 
 def gae(rewards_TN: np.ndarray, values_TN: np.ndarray, next_values_TN: np.ndarray,

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rl_runner.algos.base import Algorithm, box_bounds, to_unit_box
+from rl_runner.batches import OfflineBatch
 from rl_runner.datasets import Dataset
 from rl_runner.nets import LOG_2PI, ParallelMLP
-from rl_runner.offline import OfflineBatch
 from rl_runner.params import (Activation, HoldOut, NonNegativeFloat, PositiveInt,
                                Sizes)
 

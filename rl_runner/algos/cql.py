@@ -23,10 +23,9 @@ import torch
 from rl_runner.algos.base import Algorithm, to_unit_box
 from rl_runner.algos.qlearn import QLearner
 from rl_runner.algos.sac import SAC, squashed_gaussian
+from rl_runner.batches import OfflineBatch, ReplayBatch
 from rl_runner.datasets import Dataset
 from rl_runner.errors import UserError
-from rl_runner.offline import OfflineBatch
-from rl_runner.replay import ReplayBatch
 from rl_runner.params import (Activation, Fraction, NonNegativeFloat, PositiveInt,
                                Sizes)
 

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from hydra.utils import get_class
 
 from rl_runner import config as config_checks
-from rl_runner.algos.base import Algorithm, Rollout, box_bounds, to_unit_box
+from rl_runner.algos.base import Algorithm, box_bounds, to_unit_box
+from rl_runner.batches import Rollout
 from rl_runner.datasets import Dataset
 from rl_runner.errors import UserError
 from rl_runner.nets import ParallelMLP

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rl_runner.algos.base import OnPolicyAlgorithm, Rollout, explained_variance
+from rl_runner.algos.base import OnPolicyAlgorithm, explained_variance
+from rl_runner.batches import Rollout
 from rl_runner.params import NonNegativeInt
 
 

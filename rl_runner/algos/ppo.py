@@ -5,7 +5,8 @@ from typing import Literal
 
 import numpy as np
 
-from rl_runner.algos.base import OnPolicyAlgorithm, Rollout, explained_variance
+from rl_runner.algos.base import OnPolicyAlgorithm, explained_variance
+from rl_runner.batches import Rollout
 from rl_runner.errors import UserError
 from rl_runner.params import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 

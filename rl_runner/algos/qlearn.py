@@ -12,10 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rl_runner.algos.sac import share_flat
+from rl_runner.batches import ReplayBatch
 from rl_runner.nets import ParallelMLP
-from rl_runner.optim import FlatAdam
-from rl_runner.replay import ReplayBatch
+from rl_runner.optim import FlatAdam, share_flat
 
 
 class QLearner:

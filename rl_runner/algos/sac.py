@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rl_runner.algos.base import OffPolicyAlgorithm
+from rl_runner.batches import ReplayBatch
 from rl_runner.nets import LOG_2PI, ParallelMLP
-from rl_runner.optim import FlatAdam
+from rl_runner.optim import FlatAdam, share_flat
 from rl_runner.params import Activation, NonNegativeFloat, PositiveFloat
-from rl_runner.replay import ReplayBatch
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # as SB3: keeps exp(log_std) finite early in training
 LOG_2 = math.log(2.0)
@@ -95,15 +95,6 @@ def mlp_forward(layers: list, act, x_BI: torch.Tensor,
     if w.shape[-1] > NARROW:
         return torch.baddbmm(b, h, w)
     return NarrowOutput.apply(h, w, b) if torch.is_grad_enabled() else narrow_output(h, w, b)
-
-
-def share_flat(module: nn.Module, flat: torch.Tensor) -> None:
-    """Point the module's parameters into `flat`, in `parameters()` order (FlatAdam's layout)."""
-    offset = 0
-    for p in module.parameters():
-        n = p.numel()
-        p.data = flat[offset:offset + n].view_as(p)
-        offset += n
 
 
 class SAC(OffPolicyAlgorithm):

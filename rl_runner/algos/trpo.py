@@ -14,7 +14,8 @@ from typing import Annotated, Callable, NamedTuple
 
 import numpy as np
 
-from rl_runner.algos.base import OnPolicyAlgorithm, Rollout, explained_variance
+from rl_runner.algos.base import OnPolicyAlgorithm, explained_variance
+from rl_runner.batches import Rollout
 from rl_runner.errors import UserError
 from rl_runner.heads import log_softmax
 from rl_runner.kernels import MLPKernel

@@ -13,7 +13,8 @@ from rl_runner.algos.bc import BC
 from rl_runner.datasets import Dataset, load_dataset, save_dataset
 from rl_runner.errors import UserError
 from rl_runner.experts import expert_path
-from rl_runner.offline import OfflineFeeder, expert_dataset, subsample
+from rl_runner.demonstrations import expert_dataset, subsample
+from rl_runner.offline import OfflineFeeder
 from rl_runner.trainer import train
 from tests.algos.helpers import PENDULUM_ACT, PENDULUM_OBS
 from tests.conftest import FAST, compose, read_results, read_scalars

@@ -10,7 +10,7 @@ import torch
 
 from rl_runner.algos.cql import CQL
 from rl_runner.algos.sac import squashed_gaussian
-from rl_runner.offline import OfflineBatch
+from rl_runner.batches import OfflineBatch
 from rl_runner.trainer import train
 from tests.algos.helpers import PENDULUM_ACT, PENDULUM_OBS
 from tests.conftest import FAST, compose, read_scalars
@@ -123,7 +123,7 @@ def test_cql_learns_cartpole_from_two_expert_episodes(tmp_path, monkeypatch):
 
 def test_discrete_q_learner_steps_towards_the_double_dqn_target():
     from rl_runner.algos.qlearn import QLearner
-    from rl_runner.replay import ReplayBatch
+    from rl_runner.batches import ReplayBatch
 
     q = QLearner(obs_dim=2, n_actions=3, start=5, hidden_sizes=[8], lr=1e-2, gamma=0.9,
                  tau=0.5, seed=0)
