@@ -43,6 +43,12 @@ class Algorithm:
     def supports(cls, action_space: gym.Space) -> bool:
         return isinstance(action_space, cls.action_spaces)
 
+    @classmethod
+    def variant_for(cls, action_space: gym.Space) -> type[Algorithm]:
+        """The class that is built for this action space under this algo= name: itself, unless
+        the algorithm has a separate class per space (its keys are then that class's)."""
+        return cls
+
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         raise NotImplementedError
 

@@ -28,6 +28,7 @@ def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
     """The algorithm of `cfg.algo` for these spaces, its hyperparameters checked first."""
     cls = algo_class(cfg)
     name = getattr(cls, "name", "") or cls.__name__.lower()
+    cls = cls.variant_for(action_space) if hasattr(cls, "variant_for") else cls
     if not cls.supports(action_space):
         able = config_checks.algos_supporting(action_space)
         raise UserError(f"{name} cannot handle the action space {action_space} of "
