@@ -21,7 +21,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 from rl_runner import fileio, rl_collect, rl_eval
 from rl_runner.datasets import Dataset, save_dataset
 from rl_runner.errors import UserError
-from rl_runner.logger import TBLogger
+from rl_runner.tensorboard_logger import TensorBoardLogger
 from rl_runner.fileio import write_atomic
 from tests.conftest import PPO_FAST, run_cli, run_error_line, tool_error
 
@@ -186,7 +186,7 @@ def test_save_dataset_through_a_file_is_one_line(tmp_path):
 @pytest.mark.parametrize("code", ERRNOS, ids=errno.errorcode.get)
 def test_a_dying_tensorboard_writer_is_one_user_error_naming_the_folder(tmp_path, monkeypatch,
                                                                         capfd, code):
-    logger = TBLogger(tmp_path / "tb")
+    logger = TensorBoardLogger(tmp_path / "tb")
     logger.scalar("charts/x", 0.0, 0)
 
     def fail(self, data):
@@ -206,11 +206,11 @@ def test_tensorboard_folder_through_a_file_is_one_user_error(tmp_path):
     (tmp_path / "run").write_text("keep")
     for tb in (tmp_path / "run", tmp_path / "run" / "tb"):
         with pytest.raises(UserError, match=f"^cannot write {tb}: Not a directory$"):
-            TBLogger(tb)
+            TensorBoardLogger(tb)
 
 
 def test_tensorboard_on_a_full_disk_is_one_user_error(tmpfs):
-    logger = TBLogger(tmpfs("full", "64k") / "tb")
+    logger = TensorBoardLogger(tmpfs("full", "64k") / "tb")
     with pytest.raises(UserError, match="tb: No space left on device$"):
         for step in range(100_000):
             logger.scalar("charts/x", float(step), step)
