@@ -9,7 +9,6 @@ import contextlib
 import importlib
 import importlib.util
 import logging
-import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -166,12 +165,3 @@ def build_loggers(logger_cfg: DictConfig | dict | None, run_dir: Path, resume_st
                 backend.close()
         raise
     return FanOutLogger(backends)
-
-
-def __getattr__(name: str) -> object:
-    # `from rl_runner.logger import TBLogger` (trainer.py) until it calls build_loggers
-    if name == "TBLogger":
-        from rl_runner.tensorboard_logger import TensorBoardLogger
-
-        return TensorBoardLogger
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

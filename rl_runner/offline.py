@@ -5,29 +5,31 @@ import gymnasium as gym
 import numpy as np
 from omegaconf import DictConfig
 
+from rl_runner.algos.contracts import Offline
 from rl_runner.batches import OfflineBatch
 from rl_runner.datasets import Dataset
 from rl_runner.demonstrations import fingerprint, take, training_dataset
+from rl_runner.feeder import Episodes, Feeder
 
 
-class OfflineFeeder:
+class OfflineFeeder(Feeder):
     """Minibatches drawn uniformly from the training rows; a held-out split for validation.
 
     The split holds out `val_fraction` of the rows at random (seeded), so that it works for one
     trajectory as for many; no environment is stepped.
     """
 
-    def __init__(self, data: Dataset, algo, seed: int):
+    def __init__(self, data: Dataset, algo: Offline, seed: int):
         self.rng = np.random.default_rng(seed + 20_000)
         n = len(data)
-        n_val = int(round(getattr(algo, "val_fraction", 0.0) * n))
+        n_val = int(round(algo.val_fraction * n))
         n_val = min(n_val, n - 1)
         order = np.random.default_rng(seed + 30_000).permutation(n)
         self.train = take(data, np.sort(order[n_val:]))
         self.validation = take(data, np.sort(order[:n_val])) if n_val > 0 else None
         self.batch_size = algo.batch_size
 
-    def collect(self, algo) -> tuple[OfflineBatch, list]:
+    def collect(self, algo: Offline) -> tuple[OfflineBatch, Episodes]:
         idx = self.rng.integers(0, len(self.train), self.batch_size)
         t = self.train
         return OfflineBatch(t.observations[idx], t.actions[idx], t.rewards[idx],
@@ -40,7 +42,7 @@ class OfflineFeeder:
         self.rng.bit_generator.state = state["rng"]
 
 
-def offline_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo) -> OfflineFeeder:
+def offline_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo: Offline) -> OfflineFeeder:
     """The dataset of cfg.dataset for these envs, split, and the algorithm fitted to its rows;
     the feeder's `dataset` says which rows (path and fingerprint)."""
     data, path = training_dataset(cfg, envs.single_observation_space, envs.single_action_space)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rl_runner.algos.base import Algorithm
+from rl_runner.algos.contracts import Algorithm
 from rl_runner.algos.build import build_algo
 from rl_runner.checkpoint import load_checkpoint, misfit, nonfinite_paths
 from rl_runner.config import check_file_config, to_plain

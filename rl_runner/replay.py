@@ -1,13 +1,18 @@
 """The off-policy feeder: acts in the vector env, stores transitions, samples replay batches."""
 from __future__ import annotations
 
+import logging
+
 import gymnasium as gym
 import numpy as np
 
-from rl_runner.algos.base import OffPolicyAlgorithm
+from rl_runner.algos.contracts import OffPolicy
 from rl_runner.batches import ReplayBatch
 from rl_runner.envs import final_observations
+from rl_runner.feeder import Episodes, Feeder
 from rl_runner.rollout import EpisodeTracker
+
+log = logging.getLogger("rl_runner")
 
 
 class ReplayBuffer:
@@ -67,7 +72,7 @@ class ReplayBuffer:
         self.pos, self.size = state["pos"], state["size"]
 
 
-class ReplayFeeder:
+class ReplayFeeder(Feeder):
     """Steps the envs `algo.n_steps` (= train_freq) times per call, storing every transition.
 
     The first `algo.learning_starts` env steps take uniform random actions; updates start once
@@ -75,20 +80,23 @@ class ReplayFeeder:
     first). Its own RNG draws random actions and minibatch indices, so a resume is exact.
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, algo: OffPolicyAlgorithm, seed: int):
+    def __init__(self, envs: gym.vector.VectorEnv, algo: OffPolicy, seed: int):
         self.envs, self.n_steps, self.n_envs = envs, algo.n_steps, envs.num_envs
+        self.learning_starts = algo.learning_starts
         obs_dim = int(np.prod(envs.single_observation_space.shape))
         self.buffer = ReplayBuffer(algo.buffer_size, obs_dim, algo.buffer_action_dim)
         self.rng = np.random.default_rng(seed + 20_000)
-        self.obs, _ = envs.reset(seed=seed)
-        self.tracker = EpisodeTracker(self.n_envs)
+        self.restart_episodes(seed)
         self.env_steps = 0
 
-    def collect(self, algo: OffPolicyAlgorithm
-                ) -> tuple[ReplayBatch | None, list[tuple[int, float, int]]]:
+    def restart_episodes(self, seed: int) -> None:
+        self.obs, _ = self.envs.reset(seed=seed)
+        self.tracker = EpisodeTracker(self.n_envs)
+
+    def collect(self, algo: OffPolicy) -> tuple[ReplayBatch | None, Episodes]:
         """Act n_steps times; return replay minibatches for one update (None while warming up)
         and (step offset, return, length) for every episode that ended."""
-        episodes: list[tuple[int, float, int]] = []
+        episodes: Episodes = []
         for t in range(self.n_steps):
             # the envs may reuse their observation array (copy=False): keep our own copy
             obs = np.array(self.obs, np.float32)
@@ -123,6 +131,18 @@ class ReplayFeeder:
         self.tracker.load_state_dict(state["tracker"])
         self.rng.bit_generator.state = state["rng"]
         self.env_steps = state["env_steps"]
+
+    def buffer_state(self) -> dict:
+        return self.buffer.state_dict()
+
+    def load_buffer_state(self, state: dict | None, source: str) -> None:
+        if state is not None:
+            self.buffer.load_state_dict(state)
+            return
+        log.warning("%s holds no replay buffer (trainer.save_replay_buffer=false when it was "
+                    "saved): the buffer starts empty and updates wait until it holds "
+                    "algo.learning_starts=%d transitions, so numbers will differ from an "
+                    "uninterrupted run", source, max(1, self.learning_starts))
 
 
 def check_buffer_state(state, capacity: int, width: int) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from rl_runner.algos.base import OnPolicyAlgorithm
+from rl_runner.algos.contracts import OnPolicy
 from rl_runner.batches import Rollout
 from rl_runner.envs import final_observations
+from rl_runner.feeder import Episodes, Feeder
 
 
 class EpisodeTracker:
@@ -35,7 +36,7 @@ class EpisodeTracker:
         self.returns, self.lengths = state["returns"].copy(), state["lengths"].copy()
 
 
-class RolloutCollector:
+class RolloutCollector(Feeder):
     """Collects n_steps x n_envs transitions into preallocated arrays.
 
     Episodes that end by a time limit keep V(final observation) for bootstrapping; the
@@ -44,9 +45,12 @@ class RolloutCollector:
 
     def __init__(self, envs: gym.vector.VectorEnv, n_steps: int, seed: int):
         self.envs, self.n_steps, self.n_envs = envs, n_steps, envs.num_envs
-        self.obs, _ = envs.reset(seed=seed)
-        self.tracker = EpisodeTracker(self.n_envs)
+        self.restart_episodes(seed)
         self._buf: dict[str, np.ndarray] | None = None
+
+    def restart_episodes(self, seed: int) -> None:
+        self.obs, _ = self.envs.reset(seed=seed)
+        self.tracker = EpisodeTracker(self.n_envs)
 
     def _alloc(self, policy_obs: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
         T, N = self.n_steps, self.n_envs
@@ -56,9 +60,9 @@ class RolloutCollector:
                    for k in ("log_probs", "values", "rewards", "next_values")},
                 "dones": np.zeros((T, N), bool), "truncated": np.zeros((T, N), bool)}
 
-    def collect(self, algo: OnPolicyAlgorithm) -> tuple[Rollout, list[tuple[int, float, int]]]:
+    def collect(self, algo: OnPolicy) -> tuple[Rollout, Episodes]:
         """One rollout, plus (step offset, return, length) for every episode that ended in it."""
-        episodes: list[tuple[int, float, int]] = []
+        episodes: Episodes = []
         for t in range(self.n_steps):
             env_actions, actions, logp, values, policy_obs = algo.explore(self.obs)
             if self._buf is None:

@@ -8,7 +8,9 @@ for algorithms that prefer several threads, auto times a few updates with one th
 several now and then, and keeps the faster. Under load a probe costs about one slow update."""
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -83,3 +85,51 @@ class ThreadTuner:
             set_threads(best)
             self.current = best
         self.next_probe = self.clock() + self.interval
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def keep_freed_memory() -> None:
+    """Keep freed blocks in the heap instead of handing them back to the OS (glibc only).
+
+    An update allocates and frees ~15 MB of activations. glibc hands large blocks and the heap top
+    back to the OS, so the next update page-faults them in again: hundreds to thousands of minor
+    faults per SAC update (256x256 layers), a large share of the update's time (measured by
+    scripts/sac_update_speed.py; docs/benchmarks.md), ~0 faults with these settings.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: only blocks over 32 MB get their own mapping
+    mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of free heap top
+
+
+def choose_threads(setting: int | str, max_threads: int,
+                   algo=None) -> tuple[int, ThreadTuner | None]:
+    """trainer.torch_threads, or with `auto` the algorithm's choice for its matmul sizes; set for
+    torch and numpy's BLAS, with a ThreadTuner where auto chose several.
+
+    Called before the networks are built (`auto`: one thread, so that initial weights do not
+    depend on the machine's cores: orthogonal init's QR differs in its last bits with the thread
+    count) and again after, with the algorithm."""
+    threads = setting
+    if threads == "auto":
+        threads = 1 if algo is None else algo.preferred_threads(max_threads)
+    elif algo is not None and threads > max_threads < usable_cores():
+        log.warning("trainer.torch_threads=%d: more than this job's share of the cores (%d) "
+                    "while other jobs of the sweep run; auto picks within it",
+                    threads, max_threads)
+    # numpy's OpenBLAS (the on-policy kernels, GAE) gets the same count: its default of one
+    # thread per core made a 256x64 matmul 2x slower while another process held a core
+    set_threads(threads)
+    # auto with several threads: re-measured now and then, since another process taking a core
+    # makes several threads far slower than one
+    tuned = algo is not None and threads > 1 and setting == "auto"
+    return threads, ThreadTuner(threads) if tuned else None

@@ -1,10 +1,12 @@
-"""The one training loop: every algorithm family runs through `Trainer.run`."""
+"""The one training loop: every algorithm family runs through `Trainer.run`.
+
+What it needs from an algorithm and a feeder is declared in rl_runner/algos/contracts.py and
+rl_runner/feeder.py; checkpoints are rl_runner/runstate.py's, results.json rl_runner/results.py's.
+"""
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
-import os
 import shlex
 import signal
 import time
@@ -17,67 +19,45 @@ import tqdm
 from omegaconf import DictConfig, OmegaConf
 
 from rl_runner import config as config_checks
-from rl_runner import runlog
-from rl_runner.algos.base import OnPolicyAlgorithm
+from rl_runner import runlog, runstate
 from rl_runner.algos.build import build_algo
-from rl_runner.checkpoint import (load_checkpoint, misfit, nonfinite_paths, rng_state,
-                                  save_checkpoint, seed_everything, set_rng_state)
+from rl_runner.algos.contracts import Algorithm
+from rl_runner.checkpoint import load_checkpoint, seed_everything
+from rl_runner.demonstrations import expert_data
 from rl_runner.envs import make_vec_env
-from rl_runner.envstate import env_state, restore_env_state
 from rl_runner.errors import UserError, describe
 from rl_runner.evaluation import Evaluator
-from rl_runner.fileio import write_json
-from rl_runner.logger import TBLogger
-from rl_runner.demonstrations import expert_data
+from rl_runner.feeder import Feeder
+from rl_runner.logger import build_loggers, check_loggers
 from rl_runner.offline import offline_feeder
-from rl_runner.results import versions
 from rl_runner.replay import ReplayFeeder
+from rl_runner.results import write_results
 from rl_runner.resume import resume_value
 from rl_runner.rollout import RolloutCollector
-from rl_runner.threads import ThreadTuner, set_threads
+from rl_runner.runstate import next_multiple
+from rl_runner.threads import choose_threads, keep_freed_memory, usable_cores
 
 log = logging.getLogger("rl_runner")
 
-
-def _rollout_collector(envs: gym.vector.VectorEnv, algo: OnPolicyAlgorithm,
-                       seed: int) -> RolloutCollector:
-    return RolloutCollector(envs, algo.n_steps, seed)
-
-
-# family -> feeder(envs, algo, seed); `collect(algo)` takes algo.n_steps x n_envs env steps and
-# returns (batch for `update`, or None when there is nothing to learn from yet; episodes)
-# (the offline family's feeder samples a dataset instead: rl_runner.offline)
-FEEDERS = {"on_policy": _rollout_collector, "off_policy": ReplayFeeder}
-FAMILIES = (*FEEDERS, "offline")
 # env steps between logged losses and SPS (at least every update's steps). Off-policy updates come
-# every env step: ~8 TensorBoard events per step took ~2 ms of a 12 ms SAC step (the writer
+# every env step: ~8 TensorBoard events per step took a sizeable share of a SAC step (the writer
 # thread competes for the GIL); CleanRL's SAC logs every 100 steps too.
 LOG_EVERY = {"on_policy": 1, "off_policy": 100, "offline": 100}
 PROGRESS_LINE_SECONDS = 30.0  # parallel sweep jobs: a progress line this often
 
 
-def usable_cores() -> int:
-    """The CPUs this process may run on (a container's or taskset's limit, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def keep_freed_memory() -> None:
-    """Keep freed blocks in the heap instead of handing them back to the OS (glibc only).
-
-    An update allocates and frees ~15 MB of activations. glibc hands large blocks and the heap top
-    back to the OS, so the next update page-faults them in again: 40-600 minor faults per SAC
-    update (256x256 layers) with glibc's adaptive defaults, 3600 with its static 128 KB ones;
-    measured up to 25% (40%) of the update on this 2-core VM, ~0 faults with these settings.
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return
-    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: only blocks over 32 MB get their own mapping
-    mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of free heap top
+def make_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo: Algorithm) -> Feeder:
+    """The feeder of the algorithm's family; imitation algorithms get the demonstrations first."""
+    if algo.family == "offline":
+        return offline_feeder(cfg, envs, algo)
+    if algo.family == "off_policy":
+        feeder: Feeder = ReplayFeeder(envs, algo, cfg.seed)
+    else:
+        feeder = RolloutCollector(envs, algo.n_steps, cfg.seed)
+    if algo.uses_demonstrations:
+        data, feeder.dataset = expert_data(cfg, envs)
+        algo.fit_dataset(data)
+    return feeder
 
 
 class Trainer:
@@ -91,8 +71,9 @@ class Trainer:
         self.progress_lines = progress_lines and self.tcfg.progress
         self.ckpt_dir = self.run_dir / "checkpoints"
         config_checks.check_trainer(cfg)
+        check_loggers(cfg.get("logger"))
         keep_freed_memory()
-        self._set_threads()
+        choose_threads(self.tcfg.torch_threads, self.max_threads)
         checkpoint = load_checkpoint(self.ckpt_dir / "last.pt") if resume else None
         if not resume and ((self.ckpt_dir / "last.pt").exists()
                            or (self.run_dir / "results.json").exists()):
@@ -106,40 +87,14 @@ class Trainer:
         self.algo = build_algo(cfg, self.envs.single_observation_space,
                                self.envs.single_action_space)
         self.algo_name = self.algo.name or type(self.algo).__name__.lower()
-        self.threads = self._set_threads(self.algo)
-        self.family = self.algo.family
-        if self.family not in FAMILIES:
-            raise UserError(f"algorithm family {self.family!r} is not supported by this trainer; "
-                            f"supported: {', '.join(FAMILIES)}")
-        self.dataset: dict | None = None  # the rows learnt from (path, sha256), if any
-        if self.family == "offline":
-            self.feeder = offline_feeder(cfg, self.envs, self.algo)
-            self.dataset = self.feeder.dataset
-        else:
-            self.feeder = FEEDERS[self.family](self.envs, self.algo, cfg.seed)
-            if hasattr(self.algo, "fit_dataset"):  # imitation beside the env (gail)
-                data, self.dataset = expert_data(cfg, self.envs)
-                self.algo.fit_dataset(data)
-        self._check_dataset(checkpoint)
-        # whole feeder steps only, so that the budget is never exceeded (at least one)
-        # offline: one gradient step per update, whatever env.n_envs says
-        self.step_size = step_size = (1 if self.family == "offline"
-                                      else self.algo.n_steps * cfg.env.n_envs)
-        self.log_every = max(step_size, LOG_EVERY.get(self.family, 1))
-        if self.tcfg.total_steps < step_size:
-            raise UserError(f"trainer.total_steps={self.tcfg.total_steps} is less than one update "
-                            f"({step_size} env steps: algo.n_steps x env.n_envs; off-policy: "
-                            "algo.train_freq x env.n_envs); raise it or make the update smaller")
-        self.budget = self.tcfg.total_steps // step_size * step_size
-        if self.budget != self.tcfg.total_steps:
-            log.info("trainer.total_steps=%d is not a multiple of the env steps per update %d "
-                     "(algo.n_steps x env.n_envs; off-policy: algo.train_freq x env.n_envs): "
-                     "training stops at %d env steps",
-                     self.tcfg.total_steps, step_size, self.budget)
+        self.threads, self.tuner = choose_threads(self.tcfg.torch_threads, self.max_threads,
+                                                  self.algo)
+        self.feeder = make_feeder(cfg, self.envs, self.algo)
+        self.dataset = self.feeder.dataset
+        runstate.check_dataset(self, checkpoint)
+        self._set_budget()
         self.evaluator = Evaluator(cfg.env.id, self.tcfg.eval_episodes, cfg.seed + 10_000,
                                    env_kwargs)
-        self.eval_every = self.tcfg.eval_every or max(1, self.budget // 10)
-        self.checkpoint_every = self.tcfg.checkpoint_every or self.eval_every
         self.env_steps = 0
         self.wall_before = 0.0  # wall seconds spent in earlier sessions of a resumed run
         self.next_eval, self.next_checkpoint = self.eval_every, self.checkpoint_every
@@ -151,43 +106,40 @@ class Trainer:
         self.stop_signal: int | None = None
         self.saved_step: int | None = None  # the env step last.pt holds, if there is one
         if checkpoint is not None:
-            self._restore(checkpoint)
-        # events at the checkpoint's own step were logged before it was saved: purge after them
-        self.logger = TBLogger(self.run_dir / "tb",
-                               purge_step=self.env_steps + 1 if resume else None,
-                               flush_secs=cfg.logger.get("flush_secs", 20))
+            runstate.restore(self, checkpoint)
+        # a resume continues the curves after the checkpoint's own step, and the same runs
+        self.logger = build_loggers(cfg.get("logger"), self.run_dir,
+                                    self.env_steps if resume else None,
+                                    (checkpoint or {}).get("logger"))
         runlog.accept()  # a resume is accepted: its train.log gets the lines held back
         if not resume:
             flat = config_checks.flatten(OmegaConf.to_container(cfg, resolve=True))
             self.logger.hparams(flat, ["eval/return_mean", "charts/episodic_return"])
 
-    # ---- construction -------------------------------------------------------------------------
-    def _set_threads(self, algo=None) -> int:
-        """trainer.torch_threads, or with `auto` the algorithm's choice for its matmul sizes.
-
-        Called before the networks are built (`auto`: one thread, so that initial weights do not
-        depend on the machine's cores: orthogonal init's QR differs in its last bits with the
-        thread count) and again after, with the algorithm."""
-        threads = self.tcfg.torch_threads
-        if threads == "auto":
-            threads = 1 if algo is None else algo.preferred_threads(self.max_threads)
-        elif algo is not None and threads > self.max_threads < usable_cores():
-            log.warning("trainer.torch_threads=%d: more than this job's share of the cores (%d) "
-                        "while other jobs of the sweep run; auto picks within it",
-                        threads, self.max_threads)
-        # numpy's OpenBLAS (the on-policy kernels, GAE) gets the same count: its default of one
-        # thread per core made a 256x64 matmul 2x slower while another process held a core
-        set_threads(threads)
-        # auto with several threads: re-measured now and then, since another process taking a
-        # core makes several threads far slower than one (rl_runner/threads.py)
-        self.tuner = ThreadTuner(threads) if (algo is not None and threads > 1 and
-                                              self.tcfg.torch_threads == "auto") else None
-        return threads
+    def _set_budget(self) -> None:
+        """Whole feeder steps only, so that the budget is never exceeded (at least one);
+        offline: one gradient step per update, whatever env.n_envs says."""
+        family = self.algo.family
+        self.step_size = step_size = 1 if family == "offline" else \
+            self.algo.n_steps * self.cfg.env.n_envs
+        self.log_every = max(step_size, LOG_EVERY.get(family, 1))
+        total = self.tcfg.total_steps
+        if total < step_size:
+            raise UserError(f"trainer.total_steps={total} is less than one update "
+                            f"({step_size} env steps: algo.n_steps x env.n_envs; off-policy: "
+                            "algo.train_freq x env.n_envs); raise it or make the update smaller")
+        self.budget = total // step_size * step_size
+        if self.budget != total:
+            log.info("trainer.total_steps=%d is not a multiple of the env steps per update %d "
+                     "(algo.n_steps x env.n_envs; off-policy: algo.train_freq x env.n_envs): "
+                     "training stops at %d env steps", total, step_size, self.budget)
+        self.eval_every = self.tcfg.eval_every or max(1, self.budget // 10)
+        self.checkpoint_every = self.tcfg.checkpoint_every or self.eval_every
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict:
         total = self.budget
-        unit = "gradient steps" if self.family == "offline" else "env steps"
+        unit = self.algo.step_unit
         log.info("%s on %s: %d envs, %d %s, seed %d, %d torch threads, run dir %s",
                  self.algo_name, self.cfg.env.id, self.cfg.env.n_envs,
                  total, unit, self.cfg.seed, self.threads, self.run_dir)
@@ -199,7 +151,7 @@ class Trainer:
         previous = self._install_signals()
         status, error = "completed", None
         # a resumed run's old "completed" record must not stand while it trains on
-        self._write_results("running", 0.0, start_steps, None)
+        write_results(self, "running", 0.0, start_steps, None)
         # NaN/Inf is caught by the loss and checkpoint checks, with one line: numpy's
         # RuntimeWarnings on the way there would only add lines of noise
         floating = np.seterr(all="ignore")
@@ -210,18 +162,17 @@ class Trainer:
                 elapsed = time.perf_counter() - start
                 sps = (self.env_steps - start_steps) / max(elapsed, 1e-9)
                 if self.env_steps >= self.next_log or self.env_steps >= total:
-                    validation = getattr(self.feeder, "validation", None)
-                    if validation is not None:  # offline: the held-out split's loss
-                        metrics.update(self.algo.validate(validation))
+                    if self.feeder.validation is not None:  # offline: the held-out rows
+                        metrics.update(self.algo.validate(self.feeder.validation))
                     self.logger.metrics(metrics, self.env_steps)
                     self.logger.scalar("charts/SPS", sps, self.env_steps)
-                    self.next_log = _next_multiple(self.env_steps, self.log_every)
+                    self.next_log = next_multiple(self.env_steps, self.log_every)
                 if self.env_steps >= self.next_eval:
                     self._evaluate()
-                    self.next_eval = _next_multiple(self.env_steps, self.eval_every)
+                    self.next_eval = next_multiple(self.env_steps, self.eval_every)
                 if self.env_steps >= self.next_checkpoint:
-                    self._save("last.pt", elapsed)
-                    self.next_checkpoint = _next_multiple(self.env_steps, self.checkpoint_every)
+                    runstate.save(self, "last.pt", self.wall_before + elapsed)
+                    self.next_checkpoint = next_multiple(self.env_steps, self.checkpoint_every)
                 bar.update(self.env_steps - before)
                 bar.set_postfix(sps=f"{sps:.0f}", ret=self._recent(), refresh=False)
                 if self.progress_lines and start + elapsed >= next_line:
@@ -234,7 +185,7 @@ class Trainer:
                 status = "interrupted"
             elif self.last_eval_step != self.env_steps:
                 self._evaluate()
-            self._save("last.pt", elapsed)
+            runstate.save(self, "last.pt", self.wall_before + elapsed)
         except KeyboardInterrupt:  # a second Ctrl-C: quit without saving; last.pt stays as it was
             status = "interrupted"
             raise
@@ -254,8 +205,9 @@ class Trainer:
             log.info("done: %d %s in %.1f s (%.0f steps/s); eval return %.2f +- %.2f",
                      self.env_steps, unit, results["wall_seconds"], results["sps"],
                      results["eval_return_mean"], results["eval_return_std"])
-        if hasattr(self.algo, "summary"):  # an algorithm's own record of the run, if it keeps one
-            log.info("%s", self.algo.summary())
+        summary = self.algo.summary()  # the algorithm's own record of the run, if it keeps one
+        if summary:
+            log.info("%s", summary)
         return results
 
     def _close(self, status: str, elapsed: float, start_steps: int, error: str | None) -> dict:
@@ -263,7 +215,7 @@ class Trainer:
         fails here (a full disk) is the error to report only when nothing failed before it."""
         results: dict = {}
         try:
-            results = self._write_results(status, elapsed, start_steps, error)
+            results = write_results(self, status, elapsed, start_steps, error)
             self.logger.close()
         except UserError:
             if error is None:
@@ -289,14 +241,8 @@ class Trainer:
         bad = [k for k, v in metrics.items() if "loss" in k and not math.isfinite(v)]
         if bad:
             raise UserError(f"{', '.join(bad)} became NaN/Inf at env step {self.env_steps}; "
-                            f"stopped, {self._kept()}")
+                            f"stopped, {runstate.kept(self)}")
         return metrics
-
-    def _kept(self) -> str:
-        """What is left on disk after a non-finite stop."""
-        if self.saved_step is None:
-            return "no checkpoint had been saved yet"
-        return f"checkpoints/last.pt keeps the last good state (env step {self.saved_step})"
 
     def _evaluate(self) -> None:
         result = self.evaluator.run(lambda obs: self.algo.act(obs, deterministic=True))
@@ -308,127 +254,13 @@ class Trainer:
         improved = math.isfinite(result["return_mean"]) and result["return_mean"] > self.best_eval
         if improved:
             self.best_eval = result["return_mean"]
-            self._save("best.pt", None)
+            runstate.save(self, "best.pt", self.wall_before)
         log.info("step %d: eval return %.2f +- %.2f over %d episodes%s", step,
                  result["return_mean"], result["return_std"], result["episodes"],
                  " (best)" if improved else "")
 
     def _recent(self) -> str:
         return f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
-
-    # ---- checkpoints --------------------------------------------------------------------------
-    def _save(self, name: str, elapsed: float | None) -> None:
-        wall = self.wall_before + (elapsed if elapsed is not None else 0.0)
-        state = {
-            "algo": self.algo.state_dict(),
-            "counters": self._counters(wall),
-            "rng": rng_state(),
-            "env": {"state": env_state(self.envs), "action_space_rng":
-                    self.envs.action_space.np_random.bit_generator.state},
-            "feeder": self.feeder.state_dict(),
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "dataset": self.dataset,
-        }
-        bad = nonfinite_paths(state["algo"])
-        if bad:  # never write a checkpoint that holds NaN/Inf
-            raise UserError(f"the algorithm's state became NaN/Inf ({', '.join(bad[:3])}) by env "
-                            f"step {self.env_steps}; stopped before saving {name}, {self._kept()}")
-        buffer = getattr(self.feeder, "buffer", None)
-        # the buffer serves resuming only: best.pt (a policy to evaluate) goes without it
-        if buffer is not None and name == "last.pt" and self.tcfg.save_replay_buffer:
-            state["replay_buffer"] = buffer.state_dict()
-        save_checkpoint(self.ckpt_dir / name, state)
-        if name == "last.pt":
-            self.saved_step = self.env_steps
-
-    def _check_dataset(self, ckpt: dict | None) -> None:
-        """On resume, the rows must be those last.pt was trained on; then say which they are."""
-        trained_on = (ckpt or {}).get("dataset")
-        if self.dataset and trained_on and trained_on.get("sha256") != self.dataset["sha256"]:
-            raise UserError(f"resume: the dataset {self.dataset['path']} is not the one "
-                            f"{self.ckpt_dir / 'last.pt'} was trained on (its rows changed: sha256 "
-                            f"{self.dataset['sha256'][:12]}, trained on "
-                            f"{str(trained_on.get('sha256'))[:12]}); put the original back or "
-                            "start a new run")
-        if self.dataset:
-            log.info("dataset %s: %s", self.dataset["path"], self.dataset["rows"])
-
-    def _counters(self, wall: float) -> dict:
-        return {"env_steps": self.env_steps, "grad_steps": self.algo.grad_steps,
-                "next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint,
-                "best_eval": self.best_eval, "last_eval": self.last_eval,
-                "last_eval_step": self.last_eval_step, "wall_seconds": wall,
-                "recent_returns": list(self.recent_returns)}
-
-    def _check_fits(self, ckpt: dict) -> None:
-        """The checkpoint's parts have the structure of this run's own (keys, types, shapes),
-        and its counters are in range, before any of it is loaded: one line where not."""
-        last = self.ckpt_dir / "last.pt"
-        parts = {"algo": self.algo.state_dict(), "feeder": self.feeder.state_dict(),
-                 "counters": self._counters(0.0), "rng": rng_state(),
-                 "env": {"state": None, "action_space_rng":
-                         self.envs.action_space.np_random.bit_generator.state}}
-        for key, reference in parts.items():
-            where = misfit(reference, ckpt.get(key, {} if key != "env" else None), f"{key}.")
-            if where is not None or key not in ckpt:
-                raise UserError(f"{last} does not fit this run: {where or key + ' is missing'}")
-        bad = counters_misfit(ckpt["counters"]) or \
-            next((f"algo.{p} is NaN/Inf" for p in nonfinite_paths(ckpt["algo"])), None)
-        if bad:
-            raise UserError(f"{last} does not fit this run: {bad}")
-        saved_envs = ckpt["env"]["state"]
-        if saved_envs is not None and not isinstance(saved_envs, (list, bytes)):
-            raise UserError(f"{last} does not fit this run: its env state is a "
-                            f"{type(saved_envs).__name__}")
-
-    def _restore(self, ckpt: dict) -> None:
-        self._check_fits(ckpt)
-        try:
-            self.algo.load_state_dict(ckpt["algo"])
-            c = ckpt["counters"]
-            self.env_steps, self.next_eval = c["env_steps"], c["next_eval"]
-            self.next_checkpoint, self.best_eval = c["next_checkpoint"], c["best_eval"]
-            self.last_eval, self.last_eval_step = c["last_eval"], c["last_eval_step"]
-            self.wall_before = c["wall_seconds"]
-            self.saved_step = self.env_steps
-            self.next_log = _next_multiple(self.env_steps, self.log_every)
-            self.recent_returns.extend(c["recent_returns"])
-            set_rng_state(ckpt["rng"])
-            self.envs.action_space.np_random.bit_generator.state = ckpt["env"]["action_space_rng"]
-            self.feeder.load_state_dict(ckpt["feeder"])
-            buffer = getattr(self.feeder, "buffer", None)
-            if buffer is not None and "replay_buffer" in ckpt:
-                buffer.load_state_dict(ckpt["replay_buffer"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise UserError(f"{self.ckpt_dir / 'last.pt'} does not fit this run's config "
-                            f"({type(e).__name__}: {e})") from None
-        saved_envs = ckpt["env"]["state"]  # format 1 held pickled bytes: never unpickled
-        if self.family == "offline":  # no env is stepped while learning: nothing to restore
-            pass
-        elif isinstance(saved_envs, list):
-            try:
-                restore_env_state(self.envs, saved_envs)
-            except (ValueError, TypeError, KeyError, AttributeError) as e:
-                raise UserError(f"{self.ckpt_dir / 'last.pt'}: its env state does not fit this "
-                                f"run's envs ({e})") from None
-        else:
-            self.feeder.obs, _ = self.envs.reset(seed=self.cfg.seed + self.env_steps)
-            self.feeder.tracker.load_state_dict({"returns": np.zeros(self.envs.num_envs),
-                                                 "lengths": np.zeros(self.envs.num_envs,
-                                                                     np.int64)})
-            why = ("was saved by an earlier rl-runner, whose env state is not loaded (it was a "
-                   "pickle)" if isinstance(saved_envs, bytes) else
-                   f"holds no env state ({self.cfg.env.id} keeps it in objects that cannot be "
-                   "saved as plain data)")
-            log.warning("%s %s: the episodes in progress restart on resume, so numbers will "
-                        "differ from an uninterrupted run", self.ckpt_dir / "last.pt", why)
-        if buffer is not None and "replay_buffer" not in ckpt:
-            log.warning("%s holds no replay buffer (trainer.save_replay_buffer=false when it was "
-                        "saved): the buffer starts empty and updates wait until it holds "
-                        "algo.learning_starts=%d transitions, so numbers will differ from an "
-                        "uninterrupted run", self.ckpt_dir / "last.pt",
-                        max(1, self.algo.learning_starts))
-        log.info("resumed from step %d", self.env_steps)
 
     # ---- signals ------------------------------------------------------------------------------
     def _install_signals(self) -> dict:
@@ -450,59 +282,6 @@ class Trainer:
     def _restore_signals(previous: dict) -> None:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-    # ---- results ------------------------------------------------------------------------------
-    def _write_results(self, status: str, elapsed: float, start_steps: int,
-                       error: str | None) -> dict:
-        ev = self.last_eval or {}
-        wall = self.wall_before + elapsed
-        results = {
-            "algo": self.algo_name,
-            "env": self.cfg.env.name, "env_id": self.cfg.env.id, "seed": self.cfg.seed,
-            "env_steps": self.env_steps, "grad_steps": self.algo.grad_steps,
-            "wall_seconds": wall, "sps": (self.env_steps - start_steps) / max(elapsed, 1e-9),
-            "eval_return_mean": ev.get("return_mean", float("nan")),
-            "eval_return_std": ev.get("return_std", float("nan")),
-            "eval_episodes": ev.get("episodes", 0),
-            "eval_step": self.last_eval_step,
-            "best_eval_return_mean": self.best_eval if self.last_eval else float("nan"),
-            "status": status, "versions": versions(), "run_dir": str(self.run_dir),
-            "total_steps": self.tcfg.total_steps,
-            "torch_threads": self.tuner.current if self.tuner else self.threads,
-        }
-        if error:
-            results["error"] = error
-        if self.stop_signal is not None:
-            results["signal"] = signal.Signals(self.stop_signal).name
-        return write_json(self.run_dir / "results.json", results)
-
-
-def counters_misfit(c: dict) -> str | None:
-    """What is wrong with a checkpoint's trainer counters (types fit already: misfit), or None:
-    step counts in range, times and returns finite, at most 20 recent returns."""
-    for key in ("env_steps", "grad_steps", "next_eval", "next_checkpoint", "last_eval_step"):
-        if not -1 <= c[key] < 2**53:
-            return f"counters.{key}={c[key]} is out of range"
-    if not (isinstance(c["wall_seconds"], float) and 0 <= c["wall_seconds"] < 1e12):
-        return f"counters.wall_seconds={c['wall_seconds']!r:.40} is not a time in seconds"
-    if not (isinstance(c["best_eval"], float) and c["best_eval"] < math.inf):
-        return f"counters.best_eval={c['best_eval']!r:.40} is not a return"
-    recent = c["recent_returns"]
-    if len(recent) > 20 or not all(isinstance(r, float) and math.isfinite(r) for r in recent):
-        return "counters.recent_returns is not a list of up to 20 finite returns"
-    ev = c["last_eval"]
-    if ev is not None and not (isinstance(ev, dict) and set(ev) >= {"return_mean", "return_std",
-                                                                      "length_mean", "episodes"}
-                               and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                       for v in ev.values())):  # an inf eval is a record too
-        return "counters.last_eval is not an evaluation's result"
-    return None
-
-
-def _next_multiple(steps: int, every: int) -> int:
-    """The first multiple of `every` after `steps`."""
-    return (steps // every + 1) * every
-
 
 def train(cfg: DictConfig, run_dir: Path | str, resume: bool = False,
           max_threads: int | None = None, progress_lines: bool = False) -> dict:

@@ -1,18 +1,16 @@
-"""The algorithm contract and the on-policy and off-policy family bases.
+"""Shared machinery of the bundled on-policy and off-policy algorithms (the contracts they fulfil
+are in contracts.py).
 
 The trainer owns environments, data feeding, logging, evaluation and checkpoints; an algorithm owns
 its networks, optimizers, normalizer statistics and the update math. `update` returns its metrics.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, ClassVar
-
 import gymnasium as gym
 import numpy as np
 
 from rl_runner.batches import Rollout
-from rl_runner.config import PROVIDED, check_algo_kwargs
+from rl_runner.algos.contracts import OffPolicy, OnPolicy
 from rl_runner.errors import UserError
 from rl_runner.heads import make_head
 from rl_runner.kernels import MLPKernel
@@ -21,59 +19,6 @@ from rl_runner.normalize import ObsNormalizer, RewardScaler
 from rl_runner.optim import FlatAdam
 from rl_runner.params import (Activation, Fraction, NonNegativeFloat, NonNegativeInt,
                                PositiveInt, Sizes)
-
-
-class Algorithm:
-    """What the trainer needs from any algorithm."""
-
-    name: ClassVar[str] = ""  # the algo= choice it is known by
-    family: ClassVar[str] = ""  # "on_policy" | "off_policy" | "offline"
-    action_spaces: ClassVar[tuple[type, ...]] = (gym.spaces.Discrete, gym.spaces.Box)
-    grad_steps: int = 0
-
-    def __init_subclass__(cls, **kwargs):
-        """Every constructor's keyword arguments are checked against its declared hints
-        (rl_runner/params.py: Literal choices, ranges) before it runs, however it is called."""
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is not None and not hasattr(init, "__wrapped__"):
-            cls.__init__ = _checked(init)
-
-    @classmethod
-    def supports(cls, action_space: gym.Space) -> bool:
-        return isinstance(action_space, cls.action_spaces)
-
-    @classmethod
-    def variant_for(cls, action_space: gym.Space) -> type[Algorithm]:
-        """The class that is built for this action space under this algo= name: itself, unless
-        the algorithm has a separate class per space (its keys are then that class's)."""
-        return cls
-
-    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        raise NotImplementedError
-
-    def update(self, batch: Any) -> dict[str, float]:
-        raise NotImplementedError
-
-    def preferred_threads(self, cores: int) -> int:
-        """Torch threads for trainer.torch_threads=auto: one, fastest for small networks."""
-        return 1
-
-    def state_dict(self) -> dict:
-        raise NotImplementedError
-
-    def load_state_dict(self, state: dict) -> None:
-        raise NotImplementedError
-
-
-def _checked(init):
-    @functools.wraps(init)
-    def checked(self, *args, **kwargs):
-        if type(self).__init__ is checked:  # the outermost constructor checks for all
-            check_algo_kwargs(type(self).name or type(self).__name__.lower(), type(self),
-                              {k: v for k, v in kwargs.items() if k not in PROVIDED}, PROVIDED)
-        init(self, *args, **kwargs)
-    return checked
 
 
 def gae(rewards_TN: np.ndarray, values_TN: np.ndarray, next_values_TN: np.ndarray,
@@ -93,14 +38,12 @@ def gae(rewards_TN: np.ndarray, values_TN: np.ndarray, next_values_TN: np.ndarra
     return adv_TN, adv_TN + values_TN
 
 
-class OnPolicyAlgorithm(Algorithm):
+class OnPolicyAlgorithm(OnPolicy):
     """Shared by pg and ppo: actor-critic networks, acting, normalisers, optimizer and state.
 
     The networks are torch modules (the model of record, saved in checkpoints); acting and the
     gradient steps run through numpy kernels on the same parameter memory (see kernels.py).
     """
-
-    family = "on_policy"
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
                  total_steps: int, seed: int = 0, lr: NonNegativeFloat = 3e-4,
@@ -246,14 +189,12 @@ def to_unit_box(actions: np.ndarray, center: np.ndarray, scale: np.ndarray) -> n
     return np.clip(a, -1.0, 1.0).astype(np.float32, copy=False)
 
 
-class OffPolicyAlgorithm(Algorithm):
+class OffPolicyAlgorithm(OffPolicy):
     """Shared by off-policy algorithms: replay settings, action scaling, random warm-up actions.
 
     Actions live in a policy space that the replay buffer stores: Box actions in [-1, 1]^A
     (`to_env` rescales them to the env's bounds), Discrete actions as indices.
     """
-
-    family = "off_policy"
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
                  total_steps: int, seed: int = 0, lr: NonNegativeFloat = 3e-4,
@@ -301,10 +242,6 @@ class OffPolicyAlgorithm(Algorithm):
             return actions
         env_actions = self.action_center + self.action_scale * actions
         return env_actions.reshape(len(actions), *self.action_shape)
-
-    def explore(self, obs: np.ndarray) -> np.ndarray:
-        """Policy-space actions of the exploration policy, for the replay feeder."""
-        raise NotImplementedError
 
     def current_lr(self, env_steps: int) -> float:
         """lr, decayed linearly to 0 over the budget when anneal_lr (RL Zoo's lin_<lr>)."""

@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl_runner.algos.base import Algorithm, box_bounds, to_unit_box
+from rl_runner.algos.base import box_bounds, to_unit_box
+from rl_runner.algos.contracts import Offline
 from rl_runner.batches import OfflineBatch
 from rl_runner.datasets import Dataset
 from rl_runner.nets import LOG_2PI, ParallelMLP
 from rl_runner.params import (Activation, HoldOut, NonNegativeFloat, PositiveInt,
                                Sizes)
 
-class BC(Algorithm):
+class BC(Offline):
     name = "bc"
-    family = "offline"
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
                  total_steps: int, seed: int = 0, lr: NonNegativeFloat = 1e-3,

@@ -8,6 +8,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from rl_runner import config as config_checks
+from rl_runner.algos.contracts import check_contract
 from rl_runner.errors import UserError, one_line
 
 
@@ -41,7 +42,7 @@ def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
     # the class is called directly, not through Hydra's instantiate: that would also call any
     # `_target_` nested in a hyperparameter (a checkpoint's config is not to name code)
     try:
-        return cls(observation_space=obs_space, action_space=action_space, n_envs=cfg.env.n_envs,
+        algo = cls(observation_space=obs_space, action_space=action_space, n_envs=cfg.env.n_envs,
                    total_steps=cfg.trainer.total_steps, seed=cfg.seed, **kwargs)
     except UserError:
         raise
@@ -49,3 +50,5 @@ def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
         why = one_line(e, 200)
         raise UserError(f"algo: {name} cannot be built with these hyperparameters "
                         f"({type(e).__name__}: {why})") from None
+    check_contract(algo, name)
+    return algo

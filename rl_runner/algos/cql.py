@@ -20,7 +20,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rl_runner.algos.base import Algorithm, to_unit_box
+from rl_runner.algos.base import to_unit_box
+from rl_runner.algos.contracts import Offline
 from rl_runner.algos.qlearn import QLearner
 from rl_runner.algos.sac import SAC, squashed_gaussian
 from rl_runner.batches import OfflineBatch, ReplayBatch
@@ -30,9 +31,8 @@ from rl_runner.params import (Activation, Fraction, NonNegativeFloat, PositiveIn
                                Sizes)
 
 
-class CQL(Algorithm):
+class CQL(Offline):
     name = "cql"
-    family = "offline"
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
                  total_steps: int, seed: int = 0, cql_weight: NonNegativeFloat = 5.0,

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from hydra.utils import get_class
 
 from rl_runner import config as config_checks
-from rl_runner.algos.base import Algorithm, box_bounds, to_unit_box
+from rl_runner.algos.base import box_bounds, to_unit_box
+from rl_runner.algos.contracts import OnPolicy
 from rl_runner.batches import Rollout
 from rl_runner.datasets import Dataset
 from rl_runner.errors import UserError
@@ -35,9 +36,9 @@ log = logging.getLogger("rl_runner")
 LEARNERS = {"ppo": "rl_runner.algos.ppo.PPO", "trpo": "rl_runner.algos.trpo.TRPO"}
 
 
-class GAIL(Algorithm):
+class GAIL(OnPolicy):
     name = "gail"
-    family = "on_policy"
+    uses_demonstrations = True
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
                  total_steps: int, seed: int = 0, learner: Literal["ppo", "trpo"] = "ppo",
