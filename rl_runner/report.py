@@ -16,10 +16,6 @@ from rl_runner.fileio import write_atomic
 from rl_runner.stats import bootstrap_ci
 from rl_runner.summary import Run, collect_runs, markdown_table, return_cells, summarize
 
-# the algorithms whose family is "offline" (rl_runner/algos/bc.py, cql.py; a test checks): the
-# trainer counts their gradient steps where it counts env steps for the others, so their
-# TensorBoard x axis is gradient steps
-OFFLINE_ALGOS = {"bc", "cql"}
 # resamples per step of the curve band: hundreds of steps x 10k resamples would be slow for a plot
 BAND_RESAMPLES = 2000
 
@@ -76,13 +72,20 @@ def curve_band(curves: list[Curve], confidence: float = 0.95,
 
 
 def step_label(runs: list[Run]) -> str:
-    """The x axis: gradient steps when every run whose algorithm is known is offline."""
-    algos = {(r.results or {}).get("algo") for r in runs} - {None}
-    if algos and algos <= OFFLINE_ALGOS:
-        return "gradient steps"
-    if algos & OFFLINE_ALGOS:
-        return f"steps (gradient steps for {', '.join(sorted(algos & OFFLINE_ALGOS))}, else env)"
-    return "env steps"
+    """The x axis, from what each run's results.json says its steps count (`step_unit`: env
+    steps, or gradient steps for an offline algorithm); runs that do not say are left out."""
+    units: dict[str, set[str]] = {}
+    for r in runs:
+        res = r.results or {}
+        if isinstance(res.get("step_unit"), str):
+            units.setdefault(res["step_unit"], set()).add(str(res.get("algo")))
+    if len(units) == 1:
+        return next(iter(units))
+    if not units:
+        return "steps"
+    parts = "; ".join(f"{unit} for {', '.join(sorted(algos))}"
+                      for unit, algos in sorted(units.items()))
+    return f"steps ({parts})"
 
 
 def plot_png(bands: dict[str, tuple], counts: dict[str, int], xlabel: str, ylabel: str,

@@ -1,9 +1,7 @@
 """rl-report on synthetic runs: event files written with torch's SummaryWriter, as the trainer's."""
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +9,7 @@ import pytest
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-import rl_runner.algos
-from rl_runner.report import OFFLINE_ALGOS, curve_band, main, read_curve, step_label
+from rl_runner.report import curve_band, main, read_curve, step_label
 from rl_runner.stats import bootstrap_ci, iqm, mean_std
 from rl_runner.summary import Run, collect_runs
 from tests.conftest import tool_error
@@ -39,7 +36,8 @@ def make_run(run_dir: Path, overrides: list[str] | None, final: float, slope: fl
     if tb:
         write_scalars(run_dir / "tb", [(s, final - slope * (STEPS[-1] - s)) for s in STEPS])
     (run_dir / "results.json").write_text(json.dumps({
-        "algo": algo, "env": "cartpole", "seed": seed, "env_steps": STEPS[-1], "wall_seconds": 1.0,
+        "algo": algo, "step_unit": "gradient steps" if algo in ("bc", "cql") else "env steps",
+        "env": "cartpole", "seed": seed, "env_steps": STEPS[-1], "wall_seconds": 1.0,
         "eval_return_mean": final, "eval_return_std": 1.0, "best_eval_return_mean": final,
         "status": "completed"}))
 
@@ -136,19 +134,15 @@ def test_single_run_report_into_another_folder(tmp_path, capsys):
     assert not (run / "report.md").exists()
 
 
-def test_step_label_and_offline_algos():
-    def run(algo):
-        return Run(Path("."), "j", "c", 0, {"algo": algo})
-    assert step_label([run("cql"), run("bc")]) == "gradient steps"
-    assert step_label([run("ppo"), Run(Path("."), "j", "c", 0, None)]) == "env steps"
-    assert "gradient steps for bc" in step_label([run("ppo"), run("bc")])
-    # OFFLINE_ALGOS mirrors the algorithms' own family declarations
-    offline = set()
-    for info in pkgutil.iter_modules(rl_runner.algos.__path__):
-        module = importlib.import_module(f"rl_runner.algos.{info.name}")
-        offline |= {getattr(c, "name", "") for c in vars(module).values()
-                    if isinstance(c, type) and getattr(c, "family", None) == "offline"}
-    assert offline - {""} == OFFLINE_ALGOS
+def test_step_label_reads_each_runs_step_unit():
+    def run(algo, unit):
+        return Run(Path("."), "j", "c", 0, {"algo": algo, "step_unit": unit})
+    offline = [run("cql", "gradient steps"), run("bc", "gradient steps")]
+    assert step_label(offline) == "gradient steps"
+    assert step_label([run("ppo", "env steps"), Run(Path("."), "j", "c", 0, None)]) == "env steps"
+    mixed = step_label([run("ppo", "env steps"), run("myoffline", "gradient steps")])
+    assert mixed == "steps (env steps for ppo; gradient steps for myoffline)"
+    assert step_label([Run(Path("."), "j", "c", 0, {"algo": "ppo"})]) == "steps"
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
