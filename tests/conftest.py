@@ -19,6 +19,13 @@ from omegaconf import DictConfig
 # small networks: one thread is fastest and does not fight other processes for the 2 cores
 torch.set_num_threads(1)
 
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "integration: builds wheels, starts clusters or many processes; `make test` "
+        "runs them, `pytest -m 'not slow and not integration'` is the quick edit-test loop")
+
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RL_RUN = BIN / "rl-run"
@@ -142,13 +149,47 @@ SHORT_RUN = ["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=512", "algo
              "env.n_envs=4", "algo.batch_size=64"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> Path:
-    """One real, short, completed rl-run; tests copy it before touching it."""
+    """One real, short, completed rl-run for the whole session; tests copy it before touching
+    it (rl-run's own resume and refusal paths need the .hydra/ folder that only Hydra writes)."""
     base = tmp_path_factory.mktemp("finished")
     proc = run_cli([*SHORT_RUN, f"hydra.run.dir={base / 'run'}"], base)
     assert proc.returncode == 0, proc.stderr
     return base / "run"
+
+
+@pytest.fixture
+def refused_in_process(monkeypatch, capsys, tmp_path):
+    """rl-run's main() called in this process (cwd tmp_path) with arguments it must refuse before
+    Hydra starts: exit 2, 1 to `max_lines` stderr lines, the first `rl-run: error: ...`; returns
+    them joined. Hydra's main is replaced by a test failure, so a case that got past the checks
+    fails instead of running. Use it for argument checks; a fresh `rl-run` process per case
+    would only pay the torch, Hydra and gymnasium imports again."""
+    from rl_runner import cli as rl_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def reached_hydra():
+        pytest.fail("the arguments reached Hydra's main: nothing refused them before")
+
+    monkeypatch.setattr(rl_cli, "hydra_main", reached_hydra)
+
+    def run(args: list[str], max_lines: int = 1) -> str:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["rl-run", *map(str, args)])
+        with pytest.raises(SystemExit) as e:
+            rl_cli.main()
+        assert e.value.code == 2
+        out, err = capsys.readouterr()
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert "Traceback" not in out + err, err
+        assert 1 <= len(lines) <= max_lines, err
+        assert lines[0].startswith("rl-run: error: "), lines[0]
+        return " ".join(lines)
+
+    return run
 
 
 def tool_error(capsys, main, argv: list[str], prog: str) -> str:
