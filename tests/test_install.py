@@ -52,6 +52,7 @@ def wheel(tmp_path_factory) -> Path:
     return wheels[0]
 
 
+@pytest.mark.integration  # builds a wheel with pip
 def test_wheel_carries_the_yaml(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = [n for n in WHEEL_CONFIGS if n not in names]
@@ -63,6 +64,7 @@ def test_wheel_carries_the_yaml(wheel):
     assert "rl-run = rl_runner.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
+@pytest.mark.integration  # builds a wheel with pip
 def test_non_editable_install_finds_configs(wheel, tmp_path):
     """The unpacked wheel first on the path, no site processing (so the dev venv's editable
     finder never loads), the dev venv's site-packages last for torch/hydra/gymnasium."""
@@ -103,6 +105,7 @@ def test_non_editable_install_finds_configs(wheel, tmp_path):
     assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.integration  # builds a wheel and an editable wheel with setuptools
 @pytest.mark.parametrize("hook", ["build_wheel", "build_editable"])
 def test_building_prints_no_package_warnings(tmp_path, hook):
     """Every conf/ folder is declared as a package (pyproject.toml): setuptools builds without its

@@ -29,6 +29,7 @@ def check_one_died(sweep_dir: Path, error: str) -> None:
     assert "3 jobs, 2 completed, 1 failed" in (sweep_dir / "summary.md").read_text()
 
 
+@pytest.mark.integration  # joblib worker processes; the basic launcher's cases cover the rest
 def test_a_killed_job_fails_alone_under_joblib(tmp_path):
     proc, sweep_dir = sweep(tmp_path, [*SHORT, KILLED_PPO, *JOBLIB])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -66,7 +67,8 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-@pytest.mark.parametrize("launcher, at_once", [([], 1), (JOBLIB, 2)])
+@pytest.mark.parametrize("launcher, at_once", [
+    ([], 1), pytest.param(JOBLIB, 2, marks=pytest.mark.integration)])  # joblib: worker processes
 def test_a_killed_sweep_leaves_no_training_process(tmp_path, launcher, at_once):
     """kill -9 of the sweep: its training processes stop as on SIGTERM (joblib's workers live
     on, orphaned: their training processes watch the sweep's main process too)."""

@@ -46,6 +46,7 @@ def test_default_names_taken_in_the_same_second_get_a_suffix(tmp_path):
     assert [p.name for p in made] == [base.name, f"{base.name}-2", f"{base.name}-3"]
 
 
+@pytest.mark.integration  # three rl-run processes at once; claim_new's naming: the test above
 def test_three_launches_at_once_get_three_consistent_runs(tmp_path):
     lrs = ["0.001", "0.002", "0.003"]
     procs = [subprocess.Popen([str(RL_RUN), *SHORT_RUN, f"algo.lr={lr}"], cwd=tmp_path,
@@ -69,54 +70,56 @@ def test_three_launches_at_once_get_three_consistent_runs(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["same dir", "resume"])
-def test_a_live_run_is_refused_and_left_byte_identical(held, tmp_path, how):
+def test_a_live_run_is_refused_and_left_byte_identical(held, refused_in_process, how):
     before = digests(held)
     args = [*SHORT_RUN, f"hydra.run.dir={held}"] if how == "same dir" else [f"resume={held}"]
-    line = error_line(run_cli(args, tmp_path))
+    line = refused_in_process(args)
     assert "in use by another rl-run process" in line, line
     assert digests(held) == before
 
 
-def test_a_finished_dir_is_refused_without_touching_it(finished_run, tmp_path):
+def test_a_finished_dir_is_refused_without_touching_it(finished_run, tmp_path,
+                                                        refused_in_process):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     before = digests(run)
-    line = error_line(run_cli([*SHORT_RUN, "algo.lr=0.1", f"hydra.run.dir={run}"], tmp_path))
+    line = refused_in_process([*SHORT_RUN, "algo.lr=0.1", f"hydra.run.dir={run}"])
     assert "already holds a run" in line
     assert digests(run) == before  # .hydra/config.yaml and train.log too
 
 
-def test_resume_refuses_an_edited_config_naming_the_key(finished_run, tmp_path):
+def test_resume_refuses_an_edited_config_naming_the_key(finished_run, tmp_path,
+                                                        refused_in_process):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     config = run / ".hydra" / "config.yaml"
     text = config.read_text()
     config.write_text(text.replace("gamma: ", "gamma: 0.5 #", 1))
     before = digests(run)
-    line = error_line(run_cli([f"resume={run}"], tmp_path))
+    line = refused_in_process([f"resume={run}"])
     assert "algo.gamma" in line and "0.5" in line, line
     assert digests(run) == before
     config.write_text(text.replace("activation: tanh", "activation: ${oc.env:RL_ACT,tanh}"))
     with pytest.MonkeyPatch.context() as mp:  # the variable changed between the sessions
         mp.setenv("RL_ACT", "relu")
-        line = error_line(run_cli([f"resume={run}"], tmp_path))
+        line = refused_in_process([f"resume={run}"])
     assert "algo.activation" in line and "relu" in line, line
 
 
-def test_resume_refuses_a_replaced_dataset(tmp_path):
+def test_resume_refuses_a_replaced_dataset(finished_run, tmp_path):
+    from rl_runner.rl_collect import main as rl_collect
+
+    expert = tmp_path / "expert"  # rl-collect in this process, from a copy of a finished ppo run
+    shutil.copytree(finished_run, expert)
     data = tmp_path / "data.npz"
-    assert subprocess.run([str(RL_RUN.parent / "rl-collect"), f"run={make_expert_run(tmp_path)}",
-                           "episodes=2", f"out={data}"], env=cli_env(), capture_output=True,
-                          cwd=tmp_path).returncode == 0
+    rl_collect([f"run={expert}", "episodes=2", f"out={data}"])
     run = tmp_path / "bc"
     args = ["algo=bc", "env=cartpole", *FAST, f"dataset.path={data}", "trainer.total_steps=4000",
             "trainer.checkpoint_every=100"]
     stopped = interrupt_when_checkpointed(args, run, tmp_path)
     assert stopped.returncode == 130, stopped.stderr
     other = tmp_path / "other.npz"
-    assert subprocess.run([str(RL_RUN.parent / "rl-collect"), f"run={tmp_path / 'expert'}",
-                           "episodes=3", f"out={other}"], env=cli_env(), capture_output=True,
-                          cwd=tmp_path).returncode == 0
+    rl_collect([f"run={expert}", "episodes=3", f"out={other}"])
     shutil.copy(other, data)
     before = digests(run)
     line = error_line(run_cli([f"resume={run}"], tmp_path))
@@ -124,14 +127,8 @@ def test_resume_refuses_a_replaced_dataset(tmp_path):
     assert digests(run) == before  # train.log too: the trainer's refusal is not logged there
 
 
-def make_expert_run(tmp_path: Path) -> Path:
-    proc = run_cli([*SHORT_RUN, f"hydra.run.dir={tmp_path / 'expert'}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    return tmp_path / "expert"
-
-
-def test_a_run_dir_that_parses_as_several_values_is_refused(tmp_path):
-    line = error_line(run_cli([*SHORT_RUN, f"hydra.run.dir={tmp_path}/x, y"], tmp_path))
+def test_a_run_dir_that_parses_as_several_values_is_refused(tmp_path, refused_in_process):
+    line = refused_in_process([*SHORT_RUN, f"hydra.run.dir={tmp_path}/x, y"])
     assert "takes one path" in line
     assert not (tmp_path / "outputs").exists()
 
@@ -177,12 +174,13 @@ def test_a_stopped_run_exits_128_plus_the_signal_and_resumes_with_the_printed_co
     assert read_results(run)["status"] == "completed"
 
 
-def test_a_run_dir_through_a_file_is_one_line(tmp_path):
+def test_a_run_dir_through_a_file_is_one_line(tmp_path, refused_in_process):
     (tmp_path / "afile").write_text("x")
-    line = error_line(run_cli([*SHORT_RUN], tmp_path, run_dir=tmp_path / "afile" / "run"))
+    line = refused_in_process([*SHORT_RUN, f"hydra.run.dir={tmp_path / 'afile' / 'run'}"])
     assert f"cannot write {tmp_path / 'afile' / 'run'}" in line, line
 
 
+@pytest.mark.integration  # two sweeps at once; claim_new's naming: test_default_names_taken_...
 def test_two_sweeps_launched_together_keep_their_own_dirs(tmp_path):
     procs = [subprocess.Popen([str(RL_RUN), "-m", *SHORT_RUN, f"algo.lr={lr}"], cwd=tmp_path,
                               env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -224,22 +222,22 @@ def test_a_resumed_run_says_running_until_it_ends(finished_run, tmp_path):
 
 @pytest.mark.parametrize("bad", ["trainer.total_steps=-1", "trainer.eval_every=abc",
                                  "trainer.torch_threads=0"])
-def test_a_resume_refused_for_a_bad_value_writes_nothing(finished_run, tmp_path, bad):
+def test_a_resume_refused_for_a_bad_value_writes_nothing(finished_run, tmp_path,
+                                                         refused_in_process, bad):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     before = digests(run)
-    error_line(run_cli([f"resume={run}", bad], tmp_path))
+    refused_in_process([f"resume={run}", bad])
     assert digests(run) == before  # train.log and .lock included
 
 
-def test_seed_out_of_range_is_one_line_and_leaves_no_stub(tmp_path):
-    line = error_line(subprocess.run([str(RL_RUN), *SHORT_RUN, "seed=-1"], cwd=tmp_path,
-                                     env=cli_env(), capture_output=True, text=True))
+def test_seed_out_of_range_is_one_line_and_leaves_no_stub(tmp_path, refused_in_process):
+    line = refused_in_process([*SHORT_RUN, "seed=-1"])  # cwd tmp_path: outputs/ would be here
     assert "seed=-1" in line
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
-def test_a_repeat_jobs_run_in_progress_cannot_be_resumed(tmp_path):
+def test_a_repeat_jobs_run_in_progress_cannot_be_resumed(tmp_path, refused_in_process):
     job = tmp_path / "job"
     proc = subprocess.Popen([str(RL_RUN), *SHORT_RUN, "repeats=2", "trainer.total_steps=60000",
                              "trainer.checkpoint_every=256", f"hydra.run.dir={job}"],
@@ -250,7 +248,7 @@ def test_a_repeat_jobs_run_in_progress_cannot_be_resumed(tmp_path):
         while not (job / "s0" / "checkpoints" / "last.pt").exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.02)
-        line = error_line(run_cli([f"resume={job / 's0'}"], tmp_path))
+        line = refused_in_process([f"resume={job / 's0'}"])
         assert "in use by another rl-run process" in line, line
     finally:
         proc.kill()

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rl_runner.sweeps import parallel_jobs, prepare_ray
-from tests.conftest import FAST, REPO, RL_RUN, cli_env, error_line, read_results, run_cli
+from tests.conftest import FAST, REPO, RL_RUN, cli_env, read_results, run_cli
 
 # 8 envs x 32 steps = 256 env steps per update; NaNAfter3PPO turns NaN in its 4th (step 1024)
 SHORT = ["env=cartpole", *FAST, "trainer.total_steps=2048", "trainer.eval_every=2048"]
@@ -157,6 +157,7 @@ def log_span(job: Path) -> tuple[datetime, datetime]:
     return stamps[0], stamps[-1]
 
 
+@pytest.mark.integration  # joblib worker processes
 def test_joblib_runs_jobs_in_parallel_with_progress_lines(tmp_path):
     proc, sweep_dir = sweep(tmp_path, [*SHORT, "algo=ppo,pg", "seed=0,1",
                                        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
@@ -175,6 +176,7 @@ def test_joblib_runs_jobs_in_parallel_with_progress_lines(tmp_path):
     check_summary_matches_results(sweep_dir)
 
 
+@pytest.mark.integration  # joblib worker processes; the rule itself: test_jobs_running_at_once_...
 def test_parallel_jobs_share_the_cores(tmp_path):
     """sac with torch_threads=auto takes every core alone; two at once take half each."""
     cores = len(os.sched_getaffinity(0))
@@ -186,6 +188,7 @@ def test_parallel_jobs_share_the_cores(tmp_path):
         [max(1, cores // 2)] * 2
 
 
+@pytest.mark.integration  # two Optuna studies on sqlite
 def test_optuna_averages_seeds_per_trial_and_the_study_resumes(tmp_path):
     db = tmp_path / "study" / "ppo.db"
     # 2048: the preset's largest rollout (algo.n_steps 256 x 8 envs); a smaller budget is refused
@@ -217,6 +220,7 @@ def test_optuna_averages_seeds_per_trial_and_the_study_resumes(tmp_path):
     assert study.trials[2].value == read_results(resumed / "0_ppo_cartpole_s0")["eval_return_mean"]
 
 
+@pytest.mark.integration  # an Optuna study on sqlite
 def test_a_failed_optuna_trial_is_marked_failed_and_the_search_goes_on(tmp_path):
     db = tmp_path / "study.db"
     proc, sweep_dir = sweep(tmp_path, ["hparams_search=ppo_cartpole", *FAST[1:], "repeats=1",
@@ -268,19 +272,19 @@ def test_ctrl_c_stops_the_sweep_with_a_summary(tmp_path, sig):
     assert "sweep interrupted" in err
 
 
-def test_an_existing_sweep_dir_is_refused(tmp_path):
+def test_an_existing_sweep_dir_is_refused(tmp_path, refused_in_process):
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "multirun.yaml").write_text("earlier\n")
-    line = error_line(run_cli(["-m", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path))
+    line = refused_in_process(["-m", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     assert "already holds files" in line
     assert (tmp_path / "sweep" / "multirun.yaml").read_text() == "earlier\n"
 
 
-def test_a_repeat_jobs_runs_resume_one_by_one(tmp_path):
+def test_a_repeat_jobs_runs_resume_one_by_one(tmp_path, refused_in_process):
     proc, sweep_dir = sweep(tmp_path, [*TINY, "repeats=2", "seed=3"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     (job,) = job_dirs(sweep_dir)
-    line = error_line(run_cli([f"resume={job}"], tmp_path))
+    line = refused_in_process([f"resume={job}"])
     assert f"resume={job / 's4'}" in line
     proc = run_cli([f"resume={job / 's4'}", "trainer.total_steps=2560"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -306,11 +310,12 @@ def test_a_missing_plugin_names_its_extra(monkeypatch, override, extra):
         cli.prepare_argv(["-m", override])
 
 
-def test_hparams_search_without_multirun_is_refused(tmp_path):
-    line = error_line(run_cli(["hparams_search=ppo_cartpole"], tmp_path))
+def test_hparams_search_without_multirun_is_refused(refused_in_process):
+    line = refused_in_process(["hparams_search=ppo_cartpole"])
     assert "add -m" in line
 
 
+@pytest.mark.integration  # a Ray cluster, submitit's job processes
 @pytest.mark.parametrize("launcher", ["submitit_local", "ray"])
 def test_other_launchers_run_and_summarise(tmp_path, monkeypatch, launcher):
     pytest.importorskip(f"hydra_plugins.hydra_{launcher.split('_')[0]}_launcher")
