@@ -18,14 +18,14 @@ ARGS = ["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=20480",
 CURVES = ("losses/policy_loss", "losses/value_loss", "charts/episodic_return", "eval/return_mean")
 # off-policy: an update per env step with small nets; the replay buffer is saved in last.pt
 SAC_ARGS = ["algo=sac", "env=pendulum", "env.n_envs=1", *FAST, "algo.hidden_sizes=[32,32]",
-            "algo.batch_size=64", "algo.learning_starts=200", "trainer.total_steps=2000",
-            "trainer.checkpoint_every=200", "trainer.eval_every=1000", "trainer.torch_threads=1",
+            "algo.batch_size=64", "algo.learning_starts=200", "trainer.total_steps=1000",
+            "trainer.checkpoint_every=200", "trainer.eval_every=500", "trainer.torch_threads=1",
             "seed=1"]
 SAC_CURVES = ("losses/qf_loss", "losses/actor_loss", "losses/alpha", "losses/alpha_loss",
               "charts/episodic_return", "eval/return_mean")
 # offline: 2 episodes of the bundled CartPole expert, cached in the test's own directory
 BC_ARGS = ["algo=bc", "env=cartpole", *FAST, "dataset.expert_episodes=2",
-           "trainer.total_steps=4000", "trainer.checkpoint_every=100", "trainer.eval_every=1000",
+           "trainer.total_steps=2000", "trainer.checkpoint_every=100", "trainer.eval_every=500",
            "seed=1"]
 BC_CURVES = ("losses/bc_loss", "losses/val_loss", "eval/return_mean")
 CASES = {"ppo": (ARGS, CURVES),
@@ -115,19 +115,19 @@ def test_resumed_curves_equal_the_uninterrupted_ones(runs):
 
 def test_resume_with_a_larger_budget_continues(tmp_path):
     run_dir = tmp_path / "run"
-    first = run_cli(["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=4096",
+    first = run_cli(["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=2048",
                      f"hydra.run.dir={run_dir}"], tmp_path)
     assert first.returncode == 0, first.stderr
     before = read_results(run_dir)
-    assert before["env_steps"] == 4096
-    more = run_cli([f"resume={run_dir}", "trainer.total_steps=8192"], tmp_path)
+    assert before["env_steps"] == 2048
+    more = run_cli([f"resume={run_dir}", "trainer.total_steps=4096"], tmp_path)
     assert more.returncode == 0, more.stderr
     after = read_results(run_dir)
     assert after["status"] == "completed"
-    assert after["env_steps"] == 8192
+    assert after["env_steps"] == 4096
     assert after["grad_steps"] > before["grad_steps"]
     steps = [s for s, _ in read_scalars(run_dir / "tb")["losses/policy_loss"]]
-    assert steps[-1] == 8192 and len(steps) == len(set(steps))
+    assert steps[-1] == 4096 and len(steps) == len(set(steps))
 
 
 def test_sac_resume_without_the_buffer_says_so_and_trains_on(tmp_path):
@@ -135,7 +135,7 @@ def test_sac_resume_without_the_buffer_says_so_and_trains_on(tmp_path):
     stopped = interrupt_when_checkpointed(SAC_ARGS, run_dir, tmp_path)
     assert stopped.returncode == 130, stopped.stderr  # interrupted: `rl-run ... && next` stops
     interrupted = read_results(run_dir)
-    assert 0 < interrupted["env_steps"] < 2000
+    assert 0 < interrupted["env_steps"] < 1000
     assert "replay_buffer" not in torch.load(run_dir / "checkpoints" / "last.pt",
                                              weights_only=False)
     resumed = run_cli([f"resume={run_dir}"], tmp_path)
@@ -143,5 +143,5 @@ def test_sac_resume_without_the_buffer_says_so_and_trains_on(tmp_path):
     output = resumed.stdout + resumed.stderr
     assert "holds no replay buffer" in output and "starts empty" in output
     after = read_results(run_dir)
-    assert after["status"] == "completed" and after["env_steps"] == 2000
+    assert after["status"] == "completed" and after["env_steps"] == 1000
     assert after["grad_steps"] > interrupted["grad_steps"]

@@ -133,8 +133,8 @@ def test_checkpoint_contents(cli_run):
 # ---- in-process ---------------------------------------------------------------------------------
 def short_cfg(*extra: str):
     return compose(["algo=ppo", "env=cartpole", "env.n_envs=8", "algo.n_steps=32",
-                    "algo.batch_size=256", *FAST, "trainer.total_steps=2048",
-                    "trainer.eval_every=1024", *extra])
+                    "algo.batch_size=256", *FAST, "trainer.total_steps=1024",
+                    "trainer.eval_every=512", *extra])
 
 
 def test_same_seed_gives_the_same_numbers_and_another_seed_does_not(tmp_path):
