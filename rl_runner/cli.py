@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from rl_runner import rundir, runlog
+from rl_runner import rundir, runlog, searchpath
 from rl_runner.config import group_choices
 from rl_runner.errors import UserError, one_line
 from rl_runner.fileio import writing
@@ -66,13 +66,12 @@ def prepare_argv(argv: list[str]) -> list[str]:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:
         raise UserError(f"cannot parse the overrides: {one_line(e)}") from None
+    entries = searchpath.from_overrides(parsed)
     for ov in parsed:
         key = ov.get_key_element().lstrip("+~")
         if key in CHECKED_GROUPS:
-            choices = group_choices(key)
-            values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [
-                ov.get_value_element_as_str()]
-            for value in values:
+            choices = group_choices(key, entries)
+            for value in _group_values(ov):
                 if value not in choices:
                     raise UserError(f"unknown {key} {value!r}; choices: {', '.join(choices)}")
     _check_plugins(parsed, multirun)
@@ -81,12 +80,24 @@ def prepare_argv(argv: list[str]) -> list[str]:
     if resume is not None and resume.value() not in (None, "null"):
         if multirun or resume.is_sweep_override():
             raise UserError("resume= continues one run; it cannot be part of a sweep (-m)")
-        return argv + resume_overrides(Path(str(resume.value())), parsed)
+        return argv + resume_overrides(Path(str(resume.value())), parsed, entries)
     sweep_dir = next((ov for ov in parsed if ov.get_key_element() == "hydra.sweep.dir"), None)
     if sweep_dir is not None and multirun:
         _check_fresh_sweep(Path(str(sweep_dir.value())))
     _check_composes(parsed, overrides)
     return claim_output_dir(argv, parsed, overrides, multirun)
+
+
+def _group_values(ov) -> list[str]:
+    """The options an override picks: one, each of a sweep, each of a list (logger=[a,b])."""
+    if not ov.is_sweep_override() and not isinstance(ov.value(), list):
+        return [ov.get_value_element_as_str()]
+    try:
+        values = list(ov.sweep_iterator()) if ov.is_sweep_override() else [ov.value()]
+    except Exception:  # range/interval sweeps over a group: left to the sweeper
+        return []
+    return ["null" if v is None else str(v) for value in values
+            for v in (value if isinstance(value, list) else [value])]
 
 
 def claim_output_dir(argv: list[str], parsed: list, overrides: list[str],
@@ -169,11 +180,13 @@ def _check_composes(parsed: list, overrides: list[str]) -> None:
                 continue
             trials += [fixed + [f"{key}={v}"] for v in values]
     with initialize_config_module(config_module="rl_runner.conf", version_base="1.3"):
-        for trial in trials:
+        for i, trial in enumerate(trials):
             try:
-                compose(config_name="train", overrides=trial)
+                cfg = compose(config_name="train", overrides=trial, return_hydra_config=i == 0)
             except Exception as e:
                 raise UserError(one_line(e)) from None
+            if i == 0:  # as in a job: its hydra.searchpath names plugin algos in messages
+                HydraConfig.instance().set_config(cfg)
         check_jobs(parsed, overrides)  # the trainer's checks, before Hydra makes a run directory
 
 
@@ -215,12 +228,51 @@ def hydra_main(cfg: DictConfig) -> float:
     return float("nan") if value is None else value
 
 
+def help_entries(argv: list[str]) -> list[str]:
+    """The hydra.searchpath entries of an `rl-run --help ...` command line ([] for any other)."""
+    flags, overrides = split_argv(argv)
+    if not {"--help", "-h"} & set(flags):
+        return []
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra reports it
+        return []
+    return searchpath.from_overrides(parsed)
+
+
+def print_help(argv: list[str], entries: list[str]) -> None:
+    """Hydra's --help, with the config groups on `entries` listed too: Hydra lists the groups of
+    its start-up search path only (hydra.searchpath reaches composition, not that list), so the
+    search path is built as hydra.main builds it, plus the entries (as --config-dir adds one)."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path, get_args_parser
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    path = create_config_search_path("pkg://rl_runner.conf")
+    for entry in entries:
+        path.prepend("hydra.searchpath in command-line", entry, SearchPathQuery(provider="schema"))
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        Hydra.create_main_hydra2(task_name="train", config_search_path=path).app_help(
+            config_name="train", args_parser=parser, args=args)
+    except Exception as e:
+        fail(one_line(e))
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def main() -> None:
     """`rl-run`: Hydra's CLI, with bad input reported as one line and exit code 2."""
     try:
         argv = prepare_argv(sys.argv[1:])
+        entries = help_entries(argv)
     except UserError as e:
         fail(str(e))
+    if entries:
+        print_help(argv, entries)
+        return
     sys.argv = [sys.argv[0], *argv]
     hydra_main()
 

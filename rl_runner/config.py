@@ -6,6 +6,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -25,21 +26,32 @@ TRAINER_TYPES = {"total_steps": PositiveInt, "eval_every": NonNegativeInt,
                  "save_replay_buffer": bool, "progress": bool, "fail_fast": bool}
 
 
-def group_choices(group: str) -> list[str]:
-    """The YAML files of a config group in the bundled conf package."""
-    root = resources.files("rl_runner.conf") / group
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+def group_choices(group: str, searchpath: Sequence[str] = ()) -> list[str]:
+    """The options of a config group: the bundled conf package's, plus those on `searchpath`
+    (the command line's hydra.searchpath entries, rl_runner/searchpath.py)."""
+    if not searchpath:  # the common case, without Hydra's config repository
+        root = resources.files("rl_runner.conf") / group
+        return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    from rl_runner import searchpath as sp
+
+    return sp.group_options(group, searchpath)
 
 
-def algos_supporting(action_space: gym.Space) -> list[str]:
-    """The bundled algo choices whose class can handle `action_space`."""
+def algos_supporting(action_space: gym.Space,
+                     searchpath: Sequence[str] | None = None) -> list[str]:
+    """The algo choices whose class can handle `action_space`; `searchpath` None: the running
+    job's (a plugin algorithm's class is imported only when its user put it on the path)."""
     from hydra.utils import get_class
 
+    from rl_runner import searchpath as sp
+
     able = []
-    for name in group_choices("algo"):
-        target = OmegaConf.load(resources.files("rl_runner.conf") / "algo" / f"{name}.yaml")
-        if get_class(target._target_).supports(action_space):
-            able.append(name)
+    for name, target in sp.algo_targets(sp.current() if searchpath is None else searchpath).items():
+        try:
+            if get_class(target).supports(action_space):
+                able.append(name)
+        except Exception:  # a plugin class that does not import: not one that can
+            continue
     return able
 
 
@@ -50,10 +62,12 @@ TRUST_ENV = "RL_RUNNER_TRUSTED"  # module.Class names (or modules) a user trusts
 HYDRA_KEYS = {"_target_", "_args_", "_partial_", "_recursive_", "_convert_"}
 
 
-def bundled_algo_targets() -> set[str]:
-    """The algorithm classes of the bundled conf/algo/*.yaml (their `_target_`)."""
-    return {str(OmegaConf.load(resources.files("rl_runner.conf") / "algo" / f"{name}.yaml")
-                ._target_) for name in group_choices("algo")}
+def bundled_algo_targets(searchpath: Sequence[str] = ()) -> set[str]:
+    """The algorithm classes (`_target_`) of the bundled conf/algo/*.yaml, plus those of the
+    algo YAMLs on `searchpath`."""
+    from rl_runner.searchpath import algo_targets
+
+    return set(algo_targets(searchpath).values())
 
 
 def check_no_nested_targets(algo: dict | list, where: str = "algo") -> None:
@@ -68,10 +82,12 @@ def check_no_nested_targets(algo: dict | list, where: str = "algo") -> None:
             check_no_nested_targets(value, f"{where}.{key}")
 
 
-def check_file_config(cfg: DictConfig, source: object) -> None:
+def check_file_config(cfg: DictConfig, source: object, searchpath: Sequence[str] = ()) -> None:
     """A config read from a file someone may have handed over (a checkpoint): it may name only
     code the user chose to run. Importing a module runs it, so algo._target_ must be a bundled
-    algorithm, and env.id's `module:` part is refused, unless listed in $RL_RUNNER_TRUSTED."""
+    algorithm or one whose YAML is on `searchpath` (rl-run's hydra.searchpath, typed by the user
+    on this command line), and env.id's `module:` part is refused, unless listed in
+    $RL_RUNNER_TRUSTED."""
     try:  # saved resolved: an interpolation in it is an edit, and must resolve like any other
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:
@@ -84,11 +100,12 @@ def check_file_config(cfg: DictConfig, source: object) -> None:
                         "config of an rl-run)")
     trusted = {t.strip() for t in os.environ.get(TRUST_ENV, "").split(",") if t.strip()}
     target = str(cfg.algo.get("_target_"))
-    if target not in bundled_algo_targets() and target not in trusted \
+    if target not in bundled_algo_targets(searchpath) and target not in trusted \
             and target.rsplit(".", 1)[0] not in trusted:
         raise UserError(f"{source}: names algo._target_={target!r}, which is not a bundled "
                         "algorithm, and importing it would run its module's code; if you trust "
-                        f"it, run with {TRUST_ENV}={target}")
+                        f"it, run with {TRUST_ENV}={target} (rl-run resume: or give the "
+                        "hydra.searchpath=[...] that holds its algo YAML)")
     module = str(cfg.env.get("id", "")).split(":", 1)[0] if ":" in str(cfg.env.get("id")) else None
     if module is not None and module not in trusted:
         raise UserError(f"{source}: env.id={cfg.env.id!r} imports module {module!r}, which would "

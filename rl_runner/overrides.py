@@ -14,6 +14,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.object_type import ObjectType
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,14 +40,17 @@ def check_overrides(parsed: list[Override], argv: list[str], multirun: bool) -> 
     if any(ov.get_key_element() == "resume" and ov.value() not in (None, "null") for ov in parsed):
         return  # resume takes the run's saved config and checks its own overrides
     mine = [ov for ov in parsed if not ov.is_hydra_override()]
+    # the groups on the command line's hydra.searchpath (a user's own algo) count and compose too
+    paths = [ov.input_line for ov in parsed if ov.get_key_element() == "hydra.searchpath"]
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        groups = set(GlobalHydra.instance().config_loader().list_groups("")) - {"hydra"}
+        groups = set(GlobalHydra.instance().config_loader().get_group_options(
+            "", ObjectType.GROUP, config_name="train", overrides=paths)) - {"hydra"}
         group_ovs = [ov for ov in mine if _is_group(ov, groups)]
         if not multirun:
             for ov in group_ovs:
                 if ov.is_sweep_override():
                     raise UserError(_forgotten_multirun(ov, argv))
-        fixed = [ov.input_line for ov in group_ovs if not ov.is_sweep_override()]
+        fixed = paths + [ov.input_line for ov in group_ovs if not ov.is_sweep_override()]
         trials = [fixed] + [fixed + [f"{ov.get_key_element()}={value}"] for ov in group_ovs
                             if ov.is_sweep_override() for value in _sweep_strings(ov)]
         for trial in trials:

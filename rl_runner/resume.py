@@ -6,13 +6,14 @@ keys. Only trainer.* may change on the command line."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from rl_runner import rundir
+from rl_runner import rundir, searchpath
 from rl_runner.checkpoint import load_checkpoint
 from rl_runner.config import check_file_config, check_trainer, flatten
 from rl_runner.errors import UserError, one_line
@@ -35,9 +36,10 @@ def resume_value(run_dir: Path) -> str:
     return hydra_quote(text) if HYDRA_SPECIAL & set(text) else text
 
 
-def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
+def resume_overrides(run_dir: Path, parsed: list, search: Sequence[str] = ()) -> list[str]:
     """Hydra overrides that make this invocation write into the run being resumed; the run
-    directory is locked for this process first (a live run is refused, untouched)."""
+    directory is locked for this process first (a live run is refused, untouched). `search`:
+    this command line's hydra.searchpath, whose algorithms the user chose to run."""
     if not run_dir.is_dir():
         raise UserError(f"resume={run_dir}: no such run directory")
     if not (run_dir / ".hydra" / "config.yaml").is_file():
@@ -59,7 +61,7 @@ def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
         rundir.lock(run_dir)  # refuses with one line, naming the live process
     # refuse a drifted config, a class nobody trusted, bad trainer.* values: before anything
     # is written into the run (its train.log, its .lock)
-    config = with_trainer_overrides(OmegaConf.create(trained_config(run_dir)), parsed)
+    config = with_trainer_overrides(OmegaConf.create(trained_config(run_dir, search)), parsed)
     try:
         check_trainer(config)
     except UserError:
@@ -72,25 +74,25 @@ def resume_overrides(run_dir: Path, parsed: list) -> list[str]:
     return [f"hydra.run.dir={hydra_quote(str(run_dir))}", "hydra.output_subdir=null"]
 
 
-_checked: dict[Path, dict] = {}  # run dir -> its trained config, checked once per process
+_checked: dict[tuple, dict] = {}  # (run dir, search path) -> its trained config, checked once
 
 
-def trained_config(run_dir: Path) -> dict:
+def trained_config(run_dir: Path, search: Sequence[str] = ()) -> dict:
     """The resolved config last.pt was trained with, after checking that the run's
     .hydra/config.yaml still resolves to it outside trainer.*. rl-run checks it before Hydra
     starts (resume_overrides) and uses it in the job (resumed_config): read once."""
-    key = Path(run_dir).resolve()
+    key = (Path(run_dir).resolve(), tuple(search))
     if key not in _checked:
-        _checked[key] = _check_trained_config(run_dir)
+        _checked[key] = _check_trained_config(run_dir, search)
     return copy.deepcopy(_checked[key])
 
 
-def _check_trained_config(run_dir: Path) -> dict:
+def _check_trained_config(run_dir: Path, search: Sequence[str]) -> dict:
     last = run_dir / "checkpoints" / "last.pt"
     trained = load_checkpoint(last, mmap=True).get("config")
     if not isinstance(trained, dict):
         raise UserError(f"{last}: holds no run config to resume with")
-    check_file_config(OmegaConf.create(trained), last)
+    check_file_config(OmegaConf.create(trained), last, search)
     saved_path = run_dir / ".hydra" / "config.yaml"
     try:
         saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
@@ -130,6 +132,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     """The config last.pt was trained with, with this call's trainer.* overrides."""
     run_dir = Path(cfg.resume)
     overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
-    config = with_trainer_overrides(OmegaConf.create(trained_config(run_dir)), overrides)
+    config = with_trainer_overrides(OmegaConf.create(trained_config(run_dir, searchpath.current())),
+                                    overrides)
     config.resume = str(run_dir)
     return config
