@@ -101,3 +101,14 @@ def test_a_list_of_group_options_is_checked_option_by_option():
         prepare_argv(["logger=[tensorboard,nosuch]"])
     with pytest.raises(UserError, match="unknown logger 'nosuch'"):
         prepare_argv(["-m", "logger=[tensorboard],[nosuch]"])
+
+
+def test_the_readme_example_is_the_plugin_that_trains():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Adding an algorithm"):]
+    listing = section[section.index("```python\n") + 10:]
+    listing = listing[:listing.index("```\n")]
+    assert listing == (REPO / "examples" / "plugin" / "mypkg" / "algo.py").read_text()
+    yaml_block = section[section.index("```yaml\n") + 8:]
+    assert yaml_block[:yaml_block.index("```\n")] == \
+        (REPO / "examples/plugin/mypkg/conf/algo/myalgo.yaml").read_text()

@@ -8,6 +8,7 @@ import torch
 from rl_runner.algos.base import gae
 from rl_runner.algos.contracts import OnPolicy
 from rl_runner.batches import Rollout
+from rl_runner.params import NonNegativeFloat, PositiveInt
 
 
 class MyAlgo(OnPolicy):  # the trainer feeds `update` fresh rollouts of n_steps x n_envs
@@ -15,7 +16,8 @@ class MyAlgo(OnPolicy):  # the trainer feeds `update` fresh rollouts of n_steps 
     action_spaces = (gym.spaces.Discrete,)
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
-                 total_steps: int, seed: int = 0, lr: float = 1e-2, n_steps: int = 64):
+                 total_steps: int, seed: int = 0, lr: NonNegativeFloat = 1e-2,
+                 n_steps: PositiveInt = 64):
         torch.manual_seed(seed)
         self.n_steps = n_steps
         self.policy = torch.nn.Linear(int(np.prod(observation_space.shape)), int(action_space.n))
