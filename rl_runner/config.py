@@ -132,8 +132,6 @@ def check_trainer(cfg: DictConfig) -> None:
             raise UserError(f"trainer.{key} is not a trainer key; allowed: "
                             f"{', '.join(TRAINER_TYPES)}")
         check_value(f"trainer.{key}", value, TRAINER_TYPES[key])
-    if "flush_secs" in (cfg.get("logger") or {}):
-        check_value("logger.flush_secs", cfg.logger.flush_secs, PositiveInt)
     check_value("seed", cfg.seed, int)
     # numpy and torch take seeds in [0, 2**32); the evaluation, replay and dataset streams
     # add up to 50000 to the run's seed

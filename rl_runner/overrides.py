@@ -91,6 +91,7 @@ def check_values(cfg: DictConfig) -> None:
     """The trainer's checks of a composed config (trainer.*, seed, env.*, algo.* against the
     algorithm's constructor), run before Hydra makes a run directory."""
     from rl_runner.config import check_algo_kwargs, check_trainer, to_plain
+    from rl_runner.logger import check_loggers
     from rl_runner.algos.build import algo_class
 
     try:  # an interpolation that does not resolve (${oc.env:UNSET}, ${no.such.key})
@@ -98,6 +99,7 @@ def check_values(cfg: DictConfig) -> None:
     except Exception as e:
         raise UserError(f"the config does not resolve: {one_line(e, 300)}") from None
     check_trainer(cfg)
+    check_loggers(cfg.get("logger"))
     cls = algo_class(cfg)
     name = algo_name(cls)
     kwargs = {k: to_plain(v) for k, v in cfg.algo.items() if k != "_target_"}
