@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rl_runner.config import PROVIDED
 from rl_runner.errors import UserError, one_line
+from rl_runner.renames import renamed_to
 
 CONFIG_MODULE = "rl_runner.conf"
 # names other libraries and papers use for a key of ours (matched on the last part of a key)
@@ -228,6 +229,9 @@ def _unknown(key: str, word: str, allowed: list[str], what: str, leaves: list[st
              where: str) -> str:
     """The message for an unknown key: the closest allowed name (an exact alias or the same
     name in another node first, then a spelling match), and every allowed name."""
+    new = renamed_to(word, allowed)
+    if new is not None:  # a command line or script written before the rename
+        return f"{key} was renamed to {where + '.' if where else ''}{new}"
     if where == "algo":
         owners = _algos_with(word)
         if owners:  # algo.clip_coef with algo=pg: a key of other algorithms

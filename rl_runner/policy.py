@@ -14,6 +14,7 @@ from rl_runner.checkpoint import load_checkpoint, misfit, nonfinite_paths
 from rl_runner.config import check_file_config, to_plain
 from rl_runner.envs import make_vec_env
 from rl_runner.errors import UserError, one_line
+from rl_runner.renames import upgrade_config
 
 NAMED = ("best", "last")  # checkpoint=best|last name files in <run>/checkpoints/
 
@@ -65,7 +66,7 @@ def load_policy(run: Path, checkpoint: str = "best") -> Policy:
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("algo"), dict):
         raise UserError(f"{path}: a checkpoint without the run's config and algorithm state")
     try:
-        cfg = OmegaConf.create(state["config"])
+        cfg = OmegaConf.create(upgrade_config(state["config"]))  # keys renamed since it was saved
         check_file_config(cfg, path)
         envs = make_vec_env(cfg.env.id, 1, to_plain(cfg.env.get("kwargs")) or {})
         try:

@@ -17,6 +17,7 @@ from rl_runner import rundir, searchpath
 from rl_runner.checkpoint import load_checkpoint
 from rl_runner.config import check_file_config, check_trainer, flatten
 from rl_runner.errors import UserError, one_line
+from rl_runner.renames import upgrade_config
 
 CHANGEABLE = ("trainer.", "resume")  # what a resume may change; the rest is the checkpoint's
 
@@ -89,13 +90,14 @@ def trained_config(run_dir: Path, search: Sequence[str] = ()) -> dict:
 
 def _check_trained_config(run_dir: Path, search: Sequence[str]) -> dict:
     last = run_dir / "checkpoints" / "last.pt"
-    trained = load_checkpoint(last, mmap=True).get("config")
+    # both files under today's key names: a resume saves last.pt with them beside the old .hydra/
+    trained = upgrade_config(load_checkpoint(last, mmap=True).get("config"))
     if not isinstance(trained, dict):
         raise UserError(f"{last}: holds no run config to resume with")
     check_file_config(OmegaConf.create(trained), last, search)
     saved_path = run_dir / ".hydra" / "config.yaml"
     try:
-        saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+        saved = upgrade_config(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
     except Exception as e:  # unparsable YAML, an interpolation that no longer resolves
         raise UserError(f"resume={run_dir}: {saved_path} cannot be read or resolved "
                         f"({one_line(e, 200)})") from None

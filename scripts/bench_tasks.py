@@ -34,7 +34,7 @@ class Task:
 # side shows up as a mismatch instead of a silently different benchmark.
 COMMON = {
     "ppo": {"objective": "clip", "vf_coef": 0.5, "max_grad_norm": 0.5, "norm_adv": True,
-            "clip_vloss": False, "target_kl": None, "hidden_sizes": [64, 64],
+            "clip_vloss": False, "kl_early_stop": None, "hidden_sizes": [64, 64],
             "activation": "tanh", "normalize_obs": False, "normalize_reward": False},
     # sb3-contrib's TRPO: no entropy bonus, no gradient clipping, value loss = plain MSE
     "trpo": {"cg_max_steps": 15, "line_search_shrinking_factor": 0.8, "line_search_max_iter": 10,
@@ -62,9 +62,9 @@ TASKS = {
         **COMMON["ppo"]}),
     "trpo-cartpole": Task("trpo", "cartpole", "CartPole-v1", 2, 100_000, {
         "n_steps": 1024, "batch_size": 512, "cg_damping": 1e-3, "gae_lambda": 0.98,
-        "gamma": 0.99, "lr": 1e-3, "value_epochs": 20, "target_kl": 0.005, **COMMON["trpo"]},
-        from_zoo="n_steps 1024 (Zoo 512) and target_kl 0.005 (Zoo 0.01), rl-runner's preset, "
-        "which ends at 500 on seeds 0-11 where the Zoo's values fell short on 3 of them"),
+        "gamma": 0.99, "lr": 1e-3, "value_epochs": 20, "max_kl": 0.005, **COMMON["trpo"]},
+        from_zoo="n_steps 1024 (Zoo 512) and max_kl 0.005 (Zoo target_kl 0.01), rl-runner's "
+        "preset, which ends at 500 on seeds 0-11 where the Zoo's values fell short on 3 of them"),
     "sac-pendulum": Task("sac", "pendulum", "Pendulum-v1", 1, 20_000, {
         "lr": 1e-3, **COMMON["sac"]}),
 }
@@ -91,7 +91,7 @@ def peer_model(task: Task, env, seed: int, torch):
             ent_coef=hp["ent_coef"], learning_rate=lr,
             clip_range=linear(hp["clip_coef"]) if hp["anneal_clip"] else hp["clip_coef"],
             vf_coef=hp["vf_coef"], max_grad_norm=hp["max_grad_norm"],
-            normalize_advantage=hp["norm_adv"], target_kl=hp["target_kl"],
+            normalize_advantage=hp["norm_adv"], target_kl=hp["kl_early_stop"],
             policy_kwargs={"net_arch": {"pi": list(hp["hidden_sizes"]),
                                         "vf": list(hp["hidden_sizes"])},
                            "activation_fn": activation}, **common)
@@ -105,7 +105,7 @@ def peer_model(task: Task, env, seed: int, torch):
             line_search_shrinking_factor=hp["line_search_shrinking_factor"],
             line_search_max_iter=hp["line_search_max_iter"], n_critic_updates=hp["value_epochs"],
             gae_lambda=hp["gae_lambda"], normalize_advantage=hp["norm_adv"],
-            target_kl=hp["target_kl"],
+            target_kl=hp["max_kl"],
             policy_kwargs={"net_arch": {"pi": list(hp["hidden_sizes"]),
                                         "vf": list(hp["hidden_sizes"])},
                            "activation_fn": activation}, **common)

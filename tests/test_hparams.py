@@ -36,19 +36,19 @@ def test_every_run_of_a_mixed_sweep_declares_both_algorithms_keys(tmp_path):
     for job in jobs:
         declared, values = hparams_records(job / "tb")
         # a ppo-only key and pg-only key, in both runs' experiment
-        assert {"algo.clip_coef", "algo.value_epochs", "algo.lr", "seed"} <= declared, job
+        assert {"algo.clip_coef", "algo.value_steps", "algo.lr", "seed"} <= declared, job
         # every bundled algorithm's keys
         assert {k for k in bundled_keys() if k.startswith("algo.")} <= declared
         # the session holds the run's own values only
         algo = job.name.split("_")[1]
         assert ("algo.clip_coef" in values) == (algo == "ppo")
-        assert ("algo.value_epochs" in values) == (algo == "pg")
+        assert ("algo.value_steps" in values) == (algo == "pg")
         assert values["algo.n_steps"] == 32
 
 
 def test_bundled_keys_cover_every_algo_config():
     keys = bundled_keys()
     assert len(group_choices("algo")) >= 7
-    for key in ("algo.clip_coef", "algo.value_epochs", "algo.tau", "algo.cql_weight",
-                "algo.lr", "env.id"):
+    for key in ("algo.clip_coef", "algo.value_steps", "algo.value_epochs", "algo.tau",
+                "algo.cql_weight", "algo.lr", "env.id"):
         assert key in keys, key

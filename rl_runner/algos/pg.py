@@ -12,14 +12,14 @@ class PolicyGradient(OnPolicyAlgorithm):
     """One policy-gradient step per rollout on the discounted reward-to-go minus V(s).
 
     The reward-to-go bootstraps from V only where a rollout or an episode is cut by a time limit;
-    the baseline is fitted to it by `value_epochs` extra value-only steps.
+    the baseline is fitted to it by `value_steps` extra value-only steps.
     """
 
     name = "pg"
 
-    def __init__(self, *, value_epochs: NonNegativeInt = 0, **kwargs):
+    def __init__(self, *, value_steps: NonNegativeInt = 0, **kwargs):
         super().__init__(**kwargs)
-        self.value_epochs = value_epochs
+        self.value_steps = value_steps
 
     def update(self, batch: Rollout) -> dict[str, float]:
         lr = self.current_lr()
@@ -41,7 +41,7 @@ class PolicyGradient(OnPolicyAlgorithm):
         v_loss = float((err * err).mean())
         g_actor, g_log_std = self.head.backward(-adv / size, -self.ent_coef / size)
         self.gradient_step(g_actor, g_log_std, err * (2.0 * self.vf_coef / size))
-        for _ in range(self.value_epochs):
+        for _ in range(self.value_steps):
             err = self.forward(obs)[1] - ret
             self.gradient_step(None, None, err * (2.0 * self.vf_coef / size))
         return {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": ent,

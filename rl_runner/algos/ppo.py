@@ -12,16 +12,17 @@ from rl_runner.params import Fraction, NonNegativeFloat, PositiveFloat, Positive
 
 
 class PPO(OnPolicyAlgorithm):
-    """Proximal policy optimisation with GAE, minibatch epochs and optional target-KL stop."""
+    """Proximal policy optimisation with GAE, minibatch epochs and an optional KL early stop."""
 
     name = "ppo"
 
     def __init__(self, *, batch_size: PositiveInt = 64, n_epochs: PositiveInt = 10,
                  gae_lambda: Fraction = 0.95, clip_coef: NonNegativeFloat = 0.2,
                  anneal_clip: bool = False, clip_vloss: bool = False,
-                 target_kl: PositiveFloat | None = None,
+                 kl_early_stop: PositiveFloat | None = None,
                  objective: Literal["clip", "kl_penalty"] = "clip",
-                 kl_target: NonNegativeFloat = 0.01, kl_beta: NonNegativeFloat = 1.0, **kwargs):
+                 kl_penalty_target: NonNegativeFloat = 0.01, kl_beta: NonNegativeFloat = 1.0,
+                 **kwargs):
         super().__init__(**kwargs)
         rollout_size = self.n_steps * self.n_envs
         if batch_size > rollout_size:
@@ -29,8 +30,8 @@ class PPO(OnPolicyAlgorithm):
                             f"(algo.n_steps x env.n_envs = {rollout_size})")
         self.batch_size, self.n_epochs, self.gae_lambda = batch_size, n_epochs, gae_lambda
         self.clip_coef, self.anneal_clip, self.clip_vloss = clip_coef, anneal_clip, clip_vloss
-        self.target_kl, self.objective = target_kl, objective
-        self.kl_target, self.kl_beta = kl_target, kl_beta
+        self.kl_early_stop, self.objective = kl_early_stop, objective
+        self.kl_penalty_target, self.kl_beta = kl_penalty_target, kl_beta
 
     def update(self, batch: Rollout) -> dict[str, float]:
         lr = self.current_lr()
@@ -71,9 +72,9 @@ class PPO(OnPolicyAlgorithm):
                     old_log_std)
                 log_ratio = logp - e_logp[mb]
                 ratio = np.exp(log_ratio)
-                if self.target_kl is not None:
+                if self.kl_early_stop is not None:
                     approx_kl = float(((ratio - 1) - log_ratio).mean())  # k3 (Schulman 2020)
-                    if approx_kl > 1.5 * self.target_kl:
+                    if approx_kl > 1.5 * self.kl_early_stop:
                         stop = True
                         break
                 pg_loss, g_logp, g_kl = self._policy_loss(ratio, e_adv[mb], kl, clip)
@@ -143,9 +144,9 @@ class PPO(OnPolicyAlgorithm):
         """Adaptive KL penalty coefficient, PPO paper sec. 4: halve or double beta."""
         kl = float(self.head.evaluate(self.forward(obs)[0], self.log_std, actions, old_out,
                                       old_log_std)[2].mean())
-        if kl > 1.5 * self.kl_target:
+        if kl > 1.5 * self.kl_penalty_target:
             self.kl_beta *= 2.0
-        elif kl < self.kl_target / 1.5:
+        elif kl < self.kl_penalty_target / 1.5:
             self.kl_beta /= 2.0
         return {"kl": kl, "charts/kl_beta": self.kl_beta}
 

@@ -76,13 +76,13 @@ class LineSearch(NamedTuple):
 class TRPO(OnPolicyAlgorithm):
     """Trust region policy optimisation with GAE and a separately fitted value function.
 
-    Names and defaults follow sb3-contrib's TRPO (lr is the critic's; there is no actor lr);
-    `value_epochs` is sb3-contrib's n_critic_updates.
+    Defaults follow sb3-contrib's TRPO (lr is the critic's; there is no actor lr). Its target_kl
+    is `max_kl` here (not PPO's early stop) and its n_critic_updates `value_epochs`.
     """
 
     name = "trpo"
 
-    def __init__(self, *, target_kl: PositiveFloat = 0.01, cg_max_steps: PositiveInt = 15,
+    def __init__(self, *, max_kl: PositiveFloat = 0.01, cg_max_steps: PositiveInt = 15,
                  cg_damping: NonNegativeFloat = 0.1,
                  line_search_shrinking_factor: Annotated[float, OPEN_UNIT] = 0.8,
                  line_search_max_iter: PositiveInt = 10, value_epochs: NonNegativeInt = 10,
@@ -94,7 +94,7 @@ class TRPO(OnPolicyAlgorithm):
         if batch_size > rollout_size:
             raise UserError(f"algo.batch_size={batch_size} is larger than the rollout "
                             f"(algo.n_steps x env.n_envs = {rollout_size})")
-        self.target_kl, self.cg_max_steps, self.cg_damping = target_kl, cg_max_steps, cg_damping
+        self.max_kl, self.cg_max_steps, self.cg_damping = max_kl, cg_max_steps, cg_damping
         self.shrink, self.max_iter = line_search_shrinking_factor, line_search_max_iter
         self.value_epochs, self.batch_size, self.gae_lambda = value_epochs, batch_size, gae_lambda
         self._make_actor_leaves()
@@ -176,13 +176,13 @@ class TRPO(OnPolicyAlgorithm):
         return pb, ret_TN.reshape(size).astype(np.float32)
 
     def policy_step(self, pb: PolicyBatch) -> LineSearch:
-        """One natural-gradient step on the actor, at most KL = target_kl from the old policy."""
+        """One natural-gradient step on the actor, at most KL = max_kl from the old policy."""
         g, fvp = self.surrogate_gradient_and_fvp(pb)
         x = conjugate_gradient(fvp, g, self.cg_max_steps)  # x ~ (F + damping I)^-1 g
         # the step beta x that puts the quadratic KL model on the boundary:
         # 1/2 beta^2 x^T A x = delta, so beta = sqrt(2 delta / x^T A x) (paper appendix C)
         x_ax = float(x @ fvp(x)) if np.all(np.isfinite(x)) else math.nan
-        scale = math.sqrt(2.0 * self.target_kl / x_ax) if x_ax > 0 else 0.0
+        scale = math.sqrt(2.0 * self.max_kl / x_ax) if x_ax > 0 else 0.0
         result = self.line_search(pb, (scale * x).astype(np.float32))
         self.policy_updates += 1
         self.rejected_steps += not result.accepted
@@ -245,7 +245,7 @@ class TRPO(OnPolicyAlgorithm):
 
     def line_search(self, pb: PolicyBatch, full_step: np.ndarray) -> LineSearch:
         """Try theta_old + shrink^i full_step for i = 0, 1, ...; keep the first that raises the
-        surrogate with KL <= target_kl, else restore theta_old (paper sec. 6, appendix C)."""
+        surrogate with KL <= max_kl, else restore theta_old (paper sec. 6, appendix C)."""
         flat, idx = self._flat_np, self._actor_idx
         theta_old = flat[idx]  # a copy (fancy indexing)
         surrogate_old, _, entropy_old = self._evaluate(pb, pb.old_out)
@@ -253,7 +253,7 @@ class TRPO(OnPolicyAlgorithm):
         for shrinks in range(self.max_iter):
             flat[idx] = theta_old + coef * full_step
             surrogate, kl, entropy = self._evaluate(pb)
-            if kl <= self.target_kl and surrogate > surrogate_old:  # False for NaN as well
+            if kl <= self.max_kl and surrogate > surrogate_old:  # False for NaN as well
                 return LineSearch(True, shrinks, surrogate, kl, entropy)
             coef *= self.shrink
         flat[idx] = theta_old

@@ -77,7 +77,7 @@ def test_trpo_learner_updates_and_the_discriminator_learns():
         metrics = gail.update(batch)
         for key in METRICS:
             assert math.isfinite(metrics[key]), (key, metrics)
-        assert 0.0 <= metrics["kl"] <= gail.learner.target_kl  # the trust region holds
+        assert 0.0 <= metrics["kl"] <= gail.learner.max_kl  # the trust region holds
         # the learner got -log D of its pairs, as D stands after this update's disc steps
         expected = gail.rewards(gail.inputs(raw.reshape(32, 4), batch.actions.reshape(32)))
         np.testing.assert_allclose(paid["rewards"].reshape(-1), expected, rtol=1e-6)

@@ -23,13 +23,13 @@ def cartpole_pg(**kw) -> PolicyGradient:
     return PolicyGradient(**{**args, **kw})
 
 
-@pytest.mark.parametrize("value_epochs", [0, 3])
-def test_one_policy_step_per_rollout_plus_value_epochs(value_epochs):
-    algo = cartpole_pg(value_epochs=value_epochs)
+@pytest.mark.parametrize("value_steps", [0, 3])
+def test_one_policy_step_per_rollout_plus_value_steps(value_steps):
+    algo = cartpole_pg(value_steps=value_steps)
     batch = collect(algo, "CartPole-v1", 2)
     before = params(algo)
     metrics = algo.update(batch)
-    assert algo.grad_steps == 1 + value_epochs
+    assert algo.grad_steps == 1 + value_steps
     for key in ("policy_loss", "value_loss", "entropy", "learning_rate"):
         assert math.isfinite(metrics[key]), key
     assert metrics["entropy"] > 0
@@ -71,10 +71,10 @@ def test_box_actions():
 def test_update_matches_a_torch_autograd_reference(space):
     """The numpy gradient path gives the parameters that autograd on the same losses gives."""
     if space == "discrete":
-        algo, env_id = cartpole_pg(value_epochs=2, ent_coef=0.05, lr=3e-3), "CartPole-v1"
+        algo, env_id = cartpole_pg(value_steps=2, ent_coef=0.05, lr=3e-3), "CartPole-v1"
     else:
         algo = PolicyGradient(observation_space=PENDULUM_OBS, action_space=PENDULUM_ACT, n_envs=2,
-                              total_steps=10_000, seed=0, n_steps=32, value_epochs=2,
+                              total_steps=10_000, seed=0, n_steps=32, value_steps=2,
                               ent_coef=0.05, lr=3e-3)
         env_id = "Pendulum-v1"
     batch = collect(algo, env_id, 2)
@@ -95,7 +95,7 @@ def test_update_matches_a_torch_autograd_reference(space):
     logp, entropy = net.dist.log_prob_entropy(out, net.log_std, act)
     step(-(logp * adv).mean() - algo.ent_coef * entropy.mean()
          + algo.vf_coef * ((v - ret) ** 2).mean())
-    for _ in range(algo.value_epochs):
+    for _ in range(algo.value_steps):
         step(algo.vf_coef * ((net(obs)[1] - ret) ** 2).mean())
     algo.update(batch)
     for mine, ref in zip(params(algo), net.parameters()):

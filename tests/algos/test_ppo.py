@@ -106,9 +106,9 @@ def test_anneal_lr_decays_linearly_over_the_budget():
     assert second == pytest.approx(0.5e-3)
 
 
-def test_target_kl_stops_the_epochs_early():
+def test_kl_early_stop_ends_the_epochs_early():
     full = cartpole_ppo(n_epochs=10, lr=1e-2)
-    early = cartpole_ppo(n_epochs=10, lr=1e-2, target_kl=1e-7)
+    early = cartpole_ppo(n_epochs=10, lr=1e-2, kl_early_stop=1e-7)
     early.net.load_state_dict(full.net.state_dict())
     batch = collect(full, "CartPole-v1", 2)
     full.update(batch)
@@ -119,13 +119,13 @@ def test_target_kl_stops_the_epochs_early():
 
 
 def test_kl_penalty_objective_adapts_beta():
-    algo = cartpole_ppo(objective="kl_penalty", kl_beta=1.0, kl_target=1e-6, lr=1e-2)
+    algo = cartpole_ppo(objective="kl_penalty", kl_beta=1.0, kl_penalty_target=1e-6, lr=1e-2)
     batch = collect(algo, "CartPole-v1", 2)
     metrics = algo.update(batch)
     assert metrics["kl"] > 1.5e-6
     assert metrics["charts/kl_beta"] == algo.kl_beta == 2.0  # KL above target: beta doubles
     assert algo.state_dict()["kl_beta"] == 2.0
-    calm = cartpole_ppo(objective="kl_penalty", kl_beta=1.0, kl_target=10.0)
+    calm = cartpole_ppo(objective="kl_penalty", kl_beta=1.0, kl_penalty_target=10.0)
     assert calm.update(batch)["charts/kl_beta"] == 0.5  # KL far below target: beta halves
 
 

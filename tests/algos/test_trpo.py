@@ -157,7 +157,7 @@ def test_fisher_vector_product_equals_the_hessian_of_the_kl_for_box_actions():
 def natural_step(algo: TRPO, pb: PolicyBatch) -> np.ndarray:
     g, fvp = algo.surrogate_gradient_and_fvp(pb)
     x = conjugate_gradient(fvp, g, algo.cg_max_steps)
-    return (math.sqrt(2 * algo.target_kl / (x @ fvp(x))) * x).astype(np.float32)
+    return (math.sqrt(2 * algo.max_kl / (x @ fvp(x))) * x).astype(np.float32)
 
 
 def kl_after(algo: TRPO, pb: PolicyBatch, step: np.ndarray) -> float:
@@ -176,7 +176,7 @@ def test_line_search_rejects_a_step_that_violates_the_kl_limit():
     algo = cartpole_trpo(line_search_max_iter=1)
     pb, _ = algo.policy_batch(collect(algo, "CartPole-v1", 2))
     huge = 30 * natural_step(algo, pb)
-    assert kl_after(algo, pb, huge) > algo.target_kl  # the surrogate may well improve
+    assert kl_after(algo, pb, huge) > algo.max_kl  # the surrogate may well improve
     before = params(algo)
     result = algo.line_search(pb, huge)
     assert not result.accepted
@@ -191,7 +191,7 @@ def test_line_search_shrinks_an_oversized_step_into_the_trust_region():
     before = actor_rows(algo)
     result = algo.line_search(pb, huge)
     assert result.accepted and result.shrinks >= 2
-    assert 0 < result.kl <= algo.target_kl
+    assert 0 < result.kl <= algo.max_kl
     assert result.surrogate > 0  # improved on the old surrogate, mean(A) = 0
     # what is now in the parameters is the accepted step, measured independently
     step = huge * 0.5 ** result.shrinks
@@ -226,7 +226,7 @@ def test_update_returns_finite_metrics_and_moves_actor_and_critic(kind):
     assert metrics["learning_rate"] == pytest.approx(1e-3)
     assert metrics["entropy"] > 0
     assert metrics["charts/line_search_rejected"] == 0.0
-    assert 0 < metrics["kl"] <= algo.target_kl  # the trust region holds
+    assert 0 < metrics["kl"] <= algo.max_kl  # the trust region holds
     assert metrics["surrogate"] > 0  # the old surrogate is mean(normalised A) = 0
     assert none_equal(before_actor, actor_rows(algo))  # log-std included for Box
     assert none_equal(before_critic, critic_rows(algo))
@@ -303,7 +303,7 @@ def test_anneal_lr_decays_the_critic_learning_rate():
 
 
 def test_bad_constructor_arguments():
-    for key, value in [("target_kl", 0.0), ("cg_max_steps", 0), ("cg_damping", -0.1),
+    for key, value in [("max_kl", 0.0), ("cg_max_steps", 0), ("cg_damping", -0.1),
                        ("line_search_shrinking_factor", 1.0), ("line_search_max_iter", 0)]:
         with pytest.raises(UserError, match=key):
             cartpole_trpo(**{key: value})
