@@ -61,14 +61,27 @@ def test_every_pair_composes_and_fits_the_algorithm(algo, env):
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
+def preset_values(preset: str) -> dict[str, object]:
+    """A tuned preset's values by key, the shared blocks its defaults list takes included
+    (`learner/<name>@<package>`: tuned/learner/<name>.yaml under <package>)."""
+    tuned_dir = resources.files("rl_runner.conf") / "tuned"
+    tuned = OmegaConf.to_container(OmegaConf.load(tuned_dir / f"{preset}.yaml"))
+    values = {}
+    for entry in tuned.pop("defaults", []):
+        if entry != "_self_":
+            name, package = entry.split("@")
+            shared = OmegaConf.to_container(OmegaConf.load(tuned_dir / f"{name}.yaml"))
+            values.update(leaves(shared, f"{package}."))
+    return {**values, **dict(leaves(tuned))}
+
+
 @pytest.mark.parametrize("preset", TUNED)
 def test_tuned_preset_values_win_over_group_defaults(preset):
     algo, env = preset.split("_", 1)
     cfg = compose([f"algo={algo}", f"env={env}"])
-    tuned = OmegaConf.to_container(
-        OmegaConf.load(resources.files("rl_runner.conf") / "tuned" / f"{preset}.yaml"))
-    assert tuned, f"{preset} is empty"
-    for key, value in leaves(tuned):
+    values = preset_values(preset)
+    assert values, f"{preset} is empty"
+    for key, value in values.items():
         assert OmegaConf.select(cfg, key) == value, f"{preset}: {key}"
 
 
@@ -91,8 +104,11 @@ def test_pair_without_preset_keeps_algo_defaults(algo):
     assert f"{algo}_gym" not in TUNED
     cfg = compose([f"algo={algo}", "env=gym", "env.id=CartPole-v1"])
     algo_yaml = OmegaConf.load(resources.files("rl_runner.conf") / "algo" / f"{algo}.yaml")
+    algo_yaml.pop("defaults", None)  # bc picks trainer/offline.yaml
     assert cfg.algo == algo_yaml
     trainer_yaml = OmegaConf.load(resources.files("rl_runner.conf") / "trainer" / "default.yaml")
+    if algo == "bc":  # budgets in gradient steps
+        trainer_yaml.merge_with({"total_steps": 10000, "eval_every": 2500})
     assert cfg.trainer == trainer_yaml
 
 
