@@ -207,8 +207,13 @@ def _problem(value: Any, expected: Any) -> str | None:
         if None in problems:
             return None
         # a value of the right type but out of range: say the range, not the type
-        fitting = [p for arg, p in zip(args, problems) if _fits(value, arg)]
-        return fitting[0] if fitting else f"has the wrong type; expected {_type_name(expected)}"
+        fitting = [(arg, p) for arg, p in zip(args, problems) if _fits(value, arg)]
+        if not fitting:
+            return f"has the wrong type; expected {_type_name(expected)}"
+        if typing.get_origin(fitting[0][0]) is Literal and \
+                len([a for a in args if a is not type(None)]) > 1:
+            return f"is not allowed; expected {_type_name(expected)}"
+        return fitting[0][1]
     if not _fits(value, expected):
         return f"has the wrong type; expected {_type_name(expected)}"
     item = (typing.get_args(expected) or (Any,))[0]
@@ -247,7 +252,11 @@ def _fits(value: Any, expected: Any) -> bool:
 def _type_name(expected: Any) -> str:
     origin = typing.get_origin(expected)
     if origin is Annotated:
-        return _type_name(typing.get_args(expected)[0])
+        base, *rules = typing.get_args(expected)
+        words = [r.adjective() for r in rules if isinstance(r, Range)]
+        before = [w for w in words if " " not in w]  # positive int; float in [0, 1]
+        after = [w for w in words if " " in w]
+        return " ".join([*before, _type_name(base), *after])
     if origin is Literal:
         return ", ".join(str(c) for c in typing.get_args(expected))
     if origin in (typing.Union, types.UnionType):
@@ -255,6 +264,8 @@ def _type_name(expected: Any) -> str:
     if origin in (list, tuple):
         args = typing.get_args(expected)
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if expected is type(None):
+        return "null"
     return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
 
 

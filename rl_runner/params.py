@@ -25,6 +25,12 @@ class Range:
         below = value < self.high if self.open_high else value <= self.high
         return above and below
 
+    def adjective(self) -> str:
+        """`positive int`, `float in [0, 1]`: how a type name says the range."""
+        if self.high == math.inf and self.low == 0:
+            return "positive" if self.open_low else "non-negative"
+        return self.describe().replace("must lie ", "").replace("must be ", "")
+
     def describe(self) -> str:
         if self.high == math.inf:
             if self.low == 0:

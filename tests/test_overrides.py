@@ -104,7 +104,7 @@ def test_a_sweep_checks_every_algorithm_it_names(refused):
 @pytest.mark.parametrize("args, expected", [
     (["trainer.total_steps=-5"], "trainer.total_steps=-5 must be positive"),
     (["algo.gamma=2"], "algo.gamma=2 must lie in [0, 1]"),
-    (["trainer.torch_threads=zero"], "trainer.torch_threads='zero' is not known"),
+    (["trainer.torch_threads=zero"], "trainer.torch_threads='zero' is not allowed; expected positive int | auto"),
     (["algo.lr=fast"], "algo.lr='fast' has the wrong type"),
     (["algo=sac", "algo.activation=tanhh"], "algo.activation='tanhh' is not known"),
     (["algo=ppo", "algo.batch_size=100000"], "algo.batch_size=100000 is larger than the rollout"),
