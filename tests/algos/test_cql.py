@@ -8,19 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from rl_runner.algos.cql import CQL
+from rl_runner.algos.build import build_algo
+from rl_runner.algos.cql import CQL, DiscreteCQL
 from rl_runner.algos.sac import squashed_gaussian
 from rl_runner.batches import OfflineBatch
+from rl_runner.errors import UserError
 from rl_runner.trainer import train
 from tests.algos.helpers import PENDULUM_ACT, PENDULUM_OBS
 from tests.conftest import FAST, compose, read_scalars
 
 
-def make_cql(action_space=PENDULUM_ACT, obs_space=PENDULUM_OBS, **kw) -> CQL:
+def make_cql(action_space=PENDULUM_ACT, obs_space=PENDULUM_OBS, **kw) -> CQL | DiscreteCQL:
+    """The class algo=cql builds for the action space."""
     torch.manual_seed(0)
     args = dict(observation_space=obs_space, action_space=action_space, n_envs=1,
                 total_steps=1000, seed=0, hidden_sizes=[32, 32], batch_size=64)
-    return CQL(**{**args, **kw})
+    return CQL.variant_for(action_space)(**{**args, **kw})
 
 
 def test_discrete_term_is_logsumexp_minus_the_dataset_q_by_hand():
@@ -31,10 +34,11 @@ def test_discrete_term_is_logsumexp_minus_the_dataset_q_by_hand():
     lse = [(math.log(math.exp(1) + math.exp(2)) + math.log(2)) / 2,
            (math.log(math.exp(3) + math.exp(1)) + (1 + math.log(2))) / 2]
     gaps = [lse[0] - 1.0, lse[1] - 2.0]
-    penalty = cql.penalty(None, None, q_KB, q_KBA)
+    penalty, stats = cql.learner.critic_penalty(None, None, q_KB, q_KBA)
     assert penalty.item() == pytest.approx(2.0 * sum(gaps), rel=1e-6)
-    assert cql._stats["q_data"] == pytest.approx(1.5)
-    assert cql._stats["cql_gap"] == pytest.approx(sum(gaps) / 2, rel=1e-6)
+    assert stats["q_data"] == pytest.approx(1.5)
+    assert stats["cql_gap"] == pytest.approx(sum(gaps) / 2, rel=1e-6)
+    assert stats["cql_alpha"] == 2.0
 
 
 def test_box_logsumexp_matches_a_loop_over_the_importance_weighted_samples():
@@ -43,7 +47,7 @@ def test_box_logsumexp_matches_a_loop_over_the_importance_weighted_samples():
     obs = torch.randn(5, 3)
     next_obs = torch.randn(5, 3)
     state = sac.gen.get_state()
-    got = cql.logsumexp_q(obs, next_obs)
+    got = sac.logsumexp_q(obs, next_obs)
     sac.gen.set_state(state)  # the same draws, in the same order, one state at a time below
     with torch.no_grad():
         rand = torch.rand((15, 1), generator=sac.gen) * 2 - 1
@@ -92,11 +96,12 @@ def test_the_term_keeps_q_of_unseen_actions_below_the_datas():
 def test_lagrange_raises_alpha_prime_while_the_gap_exceeds_its_target():
     for target, direction in ((-100.0, 1), (100.0, -1)):
         cql = make_cql(lagrange=True, target_gap=target)
-        before = cql.alpha_prime().item()
+        before = cql.term.alpha_prime().item()
         rng = np.random.default_rng(0)
-        cql.update(batch_of(rng.normal(size=(64, 3)).astype(np.float32),
-                            rng.uniform(-2, 2, (64, 1)).astype(np.float32), rng))
-        assert (cql.alpha_prime().item() - before) * direction > 0
+        metrics = cql.update(batch_of(rng.normal(size=(64, 3)).astype(np.float32),
+                                      rng.uniform(-2, 2, (64, 1)).astype(np.float32), rng))
+        assert metrics["cql_alpha"] == before  # alpha' as the critics' step used it
+        assert (cql.term.alpha_prime().item() - before) * direction > 0
 
 
 def test_cql_through_the_trainer_logs_q_data_and_naive_sac_does_too(tmp_path, monkeypatch):
@@ -130,9 +135,9 @@ def test_discrete_q_learner_steps_towards_the_double_dqn_target():
     obs = np.array([[0.5, -1.0], [1.0, 2.0]], np.float32)
     next_obs = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
     with torch.no_grad():  # perturb the target so that its argmax and the online one differ
-        q.target_flat.add_(torch.randn(q.target_flat.shape, generator=torch.Generator()
+        q.target.flat.add_(torch.randn(q.target.flat.shape, generator=torch.Generator()
                                        .manual_seed(1)))
-        online, target = q.net(torch.from_numpy(next_obs))[0], q.target(
+        online, target = q.net(torch.from_numpy(next_obs))[0], q.target.net(
             torch.from_numpy(next_obs))[0]
         q_sa = q.net(torch.from_numpy(obs))[0, [0, 1], [2, 0]]
     best = online.argmax(-1)
@@ -165,3 +170,66 @@ def test_without_the_entropy_backup_the_target_holds_no_alpha_log_pi():
             metrics = cql.update(batch)
         q[backup] = metrics["q_data"]
     assert q[True] > 5 and abs(q[False]) < 1
+
+
+# ---- one algo= name, a class per action space ---------------------------------------------------
+BOX_ONLY = {"n_action_samples": 2, "actor_lr": 1e-3, "backup_entropy": True, "ent_coef": 0.1}
+
+
+def test_algo_cql_builds_one_class_per_action_space_each_with_its_own_keys():
+    assert CQL.variant_for(PENDULUM_ACT) is CQL
+    assert CQL.variant_for(gym.spaces.Discrete(2)) is DiscreteCQL
+    assert CQL.supports(PENDULUM_ACT) and CQL.supports(gym.spaces.Discrete(2))
+    assert not CQL.supports(gym.spaces.MultiDiscrete([2, 2]))
+    make_cql(**BOX_ONLY)
+    discrete = (gym.spaces.Discrete(2), gym.spaces.Box(-1, 1, (4,), np.float32))
+    for key, value in BOX_ONLY.items():  # no Box key is silently ignored for Discrete actions
+        with pytest.raises(UserError, match=f"algo.{key} is not a hyperparameter of cql"):
+            make_cql(*discrete, **{key: value})
+
+
+def test_a_box_only_key_on_a_discrete_env_is_refused_with_one_line():
+    cfg = compose(["algo=cql", "env=cartpole", "+algo.actor_lr=1e-3"])
+    env = gym.make("CartPole-v1")
+    with pytest.raises(UserError) as err:
+        build_algo(cfg, env.observation_space, env.action_space)
+    assert "algo.actor_lr is not a hyperparameter of cql" in str(err.value)
+    assert "\n" not in str(err.value)
+    env.close()
+    pendulum = gym.make("Pendulum-v1")
+    algo = build_algo(compose(["algo=cql", "env=pendulum", "+algo.actor_lr=1e-3"]),
+                      pendulum.observation_space, pendulum.action_space)
+    assert isinstance(algo, CQL) and algo.sac.actor_lr == 1e-3
+    pendulum.close()
+
+
+@pytest.mark.parametrize("discrete", [False, True], ids=["box", "discrete"])
+@pytest.mark.parametrize("lagrange", [False, True])
+def test_state_round_trip_continues_identically_in_the_old_layout(discrete, lagrange):
+    spaces = (gym.spaces.Discrete(3), gym.spaces.Box(-1, 1, (3,), np.float32)) if discrete \
+        else (PENDULUM_ACT, PENDULUM_OBS)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(64, 3)).astype(np.float32)
+    actions = rng.integers(0, 3, 64) if discrete else rng.uniform(-2, 2, (64, 1)).astype(
+        np.float32)
+    a = make_cql(*spaces, lagrange=lagrange)
+    for _ in range(3):
+        a.update(batch_of(obs, actions, rng))
+    state = a.state_dict()
+    assert set(state) == {"learner", "log_alpha_prime", "alpha_prime_opt"}  # as before the split
+    b = make_cql(*spaces, lagrange=lagrange, seed=5)
+    b.load_state_dict(state)
+    assert b.grad_steps == 3
+    batch = batch_of(obs, actions, np.random.default_rng(1))
+    assert a.update(batch) == b.update(batch)
+    with pytest.raises(UserError, match="train it again"):  # the layout before the learners
+        b.load_state_dict({"sac": {}, "log_alpha_prime": torch.zeros(1)})
+
+
+def test_lr_zero_builds(tmp_path):
+    """The actor's lr is its own, not a ratio of lr (which divided by zero at lr=0)."""
+    cql = make_cql(lr=0.0)
+    rng = np.random.default_rng(0)
+    cql.update(batch_of(rng.normal(size=(64, 3)).astype(np.float32),
+                        rng.uniform(-2, 2, (64, 1)).astype(np.float32), rng))
+    assert cql.sac.actor_opt.lr == 1e-4

@@ -96,11 +96,11 @@ def test_log_prob_stays_exact_where_tanh_saturates():
 def reference_step(algo: SAC, batch, box: bool) -> dict[str, torch.Tensor]:
     """One SAC gradient step written plainly: separate torch.optim.Adam per part, full backward,
     Polyak over parameter lists; the same noise stream and the same order of steps as `update`."""
-    actor, critic, target = (copy.deepcopy(m) for m in (algo.actor, algo.critic,
-                                                        algo.critic_target))
+    actor, critic, target = (copy.deepcopy(m) for m in networks(algo).values())
     log_alpha = algo.log_alpha.detach().clone().requires_grad_(True)
-    opts = [torch.optim.Adam(p, lr=algo.lr) for p in (actor.parameters(), critic.parameters(),
-                                                       [log_alpha])]
+    opts = [torch.optim.Adam(p, lr=lr) for p, lr in (
+        (actor.parameters(), algo.lr if algo.actor_lr is None else algo.actor_lr),
+        (critic.parameters(), algo.lr), ([log_alpha], algo.lr))]
     gen = torch.Generator()
     gen.set_state(algo.gen.get_state())
     obs, act, nobs = (torch.from_numpy(np.ascontiguousarray(x[0]))
@@ -127,7 +127,8 @@ def reference_step(algo: SAC, batch, box: bool) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             a_next, logp_next = policy(nobs)
             q_next = target(torch.cat([nobs, a_next], -1))[..., 0].min(0).values
-            y = rew + algo.gamma * (1 - term) * (q_next - alpha * logp_next)
+            soft = q_next - alpha * logp_next if algo.backup_entropy else q_next
+            y = rew + algo.gamma * (1 - term) * soft
         q = critic(torch.cat([obs, act], -1))[..., 0]
         step(opts[1], 0.5 * sum(torch.nn.functional.mse_loss(qj, y) for qj in q))
         q_pi = critic(torch.cat([obs, a_pi], -1))[..., 0].min(0).values
@@ -139,7 +140,8 @@ def reference_step(algo: SAC, batch, box: bool) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             logp_next = policy(nobs)
             q_next = target(nobs).min(0).values
-            v = (logp_next.exp() * (q_next - alpha * logp_next)).sum(-1)
+            soft = q_next - alpha * logp_next if algo.backup_entropy else q_next
+            v = (logp_next.exp() * soft).sum(-1)
             y = rew + algo.gamma * (1 - term) * v
         q_all = critic(obs)
         rows, taken = torch.arange(len(act)), act[:, 0].long()
@@ -153,17 +155,24 @@ def reference_step(algo: SAC, batch, box: bool) -> dict[str, torch.Tensor]:
             "critic_target": target.state_dict(), "log_alpha": log_alpha.detach()}
 
 
+def networks(algo: SAC) -> dict[str, torch.nn.Module]:
+    return {"actor": algo.actor, "critic": algo.critics.net,
+            "critic_target": algo.critics.target.net}
+
+
 @pytest.mark.parametrize("kind", ["box", "discrete"])
-def test_update_matches_a_plain_torch_reference(kind):
+@pytest.mark.parametrize("settings", [{}, {"actor_lr": 1e-2, "backup_entropy": False}],
+                         ids=["defaults", "actor_lr-no_backup_entropy"])
+def test_update_matches_a_plain_torch_reference(kind, settings):
     box = kind == "box"
-    algo = (make_sac(gym.spaces.Box(-2, 2, (2,), np.float32), lr=3e-3) if box else
-            make_sac(gym.spaces.Discrete(3), CARTPOLE_OBS, lr=3e-3))
+    algo = (make_sac(gym.spaces.Box(-2, 2, (2,), np.float32), lr=3e-3, **settings) if box else
+            make_sac(gym.spaces.Discrete(3), CARTPOLE_OBS, lr=3e-3, **settings))
     batch = random_batch(algo)
     expected = reference_step(algo, batch, box)
     metrics = algo.update(batch)
     assert algo.grad_steps == 1
-    for name in ("actor", "critic", "critic_target"):
-        for key, value in getattr(algo, name).state_dict().items():
+    for name, net in networks(algo).items():
+        for key, value in net.state_dict().items():
             torch.testing.assert_close(value, expected[name][key], rtol=1e-4, atol=1e-6,
                                        msg=lambda m: f"{name}.{key}: {m}")
     torch.testing.assert_close(algo.log_alpha.detach(), expected["log_alpha"])
@@ -179,7 +188,7 @@ def test_min_q_action_grad_matches_autograd_through_both_critics(activation):
     gen = torch.Generator().manual_seed(1)
     obs, actions = torch.randn(64, 3, generator=gen), torch.rand(64, 2, generator=gen) * 2 - 1
     a = actions.clone().requires_grad_(True)
-    q_KB = algo.critic(torch.cat([obs, a], -1))[..., 0]
+    q_KB = algo.critics.net(torch.cat([obs, a], -1))[..., 0]
     q_min = q_KB.min(0)
     q_min.values.sum().backward()
     assert 0 < int(q_min.indices.sum()) < 64  # each critic gives the min on some rows
@@ -193,16 +202,62 @@ def test_gradient_steps_take_one_step_per_minibatch_and_average_the_metrics():
     metrics = algo.update(random_batch(algo, n_batches=3))
     assert algo.grad_steps == 3
     assert metrics["alpha"] < 1.0  # three temperature steps from alpha = 1
-    assert algo.actor_opt.steps == algo.critic_opt.steps == algo.alpha_opt.steps == 3
+    assert algo.actor_opt.steps == algo.critics.opt.steps == algo.alpha_opt.steps == 3
 
 
-def test_targets_follow_the_critics_by_polyak_averaging():
-    algo = make_sac(PENDULUM_ACT, tau=0.1)
-    torch.testing.assert_close(algo.target_flat, algo.critic_opt.flat)
-    before = algo.target_flat.clone()
-    algo.update(random_batch(algo))
-    torch.testing.assert_close(algo.target_flat, 0.9 * before + 0.1 * algo.critic_opt.flat)
-    assert not torch.equal(algo.target_flat, algo.critic_opt.flat)
+class PenalisedSAC(SAC):
+    """A learner built on SAC through its hook: weight x mean Q(s, a) joins the critics' loss."""
+
+    def __init__(self, *, weight: float, **kwargs):
+        super().__init__(**kwargs)
+        self.weight, self.calls = weight, 0
+
+    def critic_penalty(self, obs_BD, next_obs_BD, q_KB, q_KBA):
+        self.calls += 1
+        assert (q_KBA is None) == (not self.discrete)  # Discrete: Q(s, .) for every action
+        return self.weight * q_KB.mean(), {"calls": float(self.calls)}
+
+
+@pytest.mark.parametrize("space", [PENDULUM_ACT, gym.spaces.Discrete(2)], ids=["box", "discrete"])
+def test_critic_penalty_joins_the_critics_loss_and_reports_mean_metrics(space):
+    obs_space = PENDULUM_OBS if isinstance(space, gym.spaces.Box) else CARTPOLE_OBS
+    q = {}
+    for weight in (0.0, 100.0):
+        torch.manual_seed(0)
+        algo = PenalisedSAC(weight=weight, observation_space=obs_space, action_space=space,
+                            n_envs=1, total_steps=1000, hidden_sizes=[32, 32], batch_size=64,
+                            gradient_steps=2, lr=1e-2)
+        batch = random_batch(algo, n_batches=2)
+        assert algo.update(batch)["calls"] == 1.5  # the mean over the two minibatches
+        q[weight] = [algo.update(batch)["qf_values"] for _ in range(5)][-1]
+    assert q[100.0] < q[0.0] - 1.0, q  # descending 100 x Q pushes Q down
+    assert make_sac(space, obs_space).critic_penalty(None, None, None, None) == (None, {})
+
+
+def test_sample_actions_draws_n_rows_per_state_with_their_log_densities():
+    algo = make_sac(gym.spaces.Box(-2, 2, (2,), np.float32))
+    obs, state = torch.randn(4, 3, generator=torch.Generator().manual_seed(2)), algo.gen.get_state()
+    actions, logp = algo.sample_actions(obs, 3)
+    assert actions.requires_grad  # reparameterised: the actor's loss backpropagates through it
+    algo.gen.set_state(state)  # the same noise, state by state: rows 3b .. 3b+2 are state b's
+    out = algo.actor(obs.repeat_interleave(3, 0))[0]
+    expected = squashed_gaussian(out[:, :2], out[:, 2:].clamp(-20, 2),
+                                 torch.randn((12, 2), generator=algo.gen))
+    torch.testing.assert_close((actions, logp), expected)
+    uniform = algo.uniform_actions(10_000)
+    assert uniform.shape == (10_000, 2) and uniform.abs().max() <= 1
+    assert abs(uniform.mean().item()) < 0.02  # uniform on [-1, 1]
+
+
+@pytest.mark.parametrize("anneal", [False, True])
+def test_actor_lr_is_the_actors_own_and_decays_with_lr(anneal):
+    batch = random_batch(make_sac(PENDULUM_ACT))._replace(env_steps=2500)  # 1/4 of the budget
+    algo = make_sac(PENDULUM_ACT, lr=1e-3, actor_lr=2e-4, anneal_lr=anneal)
+    algo.update(batch)
+    fraction = 0.75 if anneal else 1.0
+    assert algo.critics.opt.lr == pytest.approx(1e-3 * fraction)
+    assert algo.actor_opt.lr == pytest.approx(2e-4 * fraction)
+    make_sac(PENDULUM_ACT, lr=0.0, actor_lr=1e-4).update(batch)  # no lr ratio: lr=0 is fine
 
 
 @pytest.mark.parametrize("space", [PENDULUM_ACT, gym.spaces.Discrete(2)], ids=["box", "discrete"])
@@ -282,15 +337,18 @@ def test_state_dict_round_trip(space):
     assert b.grad_steps == 3
     batch = random_batch(a, seed=10)
     assert a.update(batch) == b.update(batch)  # same noise stream, same optimizer moments
-    for name in ("actor", "critic", "critic_target"):
-        for (k, va), vb in zip(getattr(a, name).state_dict().items(),
-                               getattr(b, name).state_dict().values()):
+    for name, net in networks(a).items():
+        for (k, va), vb in zip(net.state_dict().items(),
+                               networks(b)[name].state_dict().values()):
             assert torch.equal(va, vb), f"{name}.{k}"
     obs = np.zeros((4, obs_space.shape[0]), np.float32)
     np.testing.assert_array_equal(a.explore(obs), b.explore(obs))
     # parameters are still views into the optimizers' flat buffers after loading
-    assert b.critic.weights[0].data_ptr() == b.critic_opt.flat.data_ptr()
-    assert b.critic_target.weights[0].data_ptr() == b.target_flat.data_ptr()
+    assert b.critics.net.weights[0].data_ptr() == b.critics.opt.flat.data_ptr()
+    assert b.critics.target.net.weights[0].data_ptr() == b.critics.target.flat.data_ptr()
+    # TwinCritic's keys at the top level, as SAC kept its critics before it: old files load
+    assert set(a.state_dict()) == {"actor", "critic", "critic_target", "log_alpha", "actor_opt",
+                                   "critic_opt", "alpha_opt", "gen", "grad_steps"}
 
 
 # ---- through the trainer ------------------------------------------------------------------------
