@@ -27,17 +27,26 @@ LEGACY_NUMPY_GLOBALS = ("numpy.core.multiarray._reconstruct", "numpy._core.multi
                         "numpy.ndarray", "numpy.dtype")
 
 
-def encode(tree):
-    """`tree` with numpy arrays and scalars as tagged tensors."""
+PLAIN = (torch.Tensor, bool, int, float, str, type(None))
+
+
+def encode(tree, where: str = "state"):
+    """`tree` with numpy arrays and scalars as tagged tensors; a TypeError naming `where` for
+    anything that is not plain data (torch.load(weights_only=True) would refuse the file)."""
     if isinstance(tree, (np.ndarray, np.generic)):
         if tree.dtype.kind not in "biufc":
-            raise TypeError(f"a checkpoint holds numeric arrays only, not dtype {tree.dtype}")
+            raise TypeError(f"{where} is a numpy array of dtype {tree.dtype}, not a number")
         tag = NDARRAY if isinstance(tree, np.ndarray) else NPSCALAR
         return {tag: torch.from_numpy(np.array(tree, copy=True, order="C"))}
     if isinstance(tree, dict):
-        return {k: encode(v) for k, v in tree.items()}
+        bad = next((k for k in tree if not isinstance(k, (str, int))), None)
+        if bad is not None:
+            raise TypeError(f"{where} has a key of type {type(bad).__name__}")
+        return {k: encode(v, f"{where}.{k}") for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(encode(v) for v in tree)
+        return type(tree)(encode(v, f"{where}.{i}") for i, v in enumerate(tree))
+    if not isinstance(tree, PLAIN):
+        raise TypeError(f"{where} is a {type(tree).__module__}.{type(tree).__qualname__}")
     return tree
 
 
@@ -130,7 +139,12 @@ def nonfinite_paths(tree, prefix: str = "") -> list[str]:
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a per-process temp file, then rename: a kill never leaves a torn file, and
     a full disk leaves the earlier file as it was (one line naming the path)."""
-    data = encode({"format_version": FORMAT_VERSION, **state})
+    try:
+        data = encode({"format_version": FORMAT_VERSION, **state}, "")
+    except TypeError as e:  # an algorithm's state_dict holding an object: refused before saving
+        raise UserError(f"cannot save {path}: {str(e).lstrip('.')}, not plain data (a checkpoint "
+                        "holds tensors, numpy arrays, numbers, strings, lists and dicts only)") \
+            from None
 
     def write(tmp: Path) -> None:
         # a file object, not a path: torch then raises the disk's own OSError (with a path it

@@ -104,7 +104,7 @@ def check_file_config(cfg: DictConfig, source: object, searchpath: Sequence[str]
             and target.rsplit(".", 1)[0] not in trusted:
         raise UserError(f"{source}: names algo._target_={target!r}, which is not a bundled "
                         "algorithm, and importing it would run its module's code; if you trust "
-                        f"it, run with {TRUST_ENV}={target} (rl-run resume: or give the "
+                        f"it, run with {TRUST_ENV}={target} (rl-run resume=: or give the "
                         "hydra.searchpath=[...] that holds its algo YAML)")
     module = str(cfg.env.get("id", "")).split(":", 1)[0] if ":" in str(cfg.env.get("id")) else None
     if module is not None and module not in trusted:
@@ -146,8 +146,10 @@ def check_trainer(cfg: DictConfig) -> None:
                         "(the small networks here run faster on CPU)")
 
 
-def check_algo_kwargs(name: str, cls: type, kwargs: dict[str, Any], provided: set[str]) -> None:
-    """Compare algo.* values with the type hints of the algorithm's keyword-only constructor."""
+def check_algo_kwargs(name: str, cls: type, kwargs: dict[str, Any], provided: set[str],
+                      prefix: str = "algo.") -> None:
+    """Compare algo.* values (`prefix`: where they sit in the config) with the type hints of
+    the algorithm's keyword-only constructor."""
     hints: dict[str, Any] = {}
     params: set[str] = set()
     for klass in reversed(cls.__mro__):
@@ -157,13 +159,22 @@ def check_algo_kwargs(name: str, cls: type, kwargs: dict[str, Any], provided: se
         sig = inspect.signature(init)
         params |= {p for p, v in sig.parameters.items()
                    if v.kind == v.KEYWORD_ONLY and p not in provided}
-        hints.update({k: v for k, v in typing.get_type_hints(init, include_extras=True).items()
-                      if k in params})
+        try:
+            declared = typing.get_type_hints(init, include_extras=True)
+        except Exception as e:  # a hint naming something that does not exist
+            raise UserError(f"{name}: the type hints of {klass.__qualname__}.__init__ cannot be "
+                            f"read ({one_line(e)})") from None
+        hints.update({k: v for k, v in declared.items() if k in params})
+    unhinted = sorted(params - set(hints))
+    if unhinted:  # the checks below read the hints: a parameter without one would go unchecked
+        raise UserError(f"{name}: its constructor does not declare the type of "
+                        f"{', '.join(unhinted)}; give each hyperparameter a type hint "
+                        "(rl_runner/params.py has ranges and choices)")
     for key, value in kwargs.items():
         if key not in params:
-            raise UserError(f"algo.{key} is not a hyperparameter of {name}; "
+            raise UserError(f"{prefix}{key} is not a hyperparameter of {name}; "
                             f"allowed: {', '.join(sorted(params))}")
-        check_value(f"algo.{key}", value, hints.get(key, Any))
+        check_value(f"{prefix}{key}", value, hints.get(key, Any))
 
 
 def to_plain(value: Any) -> Any:

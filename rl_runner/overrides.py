@@ -139,7 +139,7 @@ def _check_build(cfg: DictConfig) -> None:
 
 
 def algo_name(cls: type) -> str:
-    return getattr(cls, "name", "") or cls.__name__.lower()
+    return cls.name or cls.__name__.lower()
 
 
 def algo_params(cls: type) -> list[str]:

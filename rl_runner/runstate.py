@@ -87,6 +87,7 @@ def check_fits(t, ckpt: dict) -> None:
         if where is not None or key not in ckpt:
             raise UserError(f"{last} does not fit this run: {where or key + ' is missing'}")
     bad = counters_misfit(ckpt["counters"]) or logger_misfit(ckpt.get("logger")) or \
+        budget_misfit(ckpt["counters"]["env_steps"], t.step_size, t.budget) or \
         next((f"algo.{p} is NaN/Inf" for p in nonfinite_paths(ckpt["algo"])), None)
     if bad:
         raise UserError(f"{last} does not fit this run: {bad}")
@@ -157,13 +158,23 @@ def counters_misfit(c: dict) -> str | None:
     return None
 
 
+def budget_misfit(steps: int, step_size: int, budget: int) -> str | None:
+    """A run is always a whole number of updates into its budget."""
+    if steps % step_size:
+        return f"counters.env_steps={steps} is not a whole number of updates of {step_size} steps"
+    if steps > budget:
+        return (f"counters.env_steps={steps} is beyond this run's budget of {budget} steps "
+                "(raise trainer.total_steps to train on)")
+    return None
+
+
 def logger_misfit(state) -> str | None:
     """The loggers' saved state (a run id per backend): plain strings and numbers, or absent."""
     if state is None:
         return None
     if not (isinstance(state, dict) and all(
             isinstance(k, str) and isinstance(v, dict) and all(
-                isinstance(kk, str) and isinstance(vv, (str, int)) and not isinstance(vv, bool)
-                for kk, vv in v.items()) for k, v in state.items())):
-        return "logger is not a dict of backend states (strings and integers)"
+                isinstance(kk, str) and isinstance(vv, str) for kk, vv in v.items())
+            for k, v in state.items())):
+        return "logger is not a dict of backend states (names to strings)"
     return None

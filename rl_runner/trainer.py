@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rl_runner import config as config_checks
 from rl_runner import runlog, runstate
 from rl_runner.algos.build import build_algo
-from rl_runner.algos.contracts import Algorithm
+from rl_runner.algos.contracts import Algorithm, check_metrics
 from rl_runner.checkpoint import load_checkpoint, seed_everything
 from rl_runner.demonstrations import expert_data
 from rl_runner.envs import make_vec_env
@@ -238,6 +238,7 @@ class Trainer:
             return {}
         metrics = self.tuner.run(self.algo.update, batch) if self.tuner else \
             self.algo.update(batch)
+        check_metrics(self.algo_name, metrics)
         bad = [k for k, v in metrics.items() if "loss" in k and not math.isfinite(v)]
         if bad:
             raise UserError(f"{', '.join(bad)} became NaN/Inf at env step {self.env_steps}; "

@@ -8,6 +8,7 @@ is declared here: nothing is discovered by probing.
 from __future__ import annotations
 
 import functools
+import numbers
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -141,9 +142,20 @@ def check_contract(algo: Algorithm, name: str) -> None:
     declared = {k for klass in base.__mro__ for k in getattr(klass, "__annotations__", {})
                 if not hasattr(klass, k)}
     missing = sorted(k for k in declared if not hasattr(algo, k))
+    methods = {m for klass in base.__mro__ for m in getattr(klass, "__abstractmethods__", ())}
+    missing += sorted(m for m in methods if not callable(getattr(algo, m, None)))
     if missing:
         raise UserError(f"algorithm {name} is {base.__name__} but has no {', '.join(missing)} "
                         f"(rl_runner/algos/contracts.py)")
+
+
+def check_metrics(name: str, metrics: Any) -> None:
+    """`update` returns metric names to numbers: one line where an algorithm returns else."""
+    if not (isinstance(metrics, dict) and all(
+            isinstance(k, str) and isinstance(v, numbers.Real) and not isinstance(v, bool)
+            for k, v in metrics.items())):
+        raise UserError(f"{name}.update returned {str(metrics)[:80]!r}; expected a dict of metric "
+                        "names to numbers")
 
 
 def _checked(init):

@@ -51,8 +51,8 @@ class GAIL(OnPolicy):
                             f"not {learner}")
         cls = get_class(LEARNERS[learner])
         kwargs = dict(learner_kwargs or {})
-        provided = {"observation_space", "action_space", "n_envs", "total_steps", "seed"}
-        config_checks.check_algo_kwargs(f"{learner} (algo.learner_kwargs)", cls, kwargs, provided)
+        config_checks.check_algo_kwargs(learner, cls, kwargs, config_checks.PROVIDED,
+                                        prefix="algo.learner_kwargs.")
         self.learner = cls(observation_space=observation_space, action_space=action_space,
                            n_envs=n_envs, total_steps=total_steps, seed=seed, **kwargs)
         self.disc_steps, self.disc_batch_size = disc_steps, disc_batch_size

@@ -21,7 +21,7 @@ class PPO(OnPolicyAlgorithm):
                  anneal_clip: bool = False, clip_vloss: bool = False,
                  kl_early_stop: PositiveFloat | None = None,
                  objective: Literal["clip", "kl_penalty"] = "clip",
-                 kl_penalty_target: NonNegativeFloat = 0.01, kl_beta: NonNegativeFloat = 1.0,
+                 kl_penalty_target: PositiveFloat = 0.01, kl_beta: NonNegativeFloat = 1.0,
                  **kwargs):
         super().__init__(**kwargs)
         rollout_size = self.n_steps * self.n_envs

@@ -113,7 +113,8 @@ def test_the_learner_is_paid_minus_log_d_not_the_env_reward():
 def test_bad_learner_settings_are_user_errors():
     with pytest.raises(UserError, match="algo.learner='sac'"):
         make_gail(learner="sac")
-    with pytest.raises(UserError, match="algo.n_stepz is not a hyperparameter of ppo"):
+    with pytest.raises(UserError,
+                       match="algo.learner_kwargs.n_stepz is not a hyperparameter of ppo"):
         make_gail(learner_kwargs={"n_stepz": 8})
     with pytest.raises(UserError, match="algo.reward='wgan' is not known; allowed: gail, airl"):
         make_gail(reward="wgan")
