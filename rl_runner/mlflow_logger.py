@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import re
+import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +47,10 @@ class MLflowLogger:
             # the two lines MLflow prints when it makes a new sqlite store bypass train.log
             logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
             self.client = MlflowClient(tracking_uri=self.uri)
+            if resume_step is not None and run_id is None:
+                log.warning("mlflow: the checkpoint resumed from names no MLflow run (saved "
+                            "without mlflow, or an earlier rl-runner); this session logs to a "
+                            "new MLflow run from step %d", resume_step)
             if run_id is not None and self._active(run_id):
                 self.client.update_run(run_id, status="RUNNING")
                 self.run_id = run_id
@@ -61,12 +67,29 @@ class MLflowLogger:
 
     @staticmethod
     def check(key: str, options: dict) -> None:
+        """What can be refused before a run directory exists: an empty name, a store MLflow
+        would not take, a server that refuses connections, an artifact folder not writable."""
         if not options.get("experiment", "x"):
             raise UserError(f"{key}.experiment must not be empty")
+        uri = options.get("tracking_uri", "sqlite:///outputs/mlflow.db")
+        scheme = urllib.parse.urlsplit(uri).scheme
+        if scheme not in ("sqlite", "http", "https"):
+            raise UserError(f"{key}.tracking_uri={uri!r} is not a store rl-run writes to; allowed: "
+                            "sqlite:///<file> or http(s)://<server> (MLflow's file store is "
+                            "deprecated)")
+        if scheme in ("http", "https"):
+            reachable(f"{key}.tracking_uri", uri)
+        artifacts = options.get("artifact_location")
+        if artifacts and urllib.parse.urlsplit(artifacts).scheme in ("", "file"):
+            fileio.check_writable(Path(urllib.parse.urlsplit(artifacts).path).expanduser())
 
     @classmethod
     def for_run(cls, run_dir: Path, resume_step: int | None, state: dict,
                 **options) -> MLflowLogger:
+        # a resume writes to the store the run started in, as resolved then (a relative sqlite
+        # path would otherwise follow the directory rl-run is resumed from)
+        if state.get("tracking_uri"):
+            options["tracking_uri"] = state["tracking_uri"]
         return cls(run_dir, run_id=state.get("run_id"), resume_step=resume_step, **options)
 
     @contextlib.contextmanager
@@ -139,7 +162,7 @@ class MLflowLogger:
                 self.client.log_batch(self.run_id, metrics=ready[i:i + MAX_METRICS])
 
     def state_dict(self) -> dict[str, str | int]:
-        return {"run_id": self.run_id}
+        return {"run_id": self.run_id, "tracking_uri": self.uri}
 
     def close(self) -> None:
         """Attach results.json and the config; end the run with results.json's status. What was
@@ -185,6 +208,18 @@ def one_at_a_time(uri: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def reachable(key: str, uri: str, timeout: float = 5.0) -> None:
+    """A tracking server that accepts connections: MLflow's client would retry a refused one
+    for minutes, with a warning each time."""
+    parts = urllib.parse.urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"{key}={uri}: cannot connect to {parts.hostname}:{port} "
+                        f"({e.strerror or e})") from None
 
 
 def local_uri(uri: str) -> str:

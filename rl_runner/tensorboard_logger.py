@@ -7,7 +7,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -107,7 +106,7 @@ def _quiet_writer_threads() -> None:
         return
 
     def hook(args: threading.ExceptHookArgs) -> None:
-        if not isinstance(args.thread, _AsyncWriterThread):
+        if type(args.thread).__name__ != "_AsyncWriterThread":  # tensorboard's private class
             previous(args)
 
     hook.quiet_tb_writer = True

@@ -220,5 +220,9 @@ def test_an_unusable_store_is_one_line_at_once(tmp_path, where, message):
 def test_an_unknown_tracking_uri_is_one_line(tmp_path):
     cfg = both(tmp_path / "m.db")
     cfg["mlflow"]["tracking_uri"] = "nosuch://host/x"
-    with pytest.raises(UserError, match=r"^mlflow store nosuch://host/x: [^\n]+$"):
+    with pytest.raises(UserError, match=r"^logger.mlflow.tracking_uri='nosuch://host/x' is not "
+                                        r"a store rl-run writes to; allowed: [^\n]+$"):
+        build_loggers(cfg, tmp_path / "run", None, None)
+    cfg["mlflow"]["tracking_uri"] = "http://localhost:1"  # refused connections: at once
+    with pytest.raises(UserError, match="cannot connect to localhost:1"):
         build_loggers(cfg, tmp_path / "run", None, None)

@@ -41,12 +41,14 @@ def sigterm_when_checkpointed(args: list[str], run_dir: Path, cwd: Path) -> int:
 def test_mlflow_holds_the_tensorboard_steps_across_sigterm_and_resume(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     run_dir = tmp_path / "run"
-    assert sigterm_when_checkpointed([*ARGS, f"logger.mlflow.tracking_uri={uri}"], run_dir,
-                                     tmp_path) == 143
+    # a store path relative to where rl-run starts; the resume starts elsewhere
+    relative = "logger.mlflow.tracking_uri=sqlite:///store/mlflow.db"
+    assert sigterm_when_checkpointed([*ARGS, relative], run_dir, tmp_path) == 143
     assert read_results(run_dir)["status"] == "interrupted"
-    resumed = run_cli([f"resume={run_dir}"], tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    resumed = run_cli([f"resume={run_dir}"], tmp_path / "elsewhere")
     assert resumed.returncode == 0, resumed.stderr
     assert read_results(run_dir)["status"] == "completed"
 
@@ -64,3 +66,4 @@ def test_mlflow_holds_the_tensorboard_steps_across_sigterm_and_resume(tmp_path):
             assert len(steps) == len(set(steps)), tag
     assert max(m.step for m in client.get_metric_history(runs[0].info.run_id,
                                                          "eval/return_mean")) == 20480
+    assert not (tmp_path / "elsewhere" / "store").exists()
