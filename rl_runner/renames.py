@@ -15,6 +15,13 @@ RENAMED: dict[str, dict[str, str]] = {  # algo._target_ -> {old key: new key}
     # full-batch steps, unlike TRPO's value_epochs (passes of minibatches)
     "rl_runner.algos.pg.PolicyGradient": {"value_epochs": "value_steps"},
 }
+# keys an algorithm's YAML used to set and no longer does, dropped where they hold the value
+# that is now the constructor's default: cql's old YAML set the Box learner's keys for Discrete
+# actions too, which DiscreteCQL (rightly) refuses
+DROPPED: dict[str, dict[str, Any]] = {
+    "rl_runner.algos.cql.CQL": {"n_action_samples": 4, "actor_lr": 1e-4, "backup_entropy": False,
+                                "ent_coef": None},
+}
 GAIL = "rl_runner.algos.gail.GAIL"
 # gail's algo.learner -> the learner's _target_ (rl_runner.algos.gail.LEARNERS; repeated here so
 # that the command line's checks need not import torch)
@@ -27,7 +34,10 @@ def upgrade_config(config: Any) -> Any:
     Anything that is not such a config comes back unchanged, for its reader to refuse."""
     if not isinstance(config, dict) or not isinstance(config.get("algo"), dict):
         return config
-    algo = _renamed(config["algo"], RENAMED.get(config["algo"].get("_target_"), {}))
+    target = config["algo"].get("_target_")
+    algo = _renamed(config["algo"], RENAMED.get(target, {}))
+    algo = {k: v for k, v in algo.items()
+            if not (k in DROPPED.get(target, {}) and _same(v, DROPPED[target][k]))}
     if algo.get("_target_") == GAIL and isinstance(algo.get("learner_kwargs"), dict):
         learner = GAIL_LEARNERS.get(algo.get("learner", "ppo"))
         algo["learner_kwargs"] = _renamed(algo["learner_kwargs"], RENAMED.get(learner, {}))
@@ -44,3 +54,7 @@ def _renamed(node: dict, table: dict[str, str]) -> dict:
     """A copy of `node` with each old key of `table` under its new name, in its old place. Where
     both names are present the old one stays, for the algorithm's check to name it."""
     return {(table[k] if k in table and table[k] not in node else k): v for k, v in node.items()}
+
+
+def _same(value: Any, default: Any) -> bool:
+    return type(value) is type(default) and value == default

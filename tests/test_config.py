@@ -63,15 +63,20 @@ def test_every_pair_composes_and_fits_the_algorithm(algo, env):
 
 def preset_values(preset: str) -> dict[str, object]:
     """A tuned preset's values by key, the shared blocks its defaults list takes included
-    (`learner/<name>@<package>`: tuned/learner/<name>.yaml under <package>)."""
+    (`learner/<name>@<package>`: tuned/learner/<name>.yaml under <package>; `<preset>`: another
+    preset's values)."""
     tuned_dir = resources.files("rl_runner.conf") / "tuned"
     tuned = OmegaConf.to_container(OmegaConf.load(tuned_dir / f"{preset}.yaml"))
     values = {}
     for entry in tuned.pop("defaults", []):
-        if entry != "_self_":
-            name, package = entry.split("@")
-            shared = OmegaConf.to_container(OmegaConf.load(tuned_dir / f"{name}.yaml"))
-            values.update(leaves(shared, f"{package}."))
+        if entry == "_self_":
+            continue
+        if "@" not in entry:  # another preset, whole (a `# @package _global_` file)
+            values.update(preset_values(entry))
+            continue
+        name, package = entry.split("@")
+        shared = OmegaConf.to_container(OmegaConf.load(tuned_dir / f"{name}.yaml"))
+        values.update(leaves(shared, f"{package}."))
     return {**values, **dict(leaves(tuned))}
 
 

@@ -120,3 +120,24 @@ def test_a_run_saved_with_old_names_resumes_twice(finished_run, tmp_path, capsys
         assert proc.returncode == 0, proc.stderr
         assert read_results(run)["env_steps"] == steps
     assert "kl_early_stop" in load_checkpoint(run / "checkpoints" / "last.pt")["config"]["algo"]
+
+
+def test_an_old_discrete_cql_config_drops_the_box_keys_it_held_at_their_defaults():
+    import gymnasium as gym
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from rl_runner.algos.build import build_algo
+    from tests.conftest import compose
+
+    cfg = OmegaConf.to_container(compose(["algo=cql", "env=cartpole"]), resolve=True)
+    old_box_keys = {"n_action_samples": 4, "actor_lr": 1e-4, "backup_entropy": False,
+                    "ent_coef": None}  # what cql.yaml set before DiscreteCQL split off
+    old = {**cfg, "algo": {**cfg["algo"], **old_box_keys}}
+    spaces = (gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2))
+    with pytest.raises(UserError, match="algo.n_action_samples is not a hyperparameter"):
+        build_algo(OmegaConf.create(old), *spaces)
+    algo = build_algo(OmegaConf.create(upgrade_config(old)), *spaces)
+    assert type(algo).__name__ == "DiscreteCQL"
+    changed = {**old, "algo": {**old["algo"], "n_action_samples": 8}}  # not the default: kept
+    assert upgrade_config(changed)["algo"]["n_action_samples"] == 8
