@@ -63,7 +63,8 @@ def training_dataset(cfg: DictConfig, obs_space: gym.Space,
                      action_space: gym.Space) -> tuple[Dataset, Path]:
     """dataset.path or the bundled expert's data, checked against the env, then subsampled."""
     d = cfg.dataset
-    for key, kind in (("path", str | None), ("episodes", int | None), ("max_samples", int | None),
+    for key, kind in (("path", str | None), ("episodes", PositiveInt | None),
+                      ("max_samples", PositiveInt | None),
                       ("expert_episodes", PositiveInt), ("expert_seed", int),
                       ("expert_noise", NonNegativeFloat), ("expert_epsilon", Fraction)):
         check_value(f"dataset.{key}", d[key], kind)

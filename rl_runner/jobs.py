@@ -167,7 +167,8 @@ def _mean_of_runs(cfg: DictConfig, runs: list[str], records: list[dict], status:
     done = status == "completed" and len(finals) == len(runs)
     mean, std = mean_std(finals) if done else (None, None)
     return {
-        **{k: base[k] for k in ("algo", "env", "env_id", "versions", "total_steps")},
+        **{k: base.get(k) for k in ("algo", "family", "step_unit", "env", "env_id", "versions",
+                                      "total_steps")},
         "seed": cfg.seed, "seeds": [int(r[1:]) for r in runs], "runs": runs,
         "env_steps": steps, "grad_steps": sum(r["grad_steps"] for r in records),
         "wall_seconds": wall, "sps": steps / wall if wall else None,

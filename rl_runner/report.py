@@ -71,14 +71,21 @@ def curve_band(curves: list[Curve], confidence: float = 0.95,
     return steps, mean, low, high
 
 
+# the offline algorithms of the releases whose results.json had no step_unit
+LEGACY_OFFLINE = {"bc", "cql"}
+
+
 def step_label(runs: list[Run]) -> str:
     """The x axis, from what each run's results.json says its steps count (`step_unit`: env
-    steps, or gradient steps for an offline algorithm); runs that do not say are left out."""
+    steps, or gradient steps for an offline algorithm); runs without results are left out."""
     units: dict[str, set[str]] = {}
     for r in runs:
         res = r.results or {}
-        if isinstance(res.get("step_unit"), str):
-            units.setdefault(res["step_unit"], set()).add(str(res.get("algo")))
+        unit = res.get("step_unit")
+        if unit is None and "algo" in res:  # written before results.json said it
+            unit = "gradient steps" if res["algo"] in LEGACY_OFFLINE else "env steps"
+        if isinstance(unit, str):
+            units.setdefault(unit, set()).add(str(res.get("algo")))
     if len(units) == 1:
         return next(iter(units))
     if not units:

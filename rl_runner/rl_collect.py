@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from rl_runner import fileio
@@ -115,16 +116,17 @@ def replay_rows(policy: Policy, buffer: dict) -> Dataset:
     obs_dim = (rows.shape[1] - 2 - algo.buffer_action_dim) // 2
     a_end = obs_dim + algo.buffer_action_dim
     actions = rows[:, obs_dim:a_end]
-    actions = actions[:, 0].astype(np.int64) if algo.discrete else algo.to_env(actions)
+    env = make_one(policy.env_id, policy.env_kwargs)
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    actions = actions[:, 0].astype(np.int64) if discrete else algo.to_env(actions)
     terminated = rows[:, a_end + 1] > 0.5
     starts = np.concatenate([[True], terminated[:-1]])
-    env = make_one(policy.env_id, policy.env_kwargs)
     meta = metadata(policy, env, None, len(rows), {"deterministic": None, "noise": 0.0,
                                                    "epsilon": 0.0, "seed": None}, [], [])
     env.close()
     meta["collection"] = {"source": "replay", "rows": len(rows)}
     return Dataset(observations=rows[:, :obs_dim].copy(),
-                   actions=np.asarray(actions, np.int64 if algo.discrete else np.float32),
+                   actions=np.asarray(actions, np.int64 if discrete else np.float32),
                    rewards=rows[:, a_end].copy(), next_observations=rows[:, a_end + 2:].copy(),
                    terminations=terminated, truncations=np.zeros(len(rows), bool),
                    episode_starts=starts, metadata=meta)

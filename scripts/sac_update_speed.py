@@ -31,7 +31,7 @@ CONFIGS = {
     "matmuls-2": (2, "the same on 2 threads"),
     "rl-runner-1": (1, "SAC.update as rl-run runs it"),
     "rl-runner-2": (2, "the same on 2 threads (what `auto` picks here)"),
-    "rl-runner-2-malloc-defaults": (2, "without `keep_freed_memory` (trainer.py)"),
+    "rl-runner-2-malloc-defaults": (2, "without `keep_freed_memory` (threads.py)"),
     "rl-runner-2-dq-da-by-autograd": (
         2, "dQ/da by autograd through both critics instead of `min_q_action_grad` (sac.py)"),
     "rl-runner-2-no-narrow-output": (2, "without `NarrowOutput` (sac.py)"),
@@ -86,20 +86,20 @@ def through_both_critics(torch):
 def rl_runner_runner(name: str, torch, np):
     import gymnasium as gym
 
-    from rl_runner.algos import sac
+    from rl_runner.algos import sac, twin_critic
     from rl_runner.replay import ReplayBuffer
-    from rl_runner.trainer import keep_freed_memory
+    from rl_runner.threads import keep_freed_memory
     if "malloc-defaults" not in name:
         keep_freed_memory()
     if "autograd" in name:
         sac.SAC.min_q_action_grad = through_both_critics(torch)
     if "no-narrow-output" in name:
-        sac.NARROW = 0
+        twin_critic.NARROW = 0
     algo = sac.SAC(observation_space=gym.spaces.Box(-8, 8, (OBS,), np.float32),
                    action_space=gym.spaces.Box(-2, 2, (ACT,), np.float32), n_envs=1,
                    total_steps=100_000, seed=0, hidden_sizes=list(HIDDEN), batch_size=BATCH)
     if "torch-adam" in name:  # FlatAdam's parameters and gradients stay views of its buffers
-        for opt in (algo.actor_opt, algo.critic_opt, algo.alpha_opt):
+        for opt in (algo.actor_opt, algo.critics.opt, algo.alpha_opt):
             opt.step = torch.optim.Adam(opt.params, lr=opt.lr, foreach=True).step
     rng = np.random.default_rng(0)
     buf = ReplayBuffer(10_000, OBS, ACT)

@@ -142,7 +142,9 @@ def test_step_label_reads_each_runs_step_unit():
     assert step_label([run("ppo", "env steps"), Run(Path("."), "j", "c", 0, None)]) == "env steps"
     mixed = step_label([run("ppo", "env steps"), run("myoffline", "gradient steps")])
     assert mixed == "steps (env steps for ppo; gradient steps for myoffline)"
-    assert step_label([Run(Path("."), "j", "c", 0, {"algo": "ppo"})]) == "steps"
+    # results.json of earlier releases, without step_unit
+    assert step_label([Run(Path("."), "j", "c", 0, {"algo": "bc"})]) == "gradient steps"
+    assert step_label([Run(Path("."), "j", "c", 0, {"algo": "ppo"})]) == "env steps"
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
