@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import group_runs, rl_run, seed_cells, write_table_section
+from bench_common import group_runs, machine, rl_run, seed_cells, write_table_section
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- returns:start -->", "<!-- returns:end -->"
@@ -52,8 +50,8 @@ def write_section(path: Path, new_rows: dict[tuple[str, str], str]) -> str:
     return write_table_section(path, START, END, (
             f"## Returns with default hyperparameters\n\n"
             f"Final deterministic evaluation, 20 episodes, after the whole budget (`rl-run "
-            f"algo=<algo> env=<env> seed=<seed>`, nothing else). Machine: {platform.machine()}, "
-            f"{os.cpu_count()} cores. Made by `python scripts/returns.py <algo>:<env> ... "
+            f"algo=<algo> env=<env> seed=<seed>`, nothing else). Machine of the latest rows: "
+            f"{machine()}. Made by `python scripts/returns.py <algo>:<env> ... "
             f"--seeds 0,1,2 --jobs N`; each row is replaced when its pair is measured again."),
         HEADER, new_rows)
 
