@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # constraints.txt pins torch==2.13.0, not its build: CPU or CUDA follows the index (README).
 PIP := $(BIN)/pip install -c constraints.txt
 
-.PHONY: setup run test test-slow bench clean
+.PHONY: setup run test test-fast test-slow bench clean
 
 $(BIN)/rl-run: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,11 @@ run: setup
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: setup
 	$(BIN)/pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: no tests collected" >&2; fi; exit $$rc
+
+# a developer's loop: no learning checks, no wheel builds, clusters or multi-process sweeps
+# (marked integration; `make test` and CI run them), one worker per core
+test-fast: setup
+	$(BIN)/pytest -q -n auto -m "not slow and not integration"
 
 test-slow: setup
 	$(BIN)/pytest -q -m slow
