@@ -94,6 +94,7 @@ def check_values(cfg: DictConfig) -> None:
     from rl_runner.config import check_algo_kwargs, check_trainer, to_plain
     from rl_runner.logger import check_loggers
     from rl_runner.algos.build import algo_class
+    from rl_runner.algos.contracts import algo_name
 
     try:  # an interpolation that does not resolve (${oc.env:UNSET}, ${no.such.key})
         OmegaConf.to_container(cfg, resolve=True)
@@ -136,10 +137,6 @@ def _check_build(cfg: DictConfig) -> None:
         return
     finally:
         envs.close()
-
-
-def algo_name(cls: type) -> str:
-    return cls.name or cls.__name__.lower()
 
 
 def algo_params(cls: type) -> list[str]:
@@ -208,6 +205,7 @@ def _unknown_key(cfg: DictConfig, tree: dict, key: str, ov: Override, groups: se
     leaves = _leaves(cfg)
     if where == "algo":
         from rl_runner.algos.build import algo_class
+        from rl_runner.algos.contracts import algo_name
 
         cls = algo_class(cfg)
         allowed = algo_params(cls)

@@ -38,7 +38,7 @@ def save(t, name: str, wall: float) -> None:
                 t.envs.action_space.np_random.bit_generator.state},
         "feeder": t.feeder.state_dict(),
         "config": OmegaConf.to_container(t.cfg, resolve=True),
-        "dataset": t.dataset,
+        "dataset": t.feeder.dataset,
         "logger": t.logger.state_dict(),
     }
     bad = nonfinite_paths(state["algo"])
@@ -64,7 +64,7 @@ def kept(t) -> str:
 def check_dataset(t, ckpt: dict | None) -> None:
     """On resume, the rows must be those last.pt was trained on; then say which they are."""
     trained_on = (ckpt or {}).get("dataset")
-    data = t.dataset
+    data = t.feeder.dataset
     if data and trained_on and trained_on.get("sha256") != data["sha256"]:
         raise UserError(f"resume: the dataset {data['path']} is not the one "
                         f"{t.ckpt_dir / 'last.pt'} was trained on (its rows changed: sha256 "

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rl_runner import config as config_checks
 from rl_runner import runlog, runstate
 from rl_runner.algos.build import build_algo
-from rl_runner.algos.contracts import Algorithm, check_metrics
+from rl_runner.algos.contracts import Algorithm, algo_name, check_metrics
 from rl_runner.checkpoint import load_checkpoint, seed_everything
 from rl_runner.demonstrations import expert_data
 from rl_runner.envs import make_vec_env
@@ -86,11 +86,10 @@ class Trainer:
         self.envs.action_space.seed(cfg.seed)
         self.algo = build_algo(cfg, self.envs.single_observation_space,
                                self.envs.single_action_space)
-        self.algo_name = self.algo.name or type(self.algo).__name__.lower()
+        self.algo_name = algo_name(type(self.algo))
         self.threads, self.tuner = choose_threads(self.tcfg.torch_threads, self.max_threads,
                                                   self.algo)
         self.feeder = make_feeder(cfg, self.envs, self.algo)
-        self.dataset = self.feeder.dataset
         runstate.check_dataset(self, checkpoint)
         self._set_budget()
         self.evaluator = Evaluator(cfg.env.id, self.tcfg.eval_episodes, cfg.seed + 10_000,

@@ -8,7 +8,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from rl_runner import config as config_checks
-from rl_runner.algos.contracts import FAMILIES, check_contract
+from rl_runner.algos.contracts import FAMILIES, algo_name, check_contract
 from rl_runner.checkpoint import encode
 from rl_runner.errors import UserError, one_line
 
@@ -37,7 +37,7 @@ def algo_class(cfg: DictConfig) -> type:
 def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
     """The algorithm of `cfg.algo` for these spaces, its hyperparameters checked first."""
     cls = algo_class(cfg)
-    name = cls.name or cls.__name__.lower()
+    name = algo_name(cls)
     cls = cls.variant_for(action_space)
     if not cls.supports(action_space):
         able = config_checks.algos_supporting(action_space)
@@ -47,7 +47,6 @@ def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
                         f"that can: {', '.join(able) if able else 'none yet'}")
     config_checks.check_no_nested_targets(config_checks.to_plain(cfg.algo))
     kwargs = {k: config_checks.to_plain(v) for k, v in cfg.algo.items() if k != "_target_"}
-    config_checks.check_algo_kwargs(name, cls, kwargs, config_checks.PROVIDED)
     if cls.__abstractmethods__:
         raise UserError(f"algorithm {name} ({cls.__module__}.{cls.__name__}) does not write "
                         f"{', '.join(sorted(cls.__abstractmethods__))} (rl_runner/algos/"

@@ -149,6 +149,11 @@ def check_contract(algo: Algorithm, name: str) -> None:
                         f"(rl_runner/algos/contracts.py)")
 
 
+def algo_name(cls: type[Algorithm]) -> str:
+    """The name an algorithm goes by in messages and results: its algo= choice, or its class."""
+    return cls.name or cls.__name__.lower()
+
+
 def check_metrics(name: str, metrics: Any) -> None:
     """`update` returns metric names to numbers: one line where an algorithm returns else."""
     if not (isinstance(metrics, dict) and all(
@@ -162,7 +167,7 @@ def _checked(init):
     @functools.wraps(init)
     def checked(self, *args, **kwargs):
         if type(self).__init__ is checked:  # the outermost constructor checks for all
-            check_algo_kwargs(type(self).name or type(self).__name__.lower(), type(self),
+            check_algo_kwargs(algo_name(type(self)), type(self),
                               {k: v for k, v in kwargs.items() if k not in PROVIDED}, PROVIDED)
         init(self, *args, **kwargs)
     return checked

@@ -27,7 +27,6 @@ from rl_runner.algos.contracts import Algorithm, Offline
 from rl_runner.algos.qlearn import QLearner
 from rl_runner.algos.sac import SAC
 from rl_runner.batches import OfflineBatch, ReplayBatch
-from rl_runner.datasets import Dataset
 from rl_runner.errors import UserError
 from rl_runner.params import (Activation, Fraction, NonNegativeFloat, PositiveInt,
                                Sizes)
@@ -193,9 +192,6 @@ class CQL(Offline):
     def grad_steps(self) -> int:
         return self.sac.grad_steps
 
-    def fit_dataset(self, train: Dataset) -> None:
-        """Nothing to fit: the critics see observations as they are, as SAC does."""
-
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         return self.sac.act(obs, deterministic)
 
@@ -238,9 +234,6 @@ class DiscreteCQL(Offline):
     @property
     def grad_steps(self) -> int:
         return self.learner.grad_steps
-
-    def fit_dataset(self, train: Dataset) -> None:
-        """Nothing to fit: the Q-network sees observations as they are."""
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         return self.learner.act(obs, deterministic)
