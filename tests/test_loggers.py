@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,9 @@ def test_a_resume_after_a_kill_continues_the_same_mlflow_run_without_duplicated_
     log_steps(first, range(9, 13))  # then a hard kill: these reach neither store for good
     first.backends["tensorboard"].close()  # ... TensorBoard had flushed them (purge drops them)
     del first  # MLflow: never committed, never closed
+    # a resume is a later process: its event file's name (seconds, then a per-process counter)
+    # sorts after the killed one's; in one process under xdist the counter could sort it first
+    time.sleep(1.1)
 
     second = build_loggers(both(store), run_dir, 8, saved)
     assert second.state_dict() == saved
