@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rl_runner.device import PATTERN as DEVICE_PATTERN
 from rl_runner.errors import UserError, one_line
 from rl_runner.params import NonNegativeInt, PositiveInt, Range
 
@@ -56,7 +57,7 @@ def algos_supporting(action_space: gym.Space,
 
 
 # what the trainer passes to every algorithm constructor itself (trainer.build_algo)
-PROVIDED = {"observation_space", "action_space", "n_envs", "total_steps", "seed"}
+PROVIDED = {"observation_space", "action_space", "n_envs", "total_steps", "seed", "device"}
 TRUST_ENV = "RL_RUNNER_TRUSTED"  # module.Class names (or modules) a user trusts, comma-separated
 # Hydra's instantiate keys: below algo they would build objects of any class the config names
 HYDRA_KEYS = {"_target_", "_args_", "_partial_", "_recursive_", "_convert_"}
@@ -141,9 +142,9 @@ def check_trainer(cfg: DictConfig) -> None:
     if cfg.env.n_envs > MAX_ENVS:
         raise UserError(f"env.n_envs={cfg.env.n_envs} is more than {MAX_ENVS} envs")
     check_value("env.id", cfg.env.id, str)
-    if cfg.trainer.device != "cpu":
-        raise UserError(f"trainer.device={cfg.trainer.device!r} is not supported yet; allowed: cpu "
-                        "(the small networks here run faster on CPU)")
+    if not DEVICE_PATTERN.match(str(cfg.trainer.device)):
+        raise UserError(f"trainer.device={cfg.trainer.device!r} is not known; allowed: auto, cpu, "
+                        "cuda, cuda:N")
 
 
 def check_algo_kwargs(name: str, cls: type, kwargs: dict[str, Any], provided: set[str],

@@ -85,7 +85,7 @@ class Trainer:
                                  cfg.env.get("vectorization", "sync"))
         self.envs.action_space.seed(cfg.seed)
         self.algo = build_algo(cfg, self.envs.single_observation_space,
-                               self.envs.single_action_space)
+                               self.envs.single_action_space, str(self.tcfg.device))
         self.algo_name = algo_name(type(self.algo))
         self.threads, self.tuner = choose_threads(self.tcfg.torch_threads, self.max_threads,
                                                   self.algo)

@@ -1,6 +1,7 @@
 """The algorithm a config names, built for an env's spaces with its hyperparameters checked."""
 from __future__ import annotations
 
+import inspect
 import logging
 
 import gymnasium as gym
@@ -10,6 +11,8 @@ from omegaconf import DictConfig
 from rl_runner import config as config_checks
 from rl_runner.algos.contracts import FAMILIES, algo_name, check_contract
 from rl_runner.checkpoint import encode
+from rl_runner.device import resolve_device
+from rl_runner.encoders import is_image
 from rl_runner.errors import UserError, one_line
 
 
@@ -34,8 +37,19 @@ def algo_class(cfg: DictConfig) -> type:
     return cls
 
 
-def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
-    """The algorithm of `cfg.algo` for these spaces, its hyperparameters checked first."""
+def takes_device(cls: type) -> bool:
+    """Whether the class's constructor (or a base's it passes keywords to) takes `device`."""
+    return any("device" in inspect.signature(k.__dict__["__init__"]).parameters
+               for k in cls.__mro__ if "__init__" in k.__dict__ and k is not object)
+
+
+def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space,
+               device: str = "cpu"):
+    """The algorithm of `cfg.algo` for these spaces, its hyperparameters checked first.
+
+    `device` (as trainer.device: auto, cpu, cuda, cuda:N) is resolved and passed as a
+    torch.device to classes whose constructor takes `device`; a class that does not runs on the
+    CPU (auto) or is refused (a GPU named)."""
     cls = algo_class(cfg)
     name = algo_name(cls)
     cls = cls.variant_for(action_space)
@@ -53,6 +67,11 @@ def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space):
                         "contracts.py)")
     # the class is called directly, not through Hydra's instantiate: that would also call any
     # `_target_` nested in a hyperparameter (a checkpoint's config is not to name code)
+    if takes_device(cls):
+        kwargs["device"] = resolve_device(device, is_image(obs_space))
+    elif device not in ("cpu", "auto"):
+        raise UserError(f"algorithm {name} runs on the CPU only (its constructor takes no "
+                        f"device); trainer.device={device} is not for it; allowed: cpu, auto")
     try:
         algo = cls(observation_space=obs_space, action_space=action_space, n_envs=cfg.env.n_envs,
                    total_steps=cfg.trainer.total_steps, seed=cfg.seed, **kwargs)
