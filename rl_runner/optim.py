@@ -24,8 +24,10 @@ class FlatAdam:
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.params = list(params)
         n = sum(p.numel() for p in self.params)
-        self.flat = torch.zeros(n)
-        self.grad = torch.zeros(n)
+        # the parameters' device (all on one): the fused kernel runs on CPU and CUDA alike
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        self.flat = torch.zeros(n, device=self.device)
+        self.grad = torch.zeros(n, device=self.device)
         offset = 0
         for p in self.params:
             k = p.numel()
@@ -34,11 +36,12 @@ class FlatAdam:
             p.grad = self.grad[offset:offset + k].view_as(p)
             offset += k
         self.lr, self.betas, self.eps = lr, betas, eps
-        self.exp_avg = torch.zeros(n)
-        self.exp_avg_sq = torch.zeros(n)
+        self.exp_avg = torch.zeros(n, device=self.device)
+        self.exp_avg_sq = torch.zeros(n, device=self.device)
         self.steps = 0
-        self._step_t = torch.zeros(())  # the fused kernel reads the step count from a tensor
-        self._grad_np = self.grad.numpy()
+        # the fused kernel reads the step count from a tensor on the parameters' device
+        self._step_t = torch.zeros((), device=self.device)
+        self._grad_np = self.grad.numpy() if self.device.type == "cpu" else None
 
     def zero_grad(self) -> None:
         self.grad.zero_()
@@ -46,6 +49,12 @@ class FlatAdam:
     def clip_grad_norm(self, max_norm: float) -> float:
         """Scale the gradient to norm `max_norm` where it is longer; returns the norm before."""
         g = self._grad_np
+        if g is None:  # on a GPU: no host sync beyond the norm itself
+            norm = float(torch.linalg.vector_norm(self.grad))
+            coef = max_norm / (norm + 1e-6)
+            if coef < 1.0:
+                self.grad.mul_(coef)
+            return norm
         norm = math.sqrt(float(np.dot(g, g)))
         coef = max_norm / (norm + 1e-6)
         if coef < 1.0:
@@ -65,7 +74,7 @@ class FlatAdam:
         return {"exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone(),
                 "steps": self.steps, "lr": self.lr}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:  # copy_ moves CPU-loaded state to the device
         self.exp_avg.copy_(state["exp_avg"])
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
         self.steps, self.lr = state["steps"], state["lr"]
