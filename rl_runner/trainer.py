@@ -25,6 +25,7 @@ from rl_runner.algos.contracts import Algorithm, algo_name, check_metrics
 from rl_runner.checkpoint import load_checkpoint, seed_everything
 from rl_runner.demonstrations import expert_data
 from rl_runner.envs import make_vec_env
+from rl_runner.encoders import is_image
 from rl_runner.errors import UserError, describe
 from rl_runner.evaluation import Evaluator
 from rl_runner.feeder import Feeder
@@ -87,8 +88,9 @@ class Trainer:
         self.algo = build_algo(cfg, self.envs.single_observation_space,
                                self.envs.single_action_space, str(self.tcfg.device))
         self.algo_name = algo_name(type(self.algo))
-        self.threads, self.tuner = choose_threads(self.tcfg.torch_threads, self.max_threads,
-                                                  self.algo)
+        self.threads, self.tuner = choose_threads(
+            self.tcfg.torch_threads, self.max_threads, self.algo,
+            is_image(self.envs.single_observation_space))
         self.feeder = make_feeder(cfg, self.envs, self.algo)
         runstate.check_dataset(self, checkpoint)
         self._set_budget()
