@@ -123,6 +123,9 @@ def check_value(key: str, value: Any, expected: Any) -> None:
 
 def check_trainer(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg.env, "id"):
+        if cfg.env.get("name") == "atari":
+            raise UserError("env=atari needs env.id=<an Atari game's id>, e.g. env=atari "
+                            "env.id=ALE/Seaquest-v5 or env.id=SeaquestNoFrameskip-v4")
         raise UserError("env=gym needs env.id=<a registered gymnasium id>, "
                         "e.g. env=gym env.id=MountainCar-v0")
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -142,6 +145,10 @@ def check_trainer(cfg: DictConfig) -> None:
     if cfg.env.n_envs > MAX_ENVS:
         raise UserError(f"env.n_envs={cfg.env.n_envs} is more than {MAX_ENVS} envs")
     check_value("env.id", cfg.env.id, str)
+    if cfg.env.get("atari") is not None:  # absent in configs saved before env.atari existed
+        from rl_runner.atari import atari_options
+
+        atari_options(to_plain(cfg.env.atari))
     if not DEVICE_PATTERN.match(str(cfg.trainer.device)):
         raise UserError(f"trainer.device={cfg.trainer.device!r} is not known; allowed: auto, cpu, "
                         "cuda, cuda:N")

@@ -3,12 +3,36 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.error import DependencyNotInstalled
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
+from rl_runner.atari import atari_options, base_kwargs, is_ale, looks_atari, wrap_atari
 from rl_runner.errors import UserError, one_line
+
+ATARI_EXTRA = "pip install 'rl-runner[atari]'"
+
+
+def env_options(env_cfg: Any) -> dict:
+    """What make_vec_env, make_one and Evaluator take from a config's env node besides the id:
+    env.kwargs and env.atari (absent in configs written before it: no preprocessing)."""
+    from rl_runner.config import to_plain
+
+    return {"kwargs": to_plain(env_cfg.get("kwargs")) or {},
+            "atari": to_plain(env_cfg.get("atari"))}
+
+
+def register_ale() -> bool:
+    """Register ale-py's Atari ids with gymnasium, where ale-py is installed."""
+    try:
+        import ale_py
+    except ImportError:
+        return False
+    gym.register_envs(ale_py)
+    return True
 
 
 def check_env_id(env_id: str) -> None:
@@ -22,16 +46,33 @@ def check_env_id(env_id: str) -> None:
             importlib.import_module(module)
         except ImportError as e:
             raise UserError(f"env.id: cannot import module {module!r} ({e})") from None
-    if env_id in gym.registry:
+    if env_id in gym.registry or (register_ale() and env_id in gym.registry):
         return
+    if looks_atari(str(env_id)) and not register_ale():
+        raise UserError(f"env.id={env_id} is an Atari game, and ale-py (which ships the games) "
+                        f"is not installed: {ATARI_EXTRA}")
     close = difflib.get_close_matches(str(env_id), list(gym.registry), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else \
         "; pass a registered gymnasium id (python -c 'import gymnasium; gymnasium.pprint_registry()')"
     raise UserError(f"env.id={env_id!r} is not a registered gymnasium environment{hint}")
 
 
-def make_one(env_id: str, kwargs: dict) -> gym.Env:
-    env = gym.make(env_id, **kwargs)
+def make_one(env_id: str, kwargs: dict, atari: dict | None = None, training: bool = False,
+             record: Callable[[gym.Env], gym.Env] | None = None) -> gym.Env:
+    """One env: env.atari's preprocessing on an Atari game (`training`: lives end episodes and
+    rewards are clipped, else whole games and the real score); `record` wraps the env that
+    draws the real game (rl-eval's RecordVideo)."""
+    options = atari_options(atari)
+    if env_id not in gym.registry:  # a fresh worker process (spawn), an unchecked caller
+        register_ale()
+    if options is not None and not is_ale(env_id.split(":")[-1]):
+        raise UserError(f"env.atari is Atari preprocessing, and env.id={env_id} is not an Atari "
+                        "game; set env.atari=null")
+    env = gym.make(env_id, **base_kwargs(env_id.split(":")[-1], kwargs, options))
+    if options is not None:
+        return wrap_atari(env, options, training, record)
+    if record is not None:
+        env = record(env)
     if not isinstance(env.observation_space, gym.spaces.Box):
         env = gym.wrappers.FlattenObservation(env)  # e.g. Discrete observations become one-hot
     return env
@@ -40,34 +81,53 @@ def make_one(env_id: str, kwargs: dict) -> gym.Env:
 class _EnvFn:
     """A picklable env factory (AsyncVectorEnv sends it to worker processes)."""
 
-    def __init__(self, env_id: str, kwargs: dict):
-        self.env_id, self.kwargs = env_id, kwargs
+    def __init__(self, env_id: str, kwargs: dict, atari: dict | None, training: bool):
+        self.env_id, self.kwargs, self.atari, self.training = env_id, kwargs, atari, training
 
     def __call__(self) -> gym.Env:
-        return make_one(self.env_id, self.kwargs)
+        return make_one(self.env_id, self.kwargs, self.atari, self.training)
 
 
 def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
-                 vectorization: str = "sync") -> gym.vector.VectorEnv:
-    """n copies of an env; finished episodes reset in the same step (final obs in info)."""
+                 vectorization: str = "sync", atari: dict | None = None,
+                 training: bool = False) -> gym.vector.VectorEnv:
+    """n copies of an env; finished episodes reset in the same step (final obs in info).
+    `atari`, `training`: see make_one (the trainer's envs train, the Evaluator's do not)."""
     check_env_id(env_id)
     kwargs = dict(kwargs or {})
-    try:
-        make_one(env_id, kwargs).close()  # surface bad kwargs as one line, not a worker crash
+    try:  # surface bad kwargs as one line, not a worker crash
+        make_one(env_id, kwargs, atari, training).close()
     except TypeError as e:
         raise UserError(f"env.kwargs {kwargs} rejected by {env_id}: {e}") from None
     except UserError:
         raise
     except Exception as e:  # a missing extra (jax, shimmy), an env that fails to start
+        extra = missing_extra(env_id, e)
+        if extra is not None:
+            raise UserError(f"env.id={env_id} needs the {extra} extra, not installed here: pip "
+                            f"install 'rl-runner[{extra}]' ({type(e).__name__}: "
+                            f"{one_line(e, 120)})") from None
         raise UserError(f"env.id={env_id} cannot be made here ({type(e).__name__}: "
                         f"{one_line(e, 200)})") from None
-    fns = [_EnvFn(env_id, kwargs) for _ in range(n_envs)]
+    fns = [_EnvFn(env_id, kwargs, atari, training) for _ in range(n_envs)]
     if vectorization == "async":
         return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
     if vectorization != "sync":
         raise UserError(f"env.vectorization={vectorization!r} is not known; allowed: sync, async")
     # copy=False: the feeder copies observations into its own buffers anyway
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
+
+
+def missing_extra(env_id: str, error: Exception) -> str | None:
+    """'mujoco' or 'atari' where a make failed for want of that extra's packages."""
+    if not isinstance(error, (ImportError, DependencyNotInstalled)):
+        return None
+    entry = str(gym.spec(env_id.split(":")[-1]).entry_point)
+    if entry.startswith("gymnasium.envs.mujoco"):
+        return "mujoco"
+    if entry.startswith("ale_py"):
+        return "atari"
+    return None
 
 
 def final_observations(info: dict, mask: np.ndarray) -> np.ndarray:

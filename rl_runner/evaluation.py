@@ -10,12 +10,14 @@ from rl_runner.envs import make_vec_env
 
 class Evaluator:
     """Runs `n_episodes` episodes spread over up to `max_envs` envs, always from the same seeds,
-    so that evaluations are comparable across a run and independent of training history."""
+    so that evaluations are comparable across a run and independent of training history.
+    `kwargs` and `atari`: a config's env node through rl_runner.envs.env_options."""
 
     def __init__(self, env_id: str, n_episodes: int, seed: int, kwargs: dict | None = None,
-                 max_envs: int = 20):
+                 max_envs: int = 20, atari: dict | None = None):
         self.n_envs = min(n_episodes, max_envs)
-        self.envs = make_vec_env(env_id, self.n_envs, kwargs)
+        # training=False: on Atari, whole games (all lives) and the real, unclipped score
+        self.envs = make_vec_env(env_id, self.n_envs, kwargs, atari=atari, training=False)
         self.seed = seed
         self.quota = np.full(self.n_envs, n_episodes // self.n_envs)
         self.quota[: n_episodes % self.n_envs] += 1

@@ -119,12 +119,11 @@ def _check_build(cfg: DictConfig) -> None:
     action space the algorithm cannot handle, a value its constructor refuses (algo.activation)
     show here. Only those one-line errors count: anything else (an env that only a remote worker
     can make) is left to the job."""
-    from rl_runner.config import to_plain
-    from rl_runner.envs import make_vec_env
+    from rl_runner.envs import env_options, make_vec_env
     from rl_runner.algos.build import build_algo
 
     try:
-        envs = make_vec_env(cfg.env.id, 1, to_plain(cfg.env.get("kwargs")) or {})
+        envs = make_vec_env(cfg.env.id, 1, training=True, **env_options(cfg.env))
     except UserError:
         raise
     except Exception:

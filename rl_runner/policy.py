@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -12,7 +14,7 @@ from rl_runner.algos.contracts import Algorithm
 from rl_runner.algos.build import build_algo
 from rl_runner.checkpoint import load_checkpoint, misfit, nonfinite_paths
 from rl_runner.config import check_file_config, to_plain
-from rl_runner.envs import make_vec_env
+from rl_runner.envs import env_options, make_one, make_vec_env
 from rl_runner.errors import UserError, one_line
 from rl_runner.renames import upgrade_config
 
@@ -33,6 +35,15 @@ class Policy:
     @property
     def env_kwargs(self) -> dict:
         return to_plain(self.config.env.get("kwargs")) or {}
+
+    @property
+    def env_options(self) -> dict:
+        """kwargs and atari, as make_vec_env, make_one and Evaluator take them."""
+        return env_options(self.config.env)
+
+    def make_env(self, record: Callable[[gym.Env], gym.Env] | None = None) -> gym.Env:
+        """One env as the run's evaluations see it (on Atari: whole games, the real score)."""
+        return make_one(self.env_id, **self.env_options, training=False, record=record)
 
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         return self.algo.act(obs, deterministic=deterministic)
@@ -68,7 +79,7 @@ def load_policy(run: Path, checkpoint: str = "best") -> Policy:
     try:
         cfg = OmegaConf.create(upgrade_config(state["config"]))  # keys renamed since it was saved
         check_file_config(cfg, path)
-        envs = make_vec_env(cfg.env.id, 1, to_plain(cfg.env.get("kwargs")) or {})
+        envs = make_vec_env(cfg.env.id, 1, **env_options(cfg.env))
         try:
             with torch.random.fork_rng():  # the caller's torch RNG (a run in progress) is kept
                 torch.manual_seed(cfg.seed)

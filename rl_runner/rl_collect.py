@@ -10,7 +10,6 @@ import numpy as np
 from rl_runner import fileio
 from rl_runner.collection import metadata, rollout
 from rl_runner.datasets import Dataset, save_dataset
-from rl_runner.envs import make_one
 from rl_runner.errors import UserError
 from rl_runner.options import Option, run_tool
 from rl_runner.checkpoint import load_checkpoint
@@ -80,7 +79,7 @@ def write_replay(run: Path, opts: dict) -> Path:
     if buffer is None:
         raise UserError(f"{policy.checkpoint} holds no replay buffer; train with "
                         "trainer.save_replay_buffer=true (off-policy algorithms)")
-    env = make_one(policy.env_id, policy.env_kwargs)
+    env = policy.make_env()
     obs_dim = int(np.prod(env.observation_space.shape))
     env.close()
     try:
@@ -116,7 +115,7 @@ def replay_rows(policy: Policy, buffer: dict) -> Dataset:
     obs_dim = (rows.shape[1] - 2 - algo.buffer_action_dim) // 2
     a_end = obs_dim + algo.buffer_action_dim
     actions = rows[:, obs_dim:a_end]
-    env = make_one(policy.env_id, policy.env_kwargs)
+    env = policy.make_env()
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     actions = actions[:, 0].astype(np.int64) if discrete else algo.to_env(actions)
     terminated = rows[:, a_end + 1] > 0.5

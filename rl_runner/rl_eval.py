@@ -44,7 +44,7 @@ def evaluate(opts: dict[str, Any]) -> dict[str, Any]:
     if opts["video"]:
         result, videos = record(policy, run / "videos", opts["episodes"], seed, deterministic)
     else:
-        evaluator = Evaluator(policy.env_id, opts["episodes"], seed, policy.env_kwargs)
+        evaluator = Evaluator(policy.env_id, opts["episodes"], seed, **policy.env_options)
         try:
             result = evaluator.run(lambda obs: policy.act(obs, deterministic))
         finally:

@@ -24,7 +24,7 @@ from rl_runner.algos.build import build_algo
 from rl_runner.algos.contracts import Algorithm, algo_name, check_metrics
 from rl_runner.checkpoint import load_checkpoint, seed_everything
 from rl_runner.demonstrations import expert_data
-from rl_runner.envs import make_vec_env
+from rl_runner.envs import env_options, make_vec_env
 from rl_runner.encoders import is_image
 from rl_runner.errors import UserError, describe
 from rl_runner.evaluation import Evaluator
@@ -81,9 +81,10 @@ class Trainer:
             raise UserError(f"{self.run_dir} already holds a run; resume it with "
                             f"resume={self.run_dir} or choose another hydra.run.dir")
         seed_everything(cfg.seed)
-        env_kwargs = config_checks.to_plain(cfg.env.get("kwargs")) or {}
-        self.envs = make_vec_env(cfg.env.id, cfg.env.n_envs, env_kwargs,
-                                 cfg.env.get("vectorization", "sync"))
+        env_opts = env_options(cfg.env)  # env.kwargs, env.atari
+        self.envs = make_vec_env(cfg.env.id, cfg.env.n_envs,
+                                 vectorization=cfg.env.get("vectorization", "sync"),
+                                 training=True, **env_opts)
         self.envs.action_space.seed(cfg.seed)
         self.algo = build_algo(cfg, self.envs.single_observation_space,
                                self.envs.single_action_space, str(self.tcfg.device))
@@ -95,7 +96,7 @@ class Trainer:
         runstate.check_dataset(self, checkpoint)
         self._set_budget()
         self.evaluator = Evaluator(cfg.env.id, self.tcfg.eval_episodes, cfg.seed + 10_000,
-                                   env_kwargs)
+                                   **env_opts)
         self.env_steps = 0
         self.wall_before = 0.0  # wall seconds spent in earlier sessions of a resumed run
         self.next_eval, self.next_checkpoint = self.eval_every, self.checkpoint_every
