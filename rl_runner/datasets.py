@@ -2,6 +2,8 @@
 
 Arrays, one row per environment step (N rows), in collection order:
     observations [N, *obs_shape] float32     next_observations [N, *obs_shape] float32
+        (uint8 where the env's observations are uint8 images: kept as the env gives them, a
+        quarter of the bytes, scaled to [0, 1] only inside the network)
     actions [N] int64 (Discrete) or [N, *act_shape] float32 (Box, in the env's units)
     rewards [N] float32   terminations [N] bool   truncations [N] bool   episode_starts [N] bool
 `next_observations` is the real successor, the final observation where an episode ended.
@@ -20,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from rl_runner import fileio
+from rl_runner.encoders import is_image
 from rl_runner.errors import UserError
 
 FORMAT = "rl-runner-dataset-1"
@@ -105,6 +108,13 @@ def check_arrays(path: Path, data: Dataset) -> None:
     if data.observations.shape != data.next_observations.shape:
         raise UserError(f"dataset {path}: observations {data.observations.shape} and "
                         f"next_observations {data.next_observations.shape} differ in shape")
+    obs, next_obs = data.observations.dtype, data.next_observations.dtype
+    if obs != next_obs:
+        raise UserError(f"dataset {path}: observations are {obs} but next_observations are "
+                        f"{next_obs}; both must have one dtype")
+    if not (np.issubdtype(obs, np.floating) or obs == np.uint8):
+        raise UserError(f"dataset {path}: observations are {obs}; allowed: float32 (or another "
+                        "float), uint8 (images)")
     for name in ("terminations", "truncations", "episode_starts"):
         if getattr(data, name).dtype != np.bool_:
             raise UserError(f"dataset {path}: {name} must be bool, not "
@@ -122,6 +132,7 @@ def check_matches(data: Dataset, path: Path, env_id: str, obs_space: gym.Space,
     if obs_shape != tuple(obs_space.shape):
         raise UserError(f"dataset {path}: observations of shape {obs_shape}, but {env_id} "
                         f"gives {tuple(obs_space.shape)}")
+    check_obs_dtype(data.observations.dtype, path, env_id, obs_space)
     if isinstance(action_space, gym.spaces.Discrete):
         ok = data.actions.ndim == 1 and np.issubdtype(data.actions.dtype, np.integer)
         ok = ok and bool(((data.actions >= action_space.start)
@@ -133,3 +144,16 @@ def check_matches(data: Dataset, path: Path, env_id: str, obs_space: gym.Space,
     if not ok:
         raise UserError(f"dataset {path}: its actions {data.actions.dtype} "
                         f"{tuple(data.actions.shape)} do not fit {action_space} ({want})")
+
+
+def check_obs_dtype(dtype: np.dtype, path: Path, env_id: str, obs_space: gym.Space) -> None:
+    """Images must come as uint8, as the env gives them; uint8 rows fit only an env whose
+    observations are uint8 (float rows fit any other env, as rl-collect wrote them before)."""
+    if is_image(obs_space) and dtype != np.uint8:
+        raise UserError(f"dataset {path}: observations are {dtype}, but {env_id} gives uint8 "
+                        "images; collect the dataset again with rl-collect, which keeps them "
+                        "uint8")
+    space_dtype = getattr(obs_space, "dtype", None)
+    if dtype == np.uint8 and space_dtype != np.uint8:
+        raise UserError(f"dataset {path}: observations are uint8, but {env_id} gives "
+                        f"{space_dtype}; collect the dataset on this env")

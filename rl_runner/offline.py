@@ -25,11 +25,13 @@ class OfflineFeeder(Feeder):
         n_val = int(round(algo.val_fraction * n))
         n_val = min(n_val, n - 1)
         order = np.random.default_rng(seed + 30_000).permutation(n)
-        self.train = take(data, np.sort(order[n_val:]))
+        # no split: the rows themselves, not a copy (a dataset of images is gigabytes)
+        self.train = take(data, np.sort(order[n_val:])) if n_val > 0 else data
         self.validation = take(data, np.sort(order[:n_val])) if n_val > 0 else None
         self.batch_size = algo.batch_size
 
     def collect(self, algo: Offline) -> tuple[OfflineBatch, Episodes]:
+        """Rows as the dataset holds them: image observations stay uint8 until the network."""
         idx = self.rng.integers(0, len(self.train), self.batch_size)
         t = self.train
         return OfflineBatch(t.observations[idx], t.actions[idx], t.rewards[idx],
