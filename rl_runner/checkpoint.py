@@ -47,6 +47,8 @@ def encode(tree, where: str = "state"):
         return type(tree)(encode(v, f"{where}.{i}") for i, v in enumerate(tree))
     if not isinstance(tree, PLAIN):
         raise TypeError(f"{where} is a {type(tree).__module__}.{type(tree).__qualname__}")
+    if isinstance(tree, torch.Tensor):  # a GPU run's files hold CPU tensors, like any other's
+        return tree.detach().cpu()
     return tree
 
 
@@ -209,18 +211,53 @@ def _legacy_numpy_globals(names: list[str]) -> list:
     return found
 
 
+CUDA_RNG = "cuda"  # rng[CUDA_RNG]: one generator state per CUDA device, saved by GPU runs only
+
+
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state()}
+    """The global generators' states: python, numpy, torch's CPU one and, where this process
+    has used CUDA, one per CUDA device (a CPU run never initialises CUDA to save them: its CUDA
+    generators drew nothing since their seeding)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_initialized():
+        state[CUDA_RNG] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Put back what rng_state saved. CUDA states go to the devices there are (a GPU run resumed
+    on a CPU-only machine ignores them; a CPU run resumed on a GPU one seeds CUDA afresh)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    cuda = state.get(CUDA_RNG) or []
+    if cuda and torch.cuda.is_available():
+        for index, device_state in enumerate(cuda[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, index)  # lazy: CUDA starts when first used
+
+
+def portable_rng(state):
+    """An rng state without its CUDA part (which depends on the machine, not on the run): what
+    a resume compares with this run's own."""
+    return {k: v for k, v in state.items() if k != CUDA_RNG} if isinstance(state, dict) else state
+
+
+def cuda_rng_misfit(state) -> str | None:
+    """What is wrong with a checkpoint's CUDA generator states (a list of byte tensors), or None
+    where they are absent or fit."""
+    cuda = state.get(CUDA_RNG) if isinstance(state, dict) else None
+    if cuda is None:
+        return None
+    if not (isinstance(cuda, list) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+                                           and t.dim() == 1 for t in cuda)):
+        return f"rng.{CUDA_RNG} is not a list of CUDA generator states (byte tensors)"
+    return None
 
 
 def seed_everything(seed: int) -> None:
+    """python, numpy and torch's generators; torch.manual_seed seeds every CUDA device too
+    (lazily, where CUDA has not started yet)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -7,7 +7,8 @@ import math
 
 from omegaconf import OmegaConf
 
-from rl_runner.checkpoint import misfit, nonfinite_paths, rng_state, save_checkpoint, set_rng_state
+from rl_runner.checkpoint import (cuda_rng_misfit, misfit, nonfinite_paths, portable_rng,
+                                  rng_state, save_checkpoint, set_rng_state)
 from rl_runner.envstate import env_state, restore_env_state
 from rl_runner.errors import UserError
 
@@ -76,17 +77,21 @@ def check_dataset(t, ckpt: dict | None) -> None:
 
 def check_fits(t, ckpt: dict) -> None:
     """The checkpoint's parts have the structure of this run's own (keys, types, shapes), and
-    its counters are in range, before any of it is loaded."""
+    its counters are in range, before any of it is loaded. The CUDA generators' part of the rng
+    state is the machine's, not the run's: a GPU run resumes on a CPU-only machine and the other
+    way round (only its form is checked)."""
     last = t.ckpt_dir / "last.pt"
     parts = {"algo": t.algo.state_dict(), "feeder": t.feeder.state_dict(),
-             "counters": counters(t, 0.0), "rng": rng_state(),
+             "counters": counters(t, 0.0), "rng": portable_rng(rng_state()),
              "env": {"state": None, "action_space_rng":
                      t.envs.action_space.np_random.bit_generator.state}}
     for key, reference in parts.items():
-        where = misfit(reference, ckpt.get(key, {} if key != "env" else None), f"{key}.")
+        got = ckpt.get(key, {} if key != "env" else None)
+        where = misfit(reference, portable_rng(got) if key == "rng" else got, f"{key}.")
         if where is not None or key not in ckpt:
             raise UserError(f"{last} does not fit this run: {where or key + ' is missing'}")
-    bad = counters_misfit(ckpt["counters"]) or logger_misfit(ckpt.get("logger")) or \
+    bad = cuda_rng_misfit(ckpt["rng"]) or counters_misfit(ckpt["counters"]) or \
+        logger_misfit(ckpt.get("logger")) or \
         budget_misfit(ckpt["counters"]["env_steps"], t.step_size, t.budget) or \
         next((f"algo.{p} is NaN/Inf" for p in nonfinite_paths(ckpt["algo"])), None)
     if bad:
