@@ -5,11 +5,14 @@ import logging
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from rl_runner.algos.contracts import OffPolicy
 from rl_runner.batches import ReplayBatch
+from rl_runner.encoders import chw_shape, is_image
 from rl_runner.envs import final_observations
 from rl_runner.feeder import Episodes, Feeder
+from rl_runner.frame_buffer import FrameReplay, ImageReplay, NotAFrameStack
 from rl_runner.rollout import EpisodeTracker
 
 log = logging.getLogger("rl_runner")
@@ -30,6 +33,7 @@ class ReplayBuffer:
                         "terminated": r + 1, "next_obs": slice(r + 2, r + 2 + obs_dim)}
         self.width = r + 2 + obs_dim
         self.data = np.zeros((capacity, self.width), np.float32)  # pages are touched lazily
+        self.obs_dtype, self.min_size = np.float32, 1
         self.pos = 0  # the next row to write
         self.size = 0  # rows filled
 
@@ -52,14 +56,27 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, n_batches: int, batch_size: int, rng: np.random.Generator,
-               env_steps: int = 0) -> ReplayBatch:
-        """Uniform minibatches, drawn with replacement (as SB3 and CleanRL do)."""
+               env_steps: int = 0, out: ReplayBatch | None = None) -> ReplayBatch:
+        """Uniform minibatches, drawn with replacement (as SB3 and CleanRL do); `out`: arrays
+        to copy the fields into (pinned host memory for a GPU), else views of one gather."""
         idx_GB = rng.integers(0, self.size, size=(n_batches, batch_size))
         rows_GBW = self.data[idx_GB]
         f = self._fields
-        return ReplayBatch(rows_GBW[..., f["obs"]], rows_GBW[..., f["actions"]],
-                           rows_GBW[..., f["rewards"]], rows_GBW[..., f["terminated"]],
-                           rows_GBW[..., f["next_obs"]], env_steps)
+        batch = ReplayBatch(rows_GBW[..., f["obs"]], rows_GBW[..., f["actions"]],
+                            rows_GBW[..., f["rewards"]], rows_GBW[..., f["terminated"]],
+                            rows_GBW[..., f["next_obs"]], env_steps)
+        if out is None:
+            return batch
+        for dst, src in zip(out[:5], batch[:5]):
+            np.copyto(dst, src)
+        return out._replace(env_steps=env_steps)
+
+    def empty_batch(self, n_batches: int, batch_size: int, alloc=np.empty) -> ReplayBatch:
+        """Arrays a batch can be sampled into (`out`), from alloc(shape, dtype)."""
+        G, B, D, A = n_batches, batch_size, self.obs_dim, self.action_dim
+        return ReplayBatch(alloc((G, B, D), np.float32), alloc((G, B, A), np.float32),
+                           alloc((G, B), np.float32), alloc((G, B), np.float32),
+                           alloc((G, B, D), np.float32), 0)
 
     def state_dict(self) -> dict:
         return {"data": self.data[:self.size].copy(), "pos": self.pos, "size": self.size,
@@ -72,19 +89,52 @@ class ReplayBuffer:
         self.pos, self.size = state["pos"], state["size"]
 
 
+def make_buffer(space: gym.Space, capacity: int, action_dim: int, n_envs: int):
+    """Image observations stay uint8: a stack of frames channels first (Atari's 4 x 84 x 84)
+    stores each frame once (FrameReplay), other images whole (ImageReplay); vectors go into
+    float32 rows (ReplayBuffer)."""
+    if not is_image(space):
+        return ReplayBuffer(capacity, int(np.prod(space.shape)), action_dim)
+    if chw_shape(space.shape) == tuple(space.shape):
+        return FrameReplay(capacity, space.shape, action_dim, n_envs)
+    return ImageReplay(capacity, space.shape, action_dim)
+
+
+def pinned(shape: tuple, dtype) -> np.ndarray:
+    """A numpy view of page-locked host memory (CUDA copies from it run asynchronously)."""
+    return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype,
+                       pin_memory=True).numpy()
+
+
+class PinnedBatch:
+    """The pinned arrays replay batches are sampled into for a learner on a GPU. One set is
+    enough: `update` reads its metrics back (a sync) before the feeder samples again."""
+
+    def __init__(self):
+        self.out: ReplayBatch | None = None
+
+    def arrays(self, buffer, n_batches: int, batch_size: int) -> ReplayBatch:
+        if self.out is None or self.out.rewards.shape != (n_batches, batch_size):
+            self.out = buffer.empty_batch(n_batches, batch_size, pinned)
+        return self.out
+
+
 class ReplayFeeder(Feeder):
     """Steps the envs `algo.n_steps` (= train_freq) times per call, storing every transition.
 
     The first `algo.learning_starts` env steps take uniform random actions; updates start once
     the buffer holds that many transitions (after a resume without a saved buffer, it refills
     first). Its own RNG draws random actions and minibatch indices, so a resume is exact.
+    Batches for an algorithm on a CUDA device are sampled into pinned host memory.
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, algo: OffPolicy, seed: int):
         self.envs, self.n_steps, self.n_envs = envs, algo.n_steps, envs.num_envs
         self.learning_starts = algo.learning_starts
-        obs_dim = int(np.prod(envs.single_observation_space.shape))
-        self.buffer = ReplayBuffer(algo.buffer_size, obs_dim, algo.buffer_action_dim)
+        self.buffer = make_buffer(envs.single_observation_space, algo.buffer_size,
+                                  algo.buffer_action_dim, self.n_envs)
+        device = getattr(algo, "device", None)
+        self.pinned = PinnedBatch() if getattr(device, "type", "cpu") == "cuda" else None
         self.rng = np.random.default_rng(seed + 20_000)
         self.restart_episodes(seed)
         self.env_steps = 0
@@ -99,7 +149,7 @@ class ReplayFeeder(Feeder):
         episodes: Episodes = []
         for t in range(self.n_steps):
             # the envs may reuse their observation array (copy=False): keep our own copy
-            obs = np.array(self.obs, np.float32)
+            obs = np.array(self.obs, self.buffer.obs_dtype)
             if self.env_steps < algo.learning_starts:
                 actions = algo.random_actions(self.n_envs, self.rng)
             else:
@@ -108,18 +158,32 @@ class ReplayFeeder(Feeder):
             dones = terminated | truncated
             stored_next = next_obs
             if dones.any():  # SAME_STEP autoreset: the true successor is in info["final_obs"]
-                stored_next = np.array(next_obs, np.float32)
+                stored_next = np.array(next_obs, self.buffer.obs_dtype)
                 stored_next[dones] = final_observations(info, dones)
             # a time limit is not death: store `terminated` only, so truncated steps bootstrap
-            self.buffer.add(obs, actions, rewards, terminated, stored_next)
+            self._add(obs, actions, rewards, terminated, stored_next)
             self.obs = next_obs
             self.env_steps += self.n_envs
             for _, ret, length in self.tracker.step(rewards, dones):
                 episodes.append(((t + 1) * self.n_envs, ret, length))
-        if self.buffer.size < max(1, algo.learning_starts):
+        if self.buffer.size < max(1, algo.learning_starts, self.buffer.min_size):
             return None, episodes
-        return self.buffer.sample(algo.gradient_steps, algo.batch_size, self.rng,
-                                  self.env_steps), episodes
+        return self._sample(algo.gradient_steps, algo.batch_size), episodes
+
+    def _add(self, *transition) -> None:
+        try:
+            self.buffer.add(*transition)
+        except NotAFrameStack:  # images whose first axis is not a stack of frames
+            log.info("image observations %s are not a stack of frames: the replay buffer keeps "
+                     "whole observations (2 x %d bytes a transition)", self.buffer.obs_shape,
+                     np.prod(self.buffer.obs_shape))
+            self.buffer = self.buffer.to_image_replay()
+            self.buffer.add(*transition)
+
+    def _sample(self, n_batches: int, batch_size: int) -> ReplayBatch:
+        out = None if self.pinned is None else self.pinned.arrays(self.buffer, n_batches,
+                                                                  batch_size)
+        return self.buffer.sample(n_batches, batch_size, self.rng, self.env_steps, out)
 
     def state_dict(self) -> dict:
         """Everything but the buffer, which the trainer saves only when asked (it is large)."""
@@ -137,6 +201,13 @@ class ReplayFeeder(Feeder):
 
     def load_buffer_state(self, state: dict | None, source: str) -> None:
         if state is not None:
+            kind = state.get("kind") if isinstance(state, dict) else None
+            if kind == "images" and isinstance(self.buffer, FrameReplay):  # converted then
+                self.buffer = ImageReplay(self.buffer.capacity, self.buffer.obs_shape,
+                                          self.buffer.action_dim)
+            if kind != getattr(self.buffer, "kind", None):
+                raise ValueError(f"a replay buffer of {kind or 'float rows'} does not fit this "
+                                 f"run's {getattr(self.buffer, 'kind', 'float rows')}")
             self.buffer.load_state_dict(state)
             return
         log.warning("%s holds no replay buffer (trainer.save_replay_buffer=false when it was "

@@ -182,3 +182,17 @@ def test_box_warmup_actions_reach_the_env_in_its_bounds():
     assert (env_actions >= space.low).all() and (env_actions <= space.high).all()
     np.testing.assert_allclose(env_actions.min(0), space.low, atol=0.01)
     np.testing.assert_allclose(env_actions.max(0), space.high, atol=0.01)
+
+
+def test_batches_sampled_into_given_arrays_are_the_same():
+    """The GPU path samples into pinned arrays (`out`), each field contiguous."""
+    buf = ReplayBuffer(50, obs_dim=3, action_dim=2)
+    i = np.arange(30, dtype=np.float32)
+    buf.add(np.repeat(i[:, None], 3, 1), np.stack([i, -i], 1), i, i % 3 == 0,
+            np.repeat(i[:, None], 3, 1) + 0.5)
+    plain = buf.sample(2, 16, np.random.default_rng(3), env_steps=5)
+    out = buf.empty_batch(2, 16)
+    into = buf.sample(2, 16, np.random.default_rng(3), env_steps=5, out=out)
+    assert into.obs is out.obs and into.obs.flags.c_contiguous and into.env_steps == 5
+    for a, b in zip(plain, into):
+        np.testing.assert_array_equal(a, b)
