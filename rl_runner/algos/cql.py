@@ -8,7 +8,8 @@ pushing Q down on actions the dataset does not hold and up on those it does.
   [-1, 1]^A).
 - `DiscreteCQL`: the exact log-sum-exp over all actions of a double-DQN Q-network (qlearn.py),
   whose argmax is the policy (the paper's discrete CQL is on QR-DQN; the SAC learner's entropy
-  bonus, as large as CartPole's reward, held it near the data's policy).
+  bonus, as large as CartPole's reward, held it near the data's policy). On image observations
+  the Q-network is a Nature CNN and an MLP (the encoder and cnn_* keys), on `device`.
 Both are `algo=cql`: CQL.variant_for picks the class for the env's action space, and each takes
 only its own keys. alpha' is `cql_weight`, or with `lagrange=true` it is tuned by dual gradient
 ascent so that the gap stays near `target_gap` (alpha' in [0, 1e6]). `cql_weight=0` gives naive
@@ -22,11 +23,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from rl_runner.algos import image_nets
 from rl_runner.algos.base import to_unit_box
 from rl_runner.algos.contracts import Algorithm, Offline
 from rl_runner.algos.qlearn import QLearner
 from rl_runner.algos.sac import SAC
 from rl_runner.batches import OfflineBatch, ReplayBatch
+from rl_runner.encoders import EncoderKind, make_cnn
 from rl_runner.errors import UserError
 from rl_runner.params import (Activation, Fraction, NonNegativeFloat, PositiveInt,
                                Sizes)
@@ -58,8 +61,8 @@ class ConservativeTerm:
         gap_K = lse_KB.mean(1) - q_KB.mean(1)
         alpha = self.alpha_prime()
         if self.lagrange:  # dual ascent: alpha' grows while the gap exceeds its target
-            dual = -(self.log_alpha_prime.exp().clamp(0.0, ALPHA_PRIME_MAX)
-                     * (gap_K.detach() - self.target_gap)).sum()
+            dual = -(self.log_alpha_prime.exp().clamp(0.0, ALPHA_PRIME_MAX)  # on the CPU
+                     * (gap_K.detach().cpu() - self.target_gap)).sum()
             self.opt.zero_grad()
             dual.backward()
             self.opt.step()
@@ -125,14 +128,18 @@ class ConservativeQLearner(QLearner):
 
 
 def learner_update(learner: ConservativeSAC | ConservativeQLearner, batch: OfflineBatch,
-                   actions_BA: np.ndarray) -> dict[str, float]:
-    """One gradient step of the learner on the dataset rows (actions in its own space)."""
+                   actions_BA: np.ndarray, image: bool = False) -> dict[str, float]:
+    """One gradient step of the learner on the dataset rows (actions in its own space);
+    `image`: the observations go as they are (uint8 images), else flattened to float32."""
     B = len(batch.rewards)
-    replay = ReplayBatch(batch.obs.reshape(1, B, -1).astype(np.float32), actions_BA[None],
+
+    def rows(obs: np.ndarray) -> np.ndarray:
+        return obs[None] if image else obs.reshape(1, B, -1).astype(np.float32)
+
+    replay = ReplayBatch(rows(batch.obs), actions_BA[None],
                          batch.rewards.reshape(1, B).astype(np.float32),
                          batch.terminated.reshape(1, B).astype(np.float32),
-                         batch.next_obs.reshape(1, B, -1).astype(np.float32),
-                         learner.grad_steps)
+                         rows(batch.next_obs), learner.grad_steps)
     metrics = learner.update(replay)
     if "q_data" not in metrics:  # cql_weight=0: still show the Q estimate on dataset actions
         metrics["q_data"] = metrics["qf_values"]
@@ -211,7 +218,10 @@ class CQL(Offline):
 
 
 class DiscreteCQL(Offline):
-    """CQL for Discrete actions on a double-DQN Q-network (built by `algo=cql`)."""
+    """CQL for Discrete actions on a double-DQN Q-network (built by `algo=cql`).
+
+    Discrete-only keys: encoder and cnn_* (a Nature CNN before the Q-network's hidden_sizes for
+    image observations; the keys every image-capable algorithm takes)."""
 
     name = "cql"
     action_spaces = (gym.spaces.Discrete,)
@@ -221,19 +231,29 @@ class DiscreteCQL(Offline):
                  total_steps: int, seed: int = 0, cql_weight: NonNegativeFloat = 5.0,
                  lagrange: bool = False, target_gap: float = 5.0, lr: NonNegativeFloat = 3e-4,
                  gamma: Fraction = 0.99, tau: Fraction = 0.005, hidden_sizes: Sizes = (128, 128),
-                 batch_size: PositiveInt = 256, activation: Activation = "relu"):
+                 batch_size: PositiveInt = 256, activation: Activation = "relu",
+                 encoder: EncoderKind = "auto", cnn_channels: Sizes = (32, 64, 64),
+                 cnn_kernels: Sizes = (8, 4, 3), cnn_strides: Sizes = (4, 2, 1),
+                 cnn_features: PositiveInt = 512, device: torch.device = torch.device("cpu")):
         self.batch_size = batch_size
         self.start = int(action_space.start)
+        spec = image_nets.encoder_spec(encoder, cnn_channels, cnn_kernels, cnn_strides,
+                                       cnn_features)
+        self.image = spec.resolve(observation_space) == "cnn"
         self.term = ConservativeTerm(weight=cql_weight, lagrange=lagrange,
                                      target_gap=target_gap, lr=lr)
         self.learner = ConservativeQLearner(
             term=self.term, obs_dim=int(np.prod(observation_space.shape)),
             n_actions=int(action_space.n), start=self.start, hidden_sizes=hidden_sizes, lr=lr,
-            gamma=gamma, tau=tau, seed=seed, activation=activation)
+            gamma=gamma, tau=tau, seed=seed, activation=activation, device=device,
+            encoder=make_cnn(observation_space, spec) if self.image else None)
 
     @property
     def grad_steps(self) -> int:
         return self.learner.grad_steps
+
+    def preferred_threads(self, cores: int) -> int:
+        return self.learner.preferred_threads(cores)
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         return self.learner.act(obs, deterministic)
@@ -241,7 +261,7 @@ class DiscreteCQL(Offline):
     def update(self, batch: OfflineBatch) -> dict[str, float]:
         # indices from 0, one float column, as the replay buffer stores them
         actions = (np.asarray(batch.actions).reshape(-1, 1) - self.start).astype(np.float32)
-        return learner_update(self.learner, batch, actions)
+        return learner_update(self.learner, batch, actions, self.image)
 
     def state_dict(self) -> dict:
         return {"learner": self.learner.state_dict(), **self.term.state_dict()}

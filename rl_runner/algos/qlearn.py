@@ -3,13 +3,17 @@
 Kumar et al. 2020 run discrete CQL on QR-DQN; a plain Q(s, .) with the double-DQN target
 (van Hasselt et al. 2016), a Huber TD loss and a Polyak-averaged target network is the common
 smaller form. The policy is argmax_a Q(s, a); not deterministic, it samples softmax(Q).
+Given an `encoder` (a Nature CNN for image observations), Q is the MLP over its features, and
+the target network is a copy of both; batches of images stay uint8 until the CNN.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from rl_runner.algos.image_nets import EncodedMLP, obs_tensor, to_cpu
 from rl_runner.algos.twin_critic import PolyakTarget
 from rl_runner.batches import ReplayBatch
 from rl_runner.nets import ParallelMLP
@@ -21,17 +25,21 @@ class QLearner:
     `critic_penalty` to add a term to its loss."""
 
     def __init__(self, *, obs_dim: int, n_actions: int, start: int, hidden_sizes: list[int],
-                 lr: float, gamma: float, tau: float, seed: int, activation: str = "relu"):
+                 lr: float, gamma: float, tau: float, seed: int, activation: str = "relu",
+                 encoder: nn.Module | None = None, device: torch.device = torch.device("cpu")):
         self.start, self.gamma, self.tau = start, gamma, tau
-        self.net = ParallelMLP(obs_dim, list(hidden_sizes), n_actions, k=1,
-                               activation=activation, out_gains=(1.0,))
+        self.image, self.device = encoder is not None, torch.device(device)
+        in_dim = encoder.out_dim if encoder is not None else obs_dim
+        net = ParallelMLP(in_dim, list(hidden_sizes), n_actions, k=1, activation=activation,
+                          out_gains=(1.0,))
+        self.net = (net if encoder is None else EncodedMLP(encoder, net)).to(self.device)
         self.opt = FlatAdam(self.net.parameters(), lr=lr)
         self.target = PolyakTarget(self.net, self.opt, tau)
         self.gen = torch.Generator().manual_seed(seed)
         self.grad_steps = 0
 
     def preferred_threads(self, cores: int) -> int:
-        return 1
+        return cores if self.image else 1
 
     def critic_penalty(self, obs_BD: torch.Tensor, next_obs_BD: torch.Tensor,
                        q_KB: torch.Tensor, q_KBA: torch.Tensor
@@ -43,23 +51,27 @@ class QLearner:
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        q_BA = self.net(torch.from_numpy(np.asarray(obs, np.float32).reshape(len(obs), -1)))[0]
+        # on the CPU from here: the sampling generator is the CPU's, and so are the actions
+        q_BA = self.net(obs_tensor(obs, self.image, self.device))[0].cpu()
         if deterministic:
             return q_BA.argmax(-1).numpy() + self.start
         u = torch.rand(q_BA.shape, generator=self.gen).clamp_(min=1e-20)
         return torch.argmax(q_BA - torch.log(-torch.log(u)), dim=-1).numpy() + self.start
 
     def update(self, batch: ReplayBatch) -> dict[str, float]:
-        """One double-DQN step per minibatch of batch (actions as float indices from 0)."""
+        """One double-DQN step per minibatch of batch (actions as float indices from 0;
+        observations [G, B, D] float32, or [G, B, *image] uint8 with an encoder)."""
         stats, extras = [], []
+        dev = self.device
         for g in range(len(batch.rewards)):
-            obs, next_obs = torch.from_numpy(batch.obs[g]), torch.from_numpy(batch.next_obs[g])
-            actions = torch.from_numpy(batch.actions[g]).long().reshape(1, -1, 1)
+            obs = torch.from_numpy(batch.obs[g]).to(dev)
+            next_obs = torch.from_numpy(batch.next_obs[g]).to(dev)
+            actions = torch.from_numpy(batch.actions[g]).to(dev).long().reshape(1, -1, 1)
             with torch.no_grad():  # the online net picks a', the target net values it
                 best = self.net(next_obs).argmax(-1, keepdim=True)
                 q_next = self.target.net(next_obs).gather(2, best)[0, :, 0]
-                y_B = torch.from_numpy(batch.rewards[g]) + self.gamma * (
-                    1.0 - torch.from_numpy(batch.terminated[g])) * q_next
+                y_B = torch.from_numpy(batch.rewards[g]).to(dev) + self.gamma * (
+                    1.0 - torch.from_numpy(batch.terminated[g]).to(dev)) * q_next
             q_KBA = self.net(obs)
             q_KB = q_KBA.gather(2, actions)[..., 0]
             loss = F.smooth_l1_loss(q_KB[0], y_B)
@@ -78,9 +90,10 @@ class QLearner:
         return metrics
 
     def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "target": self.target.flat.clone(),
-                "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
-                "grad_steps": self.grad_steps}
+        """CPU tensors, wherever the networks are (a GPU run's checkpoint loads on a CPU)."""
+        return to_cpu({"net": self.net.state_dict(), "target": self.target.flat.clone(),
+                       "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
+                       "grad_steps": self.grad_steps})
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])  # in place: the net stays a view of opt's buffer
