@@ -104,9 +104,8 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
     except Exception as e:  # a missing extra (jax, shimmy), an env that fails to start
         extra = missing_extra(env_id, e)
         if extra is not None:
-            raise UserError(f"env.id={env_id} needs the {extra} extra, not installed here: pip "
-                            f"install 'rl-runner[{extra}]' ({type(e).__name__}: "
-                            f"{one_line(e, 120)})") from None
+            raise UserError(f"env.id={env_id} needs the {extra} extra, not installed here "
+                            f"({type(e).__name__}): pip install 'rl-runner[{extra}]'") from None
         raise UserError(f"env.id={env_id} cannot be made here ({type(e).__name__}: "
                         f"{one_line(e, 200)})") from None
     fns = [_EnvFn(env_id, kwargs, atari, training) for _ in range(n_envs)]

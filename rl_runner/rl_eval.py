@@ -4,13 +4,16 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from rl_runner import fileio
-from rl_runner.errors import UserError
+from rl_runner.envs import make_one
+from rl_runner.errors import UserError, one_line
 from rl_runner.evaluation import Evaluator
 from rl_runner.options import Option, run_tool
 from rl_runner.policy import Policy, load_policy
@@ -76,33 +79,25 @@ def write_eval_json(path: Path, result: dict) -> None:
 def record(policy: Policy, folder: Path, episodes: int, seed: int,
            deterministic: bool) -> tuple[dict, list[str]]:
     """Episodes one after another in one rendering env, episode i seeded seed + i (as the
-    evaluator seeds its i-th env, so up to 20 episodes give the numbers of a run without video)."""
-    import gymnasium as gym
-    from gymnasium.error import DependencyNotInstalled
+    evaluator seeds its i-th env, so up to 20 episodes give the numbers of a run without video).
+    On Atari the video shows the game in colour, whole games, one frame per agent step played
+    at the game's speed (RecordVideo sits right above AtariPreprocessing)."""
+    from rl_runner.atari import ATARI_FPS, atari_options
 
-    from rl_runner.envs import make_one
-
-    try:
-        env = make_one(policy.env_id, {**policy.env_kwargs, "render_mode": "rgb_array"})
-    except Exception as e:
-        raise UserError(f"{policy.env_id} cannot render rgb_array frames for video ({e})") from None
-    if "rgb_array" not in env.metadata.get("render_modes", []):
-        env.close()
-        raise UserError(f"{policy.env_id} cannot render rgb_array frames for video; its render "
-                        f"modes: {', '.join(env.metadata.get('render_modes', [])) or 'none'}")
+    options = policy.env_options
+    atari = atari_options(options["atari"])
+    fps = max(1, round(ATARI_FPS / atari["frame_skip"])) if atari else None
     prefix = f"{policy.checkpoint.stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    kwargs = {**options["kwargs"], "render_mode": "rgb_array"}
     try:
-        with fileio.writing(folder):
-            env = gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True,
-                                           name_prefix=prefix, disable_logger=True)  # makes folder
-            fileio.check_writable(folder)  # before the episodes, not after them
-    except DependencyNotInstalled:
-        env.close()
-        raise UserError("video=true needs moviepy: pip install -c constraints.txt -e "
-                        "'.[video]'") from None
+        env = make_one(policy.env_id, kwargs, options["atari"], training=False,
+                       record=lambda base: video_wrapper(base, policy.env_id, folder, prefix, fps))
     except UserError:
-        env.close()
         raise
+    except Exception as e:
+        raise UserError(f"{policy.env_id} cannot render rgb_array frames for video "
+                        f"({type(e).__name__}: {one_line(e, 200)}){render_hint(policy.env_id)}") \
+            from None
     returns, lengths = [], []
     with fileio.writing(folder), contextlib.closing(env):  # mp4s are written as episodes end
         for i in range(episodes):
@@ -117,6 +112,48 @@ def record(policy: Policy, folder: Path, episodes: int, seed: int,
     videos = sorted(str(p) for p in folder.glob(f"{prefix}-episode-*.mp4"))
     return ({"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
              "length_mean": float(np.mean(lengths)), "episodes": episodes}, videos)
+
+
+def video_wrapper(env: gym.Env, env_id: str, folder: Path, prefix: str,
+                  fps: int | None) -> gym.Env:
+    """RecordVideo on `env`, which must render rgb_array frames; every episode an mp4."""
+    from gymnasium.error import DependencyNotInstalled
+
+    if "rgb_array" not in env.metadata.get("render_modes", []):
+        env.close()
+        raise UserError(f"{env_id} cannot render rgb_array frames for video; its render "
+                        f"modes: {', '.join(env.metadata.get('render_modes', [])) or 'none'}")
+    try:  # MuJoCo makes its OpenGL context at the first frame: fail here, not in episode 1
+        env.reset(seed=0)
+        env.render()
+    except Exception as e:
+        env.close()
+        raise UserError(f"{env_id} cannot render rgb_array frames for video "
+                        f"({type(e).__name__}: {one_line(e, 200)}){render_hint(env_id)}") \
+            from None
+    try:
+        with fileio.writing(folder):
+            env = gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True,
+                                           name_prefix=prefix, disable_logger=True,
+                                           fps=fps)  # makes folder
+            fileio.check_writable(folder)  # before the episodes, not after them
+    except DependencyNotInstalled:
+        env.close()
+        raise UserError("video=true needs moviepy: pip install -c constraints.txt -e "
+                        "'.[video]'") from None
+    except UserError:
+        env.close()
+        raise
+    return env
+
+
+def render_hint(env_id: str) -> str:
+    """MuJoCo draws through OpenGL: on a machine without a display it needs MUJOCO_GL."""
+    entry = str(gym.spec(env_id.split(":")[-1]).entry_point)
+    if entry.startswith("gymnasium.envs.mujoco") and not os.environ.get("MUJOCO_GL"):
+        return ("; without a display MuJoCo renders with MUJOCO_GL=egl (a GPU's EGL) or "
+                "MUJOCO_GL=osmesa (CPU, needs libosmesa6)")
+    return ""
 
 
 def main(argv: list[str] | None = None) -> None:

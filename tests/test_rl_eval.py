@@ -80,7 +80,39 @@ class NoFrames(gym.Env):
 def test_an_env_that_cannot_render_is_a_clear_error(tmp_path):
     gym.register("NoFrames-v0", entry_point=NoFrames)
     policy = types.SimpleNamespace(env_id="NoFrames-v0", env_kwargs={},
+                                   env_options={"kwargs": {}, "atari": None},
                                    checkpoint=tmp_path / "best.pt")
     with pytest.raises(UserError, match="NoFrames-v0 cannot render rgb_array"):
         record(policy, tmp_path / "videos", 1, 0, True)
     assert not (tmp_path / "videos").exists()
+
+
+def test_an_atari_video_shows_whole_games_in_colour_with_the_real_score(tmp_path):
+    """The recording path rl-eval video=true takes, with a policy that never moves (FIRE after
+    each lost life is the wrappers'); its score is the evaluator's for the same seed."""
+    pytest.importorskip("ale_py")
+    from moviepy import VideoFileClip
+
+    from rl_runner.evaluation import Evaluator
+
+    def noop(obs, deterministic=True):
+        assert obs.shape == (1, 4, 84, 84) and obs.dtype == np.uint8  # what the policy sees
+        return np.zeros(len(obs), np.int64)
+
+    atari = {"frame_skip": 4, "episodic_life": True, "clip_reward": True}  # training-only keys
+    policy = types.SimpleNamespace(env_id="BreakoutNoFrameskip-v4", env_kwargs={},
+                                   env_options={"kwargs": {}, "atari": atari}, act=noop,
+                                   checkpoint=tmp_path / "best.pt")
+    result, videos = record(policy, tmp_path / "videos", 1, 7, True)
+    evaluator = Evaluator("BreakoutNoFrameskip-v4", 1, 7, atari=atari)
+    plain = evaluator.run(noop)
+    evaluator.close()
+    assert result["return_mean"] == plain["return_mean"]
+    assert result["length_mean"] == plain["length_mean"] > 50  # five lives, not one
+    assert len(videos) == 1
+    with VideoFileClip(videos[0]) as clip:
+        assert clip.fps == 15  # one frame per agent step, 4 game frames each: the game's speed
+        frames = np.stack(list(clip.iter_frames()))
+    assert frames.shape[1:] == (210, 160, 3)  # the game's own screen, not the 84x84 grey input
+    assert len(frames) >= result["length_mean"]
+    assert np.abs(frames[..., 0].astype(int) - frames[..., 2]).max() > 50  # in colour
