@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rl_runner.encoders import EncoderSpec, make_cnn
+
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 LOG_2PI = math.log(2 * math.pi)
 
@@ -56,7 +58,8 @@ class ActionDist:
     """Categorical (Discrete) or diagonal Gaussian with state-independent log-std (Box).
 
     Plain tensor math instead of torch.distributions: no argument validation, no object per call.
-    For algorithms that need torch autograd through it; pg and ppo use the numpy twin in heads.py.
+    For the losses that torch autograd differentiates (the torch path of pg, ppo and trpo); the
+    numpy path uses its twin in heads.py.
     """
 
     def __init__(self, action_space: gym.Space):
@@ -122,3 +125,58 @@ class ActorCritic(nn.Module):
         """Actor output (logits or mean) [B, A] and value [B]."""
         out = self.body(obs_BD)
         return out[0], out[1, :, 0]
+
+    def policy_out(self, obs_BD: torch.Tensor) -> torch.Tensor:
+        return self.body(obs_BD)[0]  # the stacked layers compute the critic alongside
+
+    def value_out(self, obs_BD: torch.Tensor) -> torch.Tensor:
+        return self.body(obs_BD)[1, :, 0]
+
+    def actor_elements(self) -> list[tuple[int, int]]:
+        """Per parameter (in `parameters()` order): the range of its flattened elements that
+        belong to the actor. Row 0 of each stacked ParallelMLP tensor is the actor's."""
+        stacked = {id(p) for p in self.body.parameters()}
+        return [(0, p.numel() // self.body.k) if id(p) in stacked else (0, p.numel())
+                for p in self.parameters()]
+
+
+class CnnActorCritic(nn.Module):
+    """A Nature CNN encoder under a linear actor head (gain 0.01) and a linear critic head (gain
+    1), as SB3's CnnPolicy and CleanRL's Atari PPO; same outputs as ActorCritic.
+
+    `shared=False` gives the critic its own encoder: trpo's value fit must not move the policy
+    outside the trust region its natural-gradient step keeps.
+    """
+
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, spec: EncoderSpec,
+                 log_std_init: float = 0.0, shared: bool = True):
+        super().__init__()
+        self.dist = ActionDist(action_space)
+        self.encoder = make_cnn(obs_space, spec)
+        self.critic_encoder = None if shared else make_cnn(obs_space, spec)
+        self.actor = nn.Linear(self.encoder.out_dim, self.dist.n_out)
+        self.critic = nn.Linear(self.encoder.out_dim, 1)
+        for head, gain in ((self.actor, 0.01), (self.critic, 1.0)):
+            nn.init.orthogonal_(head.weight, gain)
+            nn.init.zeros_(head.bias)
+        self.log_std = None if self.dist.discrete else nn.Parameter(
+            torch.full((self.dist.n_out,), float(log_std_init)))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(obs)
+        h_critic = h if self.critic_encoder is None else self.critic_encoder(obs)
+        return self.actor(h), self.critic(h_critic)[:, 0]
+
+    def policy_out(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(self.encoder(obs))
+
+    def value_out(self, obs: torch.Tensor) -> torch.Tensor:
+        encoder = self.encoder if self.critic_encoder is None else self.critic_encoder
+        return self.critic(encoder(obs))[:, 0]
+
+    def actor_elements(self) -> list[tuple[int, int]]:
+        """As ActorCritic.actor_elements: with a shared encoder the encoder counts as the
+        actor's too."""
+        critic = {id(p) for m in (self.critic, self.critic_encoder) if m is not None
+                  for p in m.parameters()}
+        return [(0, 0) if id(p) in critic else (0, p.numel()) for p in self.parameters()]

@@ -54,7 +54,9 @@ class RolloutCollector(Feeder):
 
     def _alloc(self, policy_obs: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
         T, N = self.n_steps, self.n_envs
-        return {"obs": np.zeros((T, *policy_obs.shape), np.float32),
+        # the dtype the algorithm hands over: float32 vectors, or uint8 images (a quarter of
+        # the memory; the CNN scales them)
+        return {"obs": np.zeros((T, *policy_obs.shape), policy_obs.dtype),
                 "actions": np.zeros((T, *actions.shape), actions.dtype),
                 **{k: np.zeros((T, N), np.float32)
                    for k in ("log_probs", "values", "rewards", "next_values")},

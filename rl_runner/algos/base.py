@@ -6,19 +6,39 @@ its networks, optimizers, normalizer statistics and the update math. `update` re
 """
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import gymnasium as gym
 import numpy as np
+import torch
 
 from rl_runner.batches import Rollout
+from rl_runner.algos import torch_onpolicy
 from rl_runner.algos.contracts import OffPolicy, OnPolicy
+from rl_runner.encoders import EncoderKind, EncoderSpec
 from rl_runner.errors import UserError
 from rl_runner.heads import make_head
 from rl_runner.kernels import MLPKernel
-from rl_runner.nets import ActorCritic
+from rl_runner.nets import ActorCritic, CnnActorCritic
 from rl_runner.normalize import ObsNormalizer, RewardScaler
 from rl_runner.optim import FlatAdam
 from rl_runner.params import (Activation, Fraction, NonNegativeFloat, NonNegativeInt,
                                PositiveInt, Sizes)
+
+
+Backend = Literal["auto", "numpy", "torch"]
+
+
+def resolve_backend(backend: str, encoder: str, device: torch.device) -> str:
+    """'numpy' or 'torch'. auto: the numpy kernels for MLPs on the CPU (faster there for small
+    networks), torch autograd for a CNN or a GPU, which the numpy kernels cannot run."""
+    if backend == "auto":
+        return "numpy" if encoder == "mlp" and device.type == "cpu" else "torch"
+    if backend == "numpy" and (encoder == "cnn" or device.type != "cpu"):
+        what = "a CNN encoder (image observations)" if encoder == "cnn" else f"device {device}"
+        raise UserError(f"algo.backend=numpy runs MLPs on the CPU only, not {what}; "
+                        "allowed here: auto, torch")
+    return backend
 
 
 def gae(rewards_TN: np.ndarray, values_TN: np.ndarray, next_values_TN: np.ndarray,
@@ -39,11 +59,16 @@ def gae(rewards_TN: np.ndarray, values_TN: np.ndarray, next_values_TN: np.ndarra
 
 
 class OnPolicyAlgorithm(OnPolicy):
-    """Shared by pg and ppo: actor-critic networks, acting, normalisers, optimizer and state.
+    """Shared by pg, ppo and trpo: actor-critic networks, acting, normalisers, optimizer, state.
 
-    The networks are torch modules (the model of record, saved in checkpoints); acting and the
-    gradient steps run through numpy kernels on the same parameter memory (see kernels.py).
+    The networks are torch modules (the model of record, saved in checkpoints). Two paths
+    compute the gradients: numpy kernels on the same parameter memory (kernels.py; fastest for
+    small MLPs on a CPU) or torch autograd (torch_onpolicy.py; images, GPUs). `backend` picks
+    one; both share the network, FlatAdam, the numpy action sampling and the numpy RNG, so a
+    checkpoint of either loads in the other.
     """
+
+    shared_encoder: ClassVar[bool] = True  # a CNN encoder shared by actor and critic
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
                  total_steps: int, seed: int = 0, lr: NonNegativeFloat = 3e-4,
@@ -52,23 +77,43 @@ class OnPolicyAlgorithm(OnPolicy):
                  log_std_init: float = 0.0, normalize_obs: bool = False,
                  normalize_reward: bool = False, max_grad_norm: NonNegativeFloat = 0.5,
                  anneal_lr: bool = False, ent_coef: NonNegativeFloat = 0.0,
-                 vf_coef: NonNegativeFloat = 0.5, norm_adv: bool = True):
+                 vf_coef: NonNegativeFloat = 0.5, norm_adv: bool = True,
+                 backend: Backend = "auto", encoder: EncoderKind = "auto",
+                 cnn_channels: Sizes = (32, 64, 64), cnn_kernels: Sizes = (8, 4, 3),
+                 cnn_strides: Sizes = (4, 2, 1), cnn_features: PositiveInt = 512,
+                 device: torch.device = torch.device("cpu")):
         self.n_steps, self.n_envs, self.total_steps = n_steps, n_envs, total_steps
         self.lr, self.gamma, self.anneal_lr = lr, gamma, anneal_lr
         self.max_grad_norm, self.ent_coef, self.vf_coef = max_grad_norm, ent_coef, vf_coef
         self.norm_adv = norm_adv
-        obs_dim = int(np.prod(observation_space.shape))
-        self.net = ActorCritic(obs_dim, action_space, list(hidden_sizes), activation, log_std_init)
+        self.device = torch.device(device)
+        spec = EncoderSpec(encoder, tuple(cnn_channels), tuple(cnn_kernels), tuple(cnn_strides),
+                           cnn_features)
+        self.encoder = spec.resolve(observation_space)
+        self.backend = resolve_backend(backend, self.encoder, self.device)
+        if self.encoder == "cnn" and normalize_obs:
+            raise UserError("algo.normalize_obs=true is for vector observations; the CNN scales "
+                            "the env's uint8 images to [0, 1] itself; allowed with images: false")
+        if self.encoder == "cnn":
+            net = CnnActorCritic(observation_space, action_space, spec, log_std_init,
+                                 shared=self.shared_encoder)
+        else:
+            net = ActorCritic(int(np.prod(observation_space.shape)), action_space,
+                              list(hidden_sizes), activation, log_std_init)
+        self.net = net.to(self.device)
         self.head = make_head(action_space)
         self.optimizer = FlatAdam(self.net.parameters(), lr=lr, eps=1e-5)
-        # after FlatAdam: the kernel's views must point into the optimizer's flat buffers
-        self.kernel = MLPKernel(self.net.body)
-        self._grad_ws = [w.grad.numpy() for w in self.net.body.weights]
-        self._grad_bs = [b.grad.numpy() for b in self.net.body.biases]
         has_std = self.net.log_std is not None
-        self.log_std = self.net.log_std.detach().numpy() if has_std else None
-        self._grad_log_std = self.net.log_std.grad.numpy() if has_std else None
-        self._grad_out: dict[int, np.ndarray] = {}
+        on_cpu = self.device.type == "cpu"  # numpy views of the parameters exist there only
+        self.log_std = self.net.log_std.detach().numpy() if has_std and on_cpu else None
+        self.kernel: MLPKernel | None = None
+        if self.backend == "numpy":
+            # after FlatAdam: the kernel's views must point into the optimizer's flat buffers
+            self.kernel = MLPKernel(self.net.body)
+            self._grad_ws = [w.grad.numpy() for w in self.net.body.weights]
+            self._grad_bs = [b.grad.numpy() for b in self.net.body.biases]
+            self._grad_log_std = self.net.log_std.grad.numpy() if has_std else None
+            self._grad_out: dict[int, np.ndarray] = {}
         self.rng = np.random.default_rng(seed)
         self.obs_norm = ObsNormalizer(observation_space.shape, normalize_obs)
         self.reward_scaler = RewardScaler(n_envs, gamma, normalize_reward)
@@ -77,31 +122,62 @@ class OnPolicyAlgorithm(OnPolicy):
         self.env_steps = 0
         self.grad_steps = 0
 
+    def preferred_threads(self, cores: int) -> int:
+        """A CNN on the CPU has convolutions large enough to use every core."""
+        return cores if self.encoder == "cnn" and self.device.type == "cpu" else 1
+
     # ---- acting -------------------------------------------------------------------------------
     def _to_env(self, actions: np.ndarray) -> np.ndarray:
         # the env gets clipped actions; the log-prob stays that of the raw sample
         return actions if self.head.discrete else np.clip(actions, self.low, self.high)
 
     def forward(self, policy_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Actor output [B, A] and value [B]: views into work arrays reused by the next call."""
+        """Actor output [B, A] and value [B] by the numpy kernel (numpy path): views into work
+        arrays reused by the next call."""
         out_KBA = self.kernel.forward(policy_obs.reshape(len(policy_obs), -1))
         return out_KBA[0], out_KBA[1, :, 0]
 
+    def policy_obs(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
+        """What the networks take: normalised float32 vectors, or the env's uint8 images."""
+        return np.asarray(obs) if self.encoder == "cnn" else self.obs_norm(obs, update=update)
+
+    def outputs(self, policy_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Actor output [B, A] and value [B] as numpy arrays, on either path. The torch path
+        copies them to the host in one piece: the numpy head samples from them there, so
+        sampling uses the same numpy RNG on every backend and device."""
+        if self.kernel is not None:
+            return self.forward(policy_obs)
+        with torch.inference_mode():
+            out, v = self.net(self.obs_tensor(policy_obs))
+            both = torch.cat([out, v[:, None]], 1).cpu().numpy()
+        return both[:, :-1], both[:, -1]
+
+    def obs_tensor(self, policy_obs: np.ndarray) -> torch.Tensor:
+        """Observations on the device in the network's layout; images stay uint8 (the CNN
+        scales them), so a quarter of float32's bytes are copied."""
+        x = torch.as_tensor(policy_obs, device=self.device)
+        return x if self.encoder == "cnn" else x.reshape(len(x), -1)
+
+    def host_log_std(self) -> np.ndarray | None:
+        if self.log_std is not None or self.net.log_std is None:
+            return self.log_std
+        return self.net.log_std.detach().cpu().numpy()
+
     def explore(self, obs: np.ndarray) -> tuple[np.ndarray, ...]:
         """Sample actions for a rollout: (env_actions, actions, log_probs, values, policy_obs)."""
-        policy_obs = self.obs_norm(obs, update=True)
-        out, value = self.forward(policy_obs)
-        actions, logp = self.head.sample(out, self.log_std, self.rng)
+        policy_obs = self.policy_obs(obs, update=True)
+        out, value = self.outputs(policy_obs)
+        actions, logp = self.head.sample(out, self.host_log_std(), self.rng)
         return self._to_env(actions), actions, logp, value.copy(), policy_obs
 
     def value(self, obs: np.ndarray) -> np.ndarray:
-        return self.forward(self.obs_norm(obs))[1].copy()
+        return self.outputs(self.policy_obs(obs))[1].copy()
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        out, _ = self.forward(self.obs_norm(obs))
+        out, _ = self.outputs(self.policy_obs(obs))
         if deterministic:
             return self._to_env(self.head.mode(out))
-        return self._to_env(self.head.sample(out, self.log_std, self.rng)[0])
+        return self._to_env(self.head.sample(out, self.host_log_std(), self.rng)[0])
 
     # ---- learning helpers ---------------------------------------------------------------------
     def progress(self) -> float:
@@ -140,9 +216,13 @@ class OnPolicyAlgorithm(OnPolicy):
         minibatches of (obs, actions) (actions as the policy samples them); the last loss.
         grad_steps counts the learner's own steps only; Adam's moments carry over."""
         shape = self.obs_norm.rms.mean.shape
-        obs = self.obs_norm(obs.reshape(len(obs), *shape), update=True)  # the data's statistics
-        obs = obs.reshape(len(obs), -1)
+        obs = self.policy_obs(obs.reshape(len(obs), *shape), update=True)  # the data's statistics
         grad_steps = self.grad_steps
+        if self.backend == "torch":
+            loss = torch_onpolicy.clone(self, obs, actions, steps, min(batch_size, len(obs)), rng)
+            self.grad_steps = grad_steps
+            return loss
+        obs = obs.reshape(len(obs), -1)
         zero_v = np.zeros(min(batch_size, len(obs)), np.float32)
         loss = float("nan")
         for _ in range(steps):

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from rl_runner.algos.base import OnPolicyAlgorithm, explained_variance
+from rl_runner.algos.torch_onpolicy import optimizer_step, rollout_tensors
 from rl_runner.batches import Rollout
 from rl_runner.params import NonNegativeInt
 
@@ -32,6 +34,10 @@ class PolicyGradient(OnPolicyAlgorithm):
         adv, ret = adv_TN.reshape(size), ret_TN.reshape(size).astype(np.float32)
         if self.norm_adv and size > 1:
             adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
+        metrics = {"learning_rate": lr,
+                   "explained_variance": explained_variance(batch.values.ravel(), ret_TN.ravel())}
+        if self.backend == "torch":
+            return {**self._update_torch(batch, adv, ret_TN), **metrics}
 
         # loss = -mean(logp A) - ent_coef mean(entropy) + vf_coef mean((V - R)^2)
         out, v = self.forward(obs)
@@ -44,6 +50,17 @@ class PolicyGradient(OnPolicyAlgorithm):
         for _ in range(self.value_steps):
             err = self.forward(obs)[1] - ret
             self.gradient_step(None, None, err * (2.0 * self.vf_coef / size))
-        return {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": ent,
-                "learning_rate": lr,
-                "explained_variance": explained_variance(batch.values.ravel(), ret_TN.ravel())}
+        return {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": ent, **metrics}
+
+    def _update_torch(self, batch: Rollout, adv: np.ndarray, ret_TN: np.ndarray) -> dict:
+        """The same step by torch autograd (the torch path: images, GPUs)."""
+        t = rollout_tensors(self, batch, adv, ret_TN)
+        net = self.net
+        out, v = net(t.obs)
+        logp, entropy = net.dist.log_prob_entropy(out, net.log_std, t.actions)
+        pg_loss, v_loss, ent = -(logp * t.adv).mean(), (v - t.ret).pow(2).mean(), entropy.mean()
+        optimizer_step(self, pg_loss + self.vf_coef * v_loss - self.ent_coef * ent)
+        for _ in range(self.value_steps):
+            optimizer_step(self, self.vf_coef * (net.value_out(t.obs) - t.ret).pow(2).mean())
+        values = torch.stack([pg_loss, v_loss, ent]).detach().tolist()
+        return dict(zip(("policy_loss", "value_loss", "entropy"), values))

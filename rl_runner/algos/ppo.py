@@ -5,6 +5,7 @@ from typing import Literal
 
 import numpy as np
 
+from rl_runner.algos import ppo_torch
 from rl_runner.algos.base import OnPolicyAlgorithm, explained_variance
 from rl_runner.batches import Rollout
 from rl_runner.errors import UserError
@@ -33,9 +34,14 @@ class PPO(OnPolicyAlgorithm):
         self.kl_early_stop, self.objective = kl_early_stop, objective
         self.kl_penalty_target, self.kl_beta = kl_penalty_target, kl_beta
 
+    def current_clip(self) -> float:
+        return self.clip_coef * (1.0 - self.progress()) if self.anneal_clip else self.clip_coef
+
     def update(self, batch: Rollout) -> dict[str, float]:
+        if self.backend == "torch":
+            return ppo_torch.update(self, batch)
         lr = self.current_lr()
-        clip = self.clip_coef * (1.0 - self.progress()) if self.anneal_clip else self.clip_coef
+        clip = self.current_clip()
         adv_TN, ret_TN = self.advantages(batch, self.gae_lambda)
         self.env_steps += adv_TN.size
 
@@ -141,9 +147,12 @@ class PPO(OnPolicyAlgorithm):
 
     def _adapt_beta(self, obs: np.ndarray, actions: np.ndarray, old_out: np.ndarray,
                     old_log_std: np.ndarray | None) -> dict[str, float]:
-        """Adaptive KL penalty coefficient, PPO paper sec. 4: halve or double beta."""
         kl = float(self.head.evaluate(self.forward(obs)[0], self.log_std, actions, old_out,
                                       old_log_std)[2].mean())
+        return self.adapt_beta(kl)
+
+    def adapt_beta(self, kl: float) -> dict[str, float]:
+        """Adaptive KL penalty coefficient, PPO paper sec. 4: halve or double beta."""
         if kl > 1.5 * self.kl_penalty_target:
             self.kl_beta *= 2.0
         elif kl < self.kl_penalty_target / 1.5:

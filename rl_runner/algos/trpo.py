@@ -6,6 +6,7 @@ forward-mode and one backward pass of the numpy kernel each, so F is never forme
 scaled to the KL radius, and a backtracking line search that keeps the step only if the
 surrogate improves and the KL stays within the limit. The value function is fitted
 separately by Adam over minibatches, as in sb3-contrib's TRPO.
+The torch path (images, GPUs) computes the same step by autograd: trpo_torch.py.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import math
 from typing import Annotated, Callable, NamedTuple
 
 import numpy as np
+import torch
 
 from rl_runner.algos.base import OnPolicyAlgorithm, explained_variance
+from rl_runner.algos.trpo_torch import TorchTRPO, all_finite
 from rl_runner.batches import Rollout
 from rl_runner.errors import UserError
 from rl_runner.heads import log_softmax
@@ -29,12 +32,13 @@ def conjugate_gradient(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray
                        tol: float = 1e-10) -> np.ndarray:
     """Approximate solution of A x = b for symmetric positive-definite A, given only x -> A x.
 
-    Hestenes & Stiefel (1952); TRPO paper appendix C. Runs in float64: the damped Fisher can be
-    badly conditioned and the vectors are small. Stops early when |r|^2 <= tol.
+    Hestenes & Stiefel (1952); TRPO paper appendix C. numpy arrays or torch tensors; the
+    callers pass float64: the damped Fisher can be badly conditioned and the vectors are small.
+    Stops early when |r|^2 <= tol.
     """
-    x = np.zeros(len(b), np.float64)
-    r = np.array(b, np.float64)  # residual b - A x at x = 0
-    p = r.copy()
+    x = b * 0.0
+    r = b * 1.0  # residual b - A x at x = 0 (a copy)
+    p = r * 1.0
     rr = float(r @ r)
     for _ in range(iters):
         if rr <= tol:
@@ -52,8 +56,13 @@ def conjugate_gradient(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray
     return x
 
 
+def host(a) -> np.ndarray:
+    return a.cpu().numpy() if isinstance(a, torch.Tensor) else a
+
+
 class PolicyBatch(NamedTuple):
-    """A rollout flattened for the policy step, with the pre-update policy's outputs on it."""
+    """A rollout flattened for the policy step, with the pre-update policy's outputs on it
+    (numpy arrays on the numpy path, device tensors on the torch path)."""
 
     obs: np.ndarray
     actions: np.ndarray
@@ -81,6 +90,8 @@ class TRPO(OnPolicyAlgorithm):
     """
 
     name = "trpo"
+    # images: the critic gets its own CNN, so that fitting the value cannot move the policy
+    shared_encoder = False
 
     def __init__(self, *, max_kl: PositiveFloat = 0.01, cg_max_steps: PositiveInt = 15,
                  cg_damping: NonNegativeFloat = 0.1,
@@ -97,6 +108,16 @@ class TRPO(OnPolicyAlgorithm):
         self.max_kl, self.cg_max_steps, self.cg_damping = max_kl, cg_max_steps, cg_damping
         self.shrink, self.max_iter = line_search_shrinking_factor, line_search_max_iter
         self.value_epochs, self.batch_size, self.gae_lambda = value_epochs, batch_size, gae_lambda
+        self.policy_updates = 0  # line-search bookkeeping, checkpointed: "how often" in the logs
+        self.rejected_steps = 0
+        self.shrunk_steps = 0
+        # the torch path (images, GPUs) has its own twins of the steps below
+        self._torch = TorchTRPO(self) if self.backend == "torch" else None
+        if self._torch is None:
+            self._numpy_setup()
+
+    def _numpy_setup(self) -> None:
+        """The numpy path's actor leaves and kernels (views into FlatAdam's buffers)."""
         self._make_actor_leaves()
         # the policy step's forward, Jacobian-vector and backward passes: the actor (row 0) alone
         self._actor_kernel = MLPKernel(self.net.body, members=slice(0, 1))
@@ -108,9 +129,6 @@ class TRPO(OnPolicyAlgorithm):
         self._critic_grads = ([g[1:2] for g in self._grad_ws], [g[1:2] for g in self._grad_bs])
         self._actor_grads = [g[0] for g in self._grad_ws + self._grad_bs]
         self._value_grad_out: dict[int, np.ndarray] = {}
-        self.policy_updates = 0  # line-search bookkeeping, checkpointed: "how often" in the logs
-        self.rejected_steps = 0
-        self.shrunk_steps = 0
 
     def _make_actor_leaves(self) -> None:
         """The actor's parameters (row 0 of each ParallelMLP tensor, and the log-std) as views of
@@ -136,19 +154,20 @@ class TRPO(OnPolicyAlgorithm):
     # ---- the update ---------------------------------------------------------------------------
     def update(self, batch: Rollout) -> dict[str, float]:
         lr = self.current_lr()
-        pb, ret = self.policy_batch(batch)
+        path = self if self._torch is None else self._torch
+        pb, ret = path.policy_batch(batch)
         self.env_steps += len(ret)
         result = self.policy_step(pb)
-        value_loss = self.fit_value(pb.obs, ret)
+        value_loss = path.fit_value(pb.obs, ret)
         metrics = {"surrogate": result.surrogate, "kl": result.kl, "value_loss": value_loss,
                    "entropy": result.entropy,
                    "charts/line_search_steps": float(result.shrinks),
                    "charts/line_search_rejected": float(not result.accepted),
                    "charts/line_search_reject_rate": self.rejected_steps / self.policy_updates,
-                   "explained_variance": explained_variance(batch.values.ravel(), ret),
+                   "explained_variance": explained_variance(batch.values.ravel(), host(ret)),
                    "learning_rate": lr}
-        if self.log_std is not None:
-            metrics["charts/action_std"] = float(np.exp(self.log_std).mean())
+        if self.net.log_std is not None:
+            metrics["charts/action_std"] = float(self.net.log_std.detach().exp().mean())
         return metrics
 
     def summary(self) -> str:
@@ -160,30 +179,35 @@ class TRPO(OnPolicyAlgorithm):
                 f"{self.shrunk_steps} ({100 * self.shrunk_steps / n:.0f}%), rejected "
                 f"{self.rejected_steps} ({100 * self.rejected_steps / n:.0f}%)")
 
-    def policy_batch(self, batch: Rollout) -> tuple[PolicyBatch, np.ndarray]:
-        """The rollout flattened, with GAE advantages (standardised) and value targets."""
+    def advantages_and_returns(self, batch: Rollout) -> tuple[np.ndarray, np.ndarray]:
+        """GAE advantages (standardised) and value targets, flat float32 [T * N]."""
         adv_TN, ret_TN = self.advantages(batch, self.gae_lambda)
-        size = adv_TN.size
+        adv = adv_TN.reshape(-1)
+        if self.norm_adv and adv.size > 1:
+            adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
+        return adv.astype(np.float32), ret_TN.reshape(-1).astype(np.float32)
+
+    def policy_batch(self, batch: Rollout) -> tuple[PolicyBatch, np.ndarray]:
+        """The rollout flattened, with the advantages, and the value targets."""
+        adv, ret = self.advantages_and_returns(batch)
+        size = adv.size
         obs = batch.obs.reshape(size, -1)
         actions = batch.actions.reshape(size, *batch.actions.shape[2:])
-        adv = adv_TN.reshape(size)
-        if self.norm_adv and size > 1:
-            adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
         old_out = self.forward(obs)[0].copy()
         old_log_std = None if self.log_std is None else self.log_std.copy()
-        pb = PolicyBatch(obs, actions, batch.log_probs.reshape(size), adv.astype(np.float32),
-                         old_out, old_log_std)
-        return pb, ret_TN.reshape(size).astype(np.float32)
+        return PolicyBatch(obs, actions, batch.log_probs.reshape(size), adv, old_out,
+                           old_log_std), ret
 
     def policy_step(self, pb: PolicyBatch) -> LineSearch:
         """One natural-gradient step on the actor, at most KL = max_kl from the old policy."""
-        g, fvp = self.surrogate_gradient_and_fvp(pb)
+        path = self if self._torch is None else self._torch
+        g, fvp = path.surrogate_gradient_and_fvp(pb)
         x = conjugate_gradient(fvp, g, self.cg_max_steps)  # x ~ (F + damping I)^-1 g
         # the step beta x that puts the quadratic KL model on the boundary:
         # 1/2 beta^2 x^T A x = delta, so beta = sqrt(2 delta / x^T A x) (paper appendix C)
-        x_ax = float(x @ fvp(x)) if np.all(np.isfinite(x)) else math.nan
+        x_ax = float(x @ fvp(x)) if all_finite(x) else math.nan
         scale = math.sqrt(2.0 * self.max_kl / x_ax) if x_ax > 0 else 0.0
-        result = self.line_search(pb, (scale * x).astype(np.float32))
+        result = path.line_search(pb, scale * x)
         self.policy_updates += 1
         self.rejected_steps += not result.accepted
         self.shrunk_steps += result.accepted and result.shrinks > 0
@@ -247,6 +271,7 @@ class TRPO(OnPolicyAlgorithm):
         """Try theta_old + shrink^i full_step for i = 0, 1, ...; keep the first that raises the
         surrogate with KL <= max_kl, else restore theta_old (paper sec. 6, appendix C)."""
         flat, idx = self._flat_np, self._actor_idx
+        full_step = full_step.astype(np.float32)
         theta_old = flat[idx]  # a copy (fancy indexing)
         surrogate_old, _, entropy_old = self._evaluate(pb, pb.old_out)
         coef = 1.0
