@@ -110,11 +110,29 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
                         f"{one_line(e, 200)})") from None
     fns = [_EnvFn(env_id, kwargs, atari, training) for _ in range(n_envs)]
     if vectorization == "async":
-        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
-    if vectorization != "sync":
+        envs = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
+    elif vectorization == "sync":
+        # copy=False: the feeder copies observations into its own buffers anyway
+        envs = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
+    else:
         raise UserError(f"env.vectorization={vectorization!r} is not known; allowed: sync, async")
-    # copy=False: the feeder copies observations into its own buffers anyway
-    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
+    envs.whole_games = atari is not None  # game_ends below
+    return envs
+
+
+def game_ends(envs: gym.vector.VectorEnv, info: dict) -> list[tuple[int, float, int]] | None:
+    """On Atari (env.atari set), the whole games that ended this step: (env index, real score,
+    length in agent steps, FIRE and no-op steps of the wrappers included), from the
+    RecordEpisodeStatistics under the life and reward wrappers (rl_runner/atari.py). None for
+    other envs, whose episodes are the sums of their step rewards."""
+    if not getattr(envs, "whole_games", False):
+        return None
+    final = info.get("final_info", {})  # SAME_STEP autoreset: the ended episodes' infos
+    if "episode" not in final:
+        return []
+    stats = final["episode"]
+    return [(int(i), float(stats["r"][i]), int(stats["l"][i]))
+            for i in np.flatnonzero(final["_episode"])]
 
 
 def missing_extra(env_id: str, error: Exception) -> str | None:

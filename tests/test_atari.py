@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rl_runner.atari import ATARI_DEFAULTS
-from rl_runner.envs import check_env_id, make_one, make_vec_env
+from rl_runner.envs import check_env_id, game_ends, make_one, make_vec_env
 from rl_runner.errors import UserError
 from rl_runner.evaluation import Evaluator
 
@@ -134,6 +134,25 @@ def test_rewards_are_clipped_in_training_only_and_episode_stats_keep_the_real_sc
     assert info["episode"]["r"] > total + sum(clipped)
     train.close()
     evaluate.close()
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_game_ends_reports_whole_games_of_training_envs_with_the_real_score(vectorization):
+    envs = make_vec_env(INVADERS, 2, {}, vectorization, atari={}, training=True)
+    envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    lives_lost, games, clipped = 0, [], np.zeros(2)
+    while len(games) < 2:
+        _, rewards, terminated, truncated, info = envs.step(rng.integers(6, size=2))
+        clipped += rewards
+        ended = game_ends(envs, info)
+        lives_lost += int((terminated | truncated).sum()) - len(ended)
+        games += ended
+    envs.close()
+    assert lives_lost >= 2 * 2  # 3 lives a game: episodes ended between the games' ends
+    for i, score, length in games:
+        assert score % 5 == 0 and score > clipped[i] and length > 0
+    assert game_ends(make_vec_env("CartPole-v1", 1), {}) is None  # episodes are its games
 
 
 def test_the_evaluator_plays_whole_games_with_the_real_score():
