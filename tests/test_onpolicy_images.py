@@ -1,0 +1,129 @@
+"""pg, ppo and trpo on uint8 images: a CNN on the torch path, uint8 rollouts, the refusals."""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rl_runner.algos.pg import PolicyGradient
+from rl_runner.algos.ppo import PPO
+from rl_runner.algos.trpo import TRPO
+from rl_runner.checkpoint import load_checkpoint, save_checkpoint
+from rl_runner.errors import UserError
+from rl_runner.nets import CnnActorCritic
+from rl_runner.rollout import RolloutCollector
+from rl_runner.trainer import train
+from tests.conftest import FAST, compose, read_results
+from tests.helpers.frame_env import ENV_ID, SMALL_CNN, make_frame_vec_env
+
+FRAMES = gym.spaces.Box(0, 255, (4, 12, 12), np.uint8)
+CNN = dict(cnn_channels=[8, 16], cnn_kernels=[4, 3], cnn_strides=[2, 1], cnn_features=32)
+
+
+def image_algo(cls=PPO, **kw):
+    args = dict(observation_space=FRAMES, action_space=gym.spaces.Discrete(3), n_envs=4,
+                total_steps=10_000, seed=0, n_steps=32, **CNN)
+    if cls is not PolicyGradient:
+        args["batch_size"] = 32
+    return cls(**{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def envs():
+    envs = make_frame_vec_env(4)
+    yield envs
+    envs.close()
+
+
+@pytest.mark.parametrize("cls", [PolicyGradient, PPO, TRPO])
+def test_images_take_the_cnn_on_the_torch_path(cls, envs):
+    algo = image_algo(cls)
+    assert (algo.encoder, algo.backend) == ("cnn", "torch")
+    assert isinstance(algo.net, CnnActorCritic)
+    assert (algo.net.critic_encoder is None) == (cls is not TRPO)  # trpo: one CNN each
+    batch, _ = RolloutCollector(envs, algo.n_steps, 0).collect(algo)
+    assert batch.obs.dtype == np.uint8 and batch.obs.shape == (32, 4, 4, 12, 12)
+    before = [p.detach().clone() for p in algo.net.parameters()]
+    metrics = algo.update(batch)
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    moved = [not torch.equal(a, b) for a, b in zip(before, algo.net.parameters())]
+    assert all(moved)
+
+
+def test_ppo_with_a_cnn_learns_to_name_the_bar(envs):
+    """The frame env pays 1 where the action names the bright bar's column: chance is 1/3."""
+    algo = image_algo(lr=1e-3, n_epochs=4)
+    collector = RolloutCollector(envs, algo.n_steps, 0)
+    paid = []
+    for _ in range(25):
+        batch, _ = collector.collect(algo)
+        paid.append(float(batch.rewards.mean()))
+        algo.update(batch)
+    assert np.mean(paid[:3]) < 0.45
+    assert np.mean(paid[-5:]) > 0.55, paid
+
+
+def test_trpo_value_fit_leaves_the_policy_alone(envs):
+    """Its critic has its own CNN: fitting the value must not move the trust-region policy."""
+    algo = image_algo(TRPO, value_epochs=3)
+    batch, _ = RolloutCollector(envs, algo.n_steps, 0).collect(algo)
+    pb, ret = algo._torch.policy_batch(batch)
+    with torch.no_grad():
+        before_out, before_v = algo.net(pb.obs)
+    algo._torch.fit_value(pb.obs, ret)
+    with torch.no_grad():
+        after_out, after_v = algo.net(pb.obs)
+    assert torch.equal(before_out, after_out)
+    assert not torch.equal(before_v, after_v)
+
+
+def test_a_cnn_checkpoint_round_trips(envs, tmp_path):
+    a, b = image_algo(seed=1), image_algo(seed=2)
+    batch, _ = RolloutCollector(envs, a.n_steps, 0).collect(a)
+    a.update(batch)
+    save_checkpoint(tmp_path / "last.pt", {"algo": a.state_dict()})
+    b.load_state_dict(load_checkpoint(tmp_path / "last.pt")["algo"])
+    obs = batch.obs[0]
+    np.testing.assert_array_equal(a.act(obs, deterministic=True), b.act(obs, deterministic=True))
+    np.testing.assert_array_equal(a.value(obs), b.value(obs))
+    assert a.update(batch) == b.update(batch)  # Adam's moments and the RNG came along too
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(backend="numpy"), "algo.backend=numpy runs MLPs on the CPU only, not a CNN encoder "
+                            "(image observations); allowed here: auto, torch"),
+    (dict(normalize_obs=True), "algo.normalize_obs=true is for vector observations; the CNN "
+                               "scales the env's uint8 images to [0, 1] itself; allowed with "
+                               "images: false"),
+])
+def test_what_images_refuse(kw, message):
+    with pytest.raises(UserError) as e:
+        image_algo(**kw)
+    assert str(e.value) == message
+
+
+def test_flattened_pixels_still_run_the_numpy_mlp(envs):
+    algo = image_algo(encoder="mlp", hidden_sizes=[16])
+    assert (algo.encoder, algo.backend) == ("mlp", "numpy")
+    batch, _ = RolloutCollector(envs, algo.n_steps, 0).collect(algo)
+    assert batch.obs.dtype == np.float32  # what the MLP takes
+    assert np.isfinite(algo.update(batch)["policy_loss"])
+
+
+def test_rl_run_refuses_the_numpy_backend_for_images_in_one_line(refused_in_process):
+    line = refused_in_process(["algo=ppo", "env=gym", f"env.id={ENV_ID}", "algo.backend=numpy",
+                               *SMALL_CNN])
+    assert "algo.backend=numpy runs MLPs on the CPU only, not a CNN encoder" in line
+
+
+def test_an_image_run_trains_evaluates_and_checkpoints(tmp_path):
+    run_dir = tmp_path / "run"
+    train(compose(["algo=ppo", "env=gym", f"env.id={ENV_ID}", "env.n_envs=4", *SMALL_CNN,
+                   *FAST, "algo.n_steps=16", "algo.batch_size=32", "algo.n_epochs=2",
+                   "trainer.total_steps=256", "trainer.eval_every=128"]), run_dir)
+    results = read_results(run_dir)
+    assert results["status"] == "completed" and results["env_steps"] == 256
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["config"]["algo"]["backend"] == "auto"
+    assert state["algo"]["net"]["encoder.linear.weight"].shape == (32, 16 * 3 * 3)  # 12 -> 5 -> 3
