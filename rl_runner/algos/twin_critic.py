@@ -3,12 +3,14 @@
 TwinCritic is the critic half of an actor-critic off-policy learner (SAC; TD3 and DDPG have the
 same one): K Q-networks in one ParallelMLP, their Adam step on one flat buffer, and a target copy
 averaged towards them. The learner owns its loss; this class owns the networks and the step.
+CriticEncoder is the image encoder (a CNN) in front of them, trained by their loss.
 """
 from __future__ import annotations
 
 import copy
 
 import torch
+from torch import nn
 
 from rl_runner.nets import ParallelMLP
 from rl_runner.optim import FlatAdam, share_flat
@@ -75,7 +77,7 @@ class PolyakTarget:
     """A frozen copy of a FlatAdam-trained network whose parameters are one flat tensor, so that
     Polyak averaging towards the online network is a single lerp_."""
 
-    def __init__(self, net: ParallelMLP, opt: FlatAdam, tau: float):
+    def __init__(self, net: nn.Module, opt: FlatAdam, tau: float):
         self.net = copy.deepcopy(net).requires_grad_(False)
         self.flat = opt.flat.clone()
         share_flat(self.net, self.flat)
@@ -90,9 +92,11 @@ class TwinCritic:
     with their Adam on one flat buffer and a Polyak-averaged target."""
 
     def __init__(self, in_dim: int, hidden_sizes: list[int], out_dim: int, *, activation: str,
-                 lr: float, tau: float, k: int = 2):
+                 lr: float, tau: float, k: int = 2, device: torch.device | None = None):
         self.net = ParallelMLP(in_dim, list(hidden_sizes), out_dim, k=k, activation=activation,
                                out_gains=(1.0,) * k)
+        if device is not None:  # initialised on the CPU: the same weights on every device
+            self.net.to(device)
         self.opt = FlatAdam(self.net.parameters(), lr=lr)
         self.target = PolyakTarget(self.net, self.opt, tau)
         self.layers, self.target_layers = cached_layers(self.net), cached_layers(self.target.net)
@@ -122,3 +126,24 @@ class TwinCritic:
         with torch.no_grad():
             self.target.flat.copy_(state["critic_target"])
         self.opt.load_state_dict(state["critic_opt"])
+
+
+class CriticEncoder:
+    """An observation encoder (a CNN) that the critics own, as in DrQ and SAC-AE: trained by the
+    critics' loss with its own Adam, copied into a Polyak-averaged target that feeds the target
+    critics. The actor reads its features detached, so no actor gradient reaches it."""
+
+    def __init__(self, net: nn.Module, *, lr: float, tau: float):
+        self.net = net
+        self.opt = FlatAdam(net.parameters(), lr=lr)
+        self.target = PolyakTarget(net, self.opt, tau)
+
+    def state_dict(self) -> dict:
+        return {"encoder": self.net.state_dict(), "encoder_target": self.target.flat.clone(),
+                "encoder_opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["encoder"])  # in place, as TwinCritic's
+        with torch.no_grad():
+            self.target.flat.copy_(state["encoder_target"])
+        self.opt.load_state_dict(state["encoder_opt"])
