@@ -15,6 +15,7 @@ import torch
 
 from rl_runner.algos.pg import PolicyGradient
 from rl_runner.algos.ppo import PPO
+from rl_runner.algos.torch_onpolicy import clip_flat_
 from rl_runner.algos.trpo import TRPO, conjugate_gradient
 from rl_runner.checkpoint import load_checkpoint, save_checkpoint
 from rl_runner.errors import UserError
@@ -138,3 +139,17 @@ def test_backend_numpy_is_refused_off_the_cpu():
                                         r"device meta; allowed here: auto, torch"):
         PPO(**spaces("discrete"), n_envs=1, total_steps=100, n_steps=8, batch_size=8,
             backend="numpy", device=torch.device("meta"))
+
+
+@pytest.mark.parametrize("scale", [1e-3, 10.0])  # gradient norms ~0.1 (kept) and ~960 (cut)
+def test_the_device_side_gradient_clip_matches_torchs(scale):
+    """The GPU's clip (no read-back of the norm) scales as clip_grad_norm_ does."""
+    algo = PPO(**spaces("discrete"), n_envs=1, total_steps=100, n_steps=8, batch_size=8)
+    grad = algo.optimizer.grad
+    grad.copy_(torch.randn(grad.shape, generator=torch.Generator().manual_seed(0)) * scale)
+    reference = torch.nn.Parameter(torch.zeros_like(grad))
+    reference.grad = grad.clone()
+    torch.nn.utils.clip_grad_norm_([reference], 0.5)
+    clip_flat_(grad, 0.5)
+    torch.testing.assert_close(grad, reference.grad)
+    assert float(grad.norm()) == pytest.approx(min(0.5, 96 * scale), rel=0.05)

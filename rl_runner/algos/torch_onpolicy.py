@@ -53,9 +53,15 @@ def clip_grad_norm(algo: OnPolicyAlgorithm) -> None:
     opt = algo.optimizer
     if opt.device.type == "cpu":
         opt.clip_grad_norm(algo.max_grad_norm)  # numpy's dot: a few microseconds
-        return
-    norm = torch.linalg.vector_norm(opt.grad)
-    opt.grad.mul_((algo.max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
+    else:
+        clip_flat_(opt.grad, algo.max_grad_norm)
+
+
+def clip_flat_(grad: torch.Tensor, max_norm: float) -> None:
+    """grad scaled in place to norm max_norm where it is longer, the norm never leaving the
+    device."""
+    norm = torch.linalg.vector_norm(grad)
+    grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0))
 
 
 def optimizer_step(algo: OnPolicyAlgorithm, loss: torch.Tensor) -> None:
