@@ -44,6 +44,12 @@ class ParallelMLP(nn.Module):
         # plain list: indexing a ParameterList costs ~5 us per access in the hot loop
         self._layers = list(zip(self.weights, self.biases))
 
+    def _apply(self, fn, recurse=True):
+        """.to(device) and the like may replace the Parameter objects: index the new ones."""
+        module = super()._apply(fn, recurse)
+        self._layers = list(zip(self.weights, self.biases))
+        return module
+
     def forward(self, x_BI: torch.Tensor) -> torch.Tensor:
         h = x_BI.unsqueeze(0).expand(self.k, *x_BI.shape)
         last = len(self._layers) - 1

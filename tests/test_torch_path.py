@@ -153,3 +153,20 @@ def test_the_device_side_gradient_clip_matches_torchs(scale):
     clip_flat_(grad, 0.5)
     torch.testing.assert_close(grad, reference.grad)
     assert float(grad.norm()) == pytest.approx(min(0.5, 96 * scale), rel=0.05)
+
+
+def test_a_moved_parallel_mlp_computes_with_its_moved_parameters():
+    """A move that makes new Parameter objects (as torch may for a device) must not leave the
+    forward on the old ones."""
+    from rl_runner.nets import ParallelMLP
+
+    mlp = ParallelMLP(3, [8], 2, k=2)
+    overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        old = list(mlp.parameters())
+        mlp.to(torch.float64)
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+    assert all(a is not b for a, b in zip(old, mlp.parameters()))
+    assert mlp(torch.zeros(4, 3, dtype=torch.float64)).dtype == torch.float64
