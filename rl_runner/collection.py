@@ -10,7 +10,6 @@ import tqdm
 
 import rl_runner
 from rl_runner.datasets import Dataset, describe_space
-from rl_runner.envs import make_one
 from rl_runner.errors import UserError
 from rl_runner.policy import Policy
 
@@ -20,7 +19,7 @@ def rollout(policy: Policy, episodes: int | None, steps: int | None, opts: dict,
     """One env, episode i reset with seed + i; the policy acts on one observation at a time.
     The progress bar shows on a terminal only, and never with progress=False."""
     seed, noise, epsilon = opts["seed"], opts["noise"], opts["epsilon"]
-    env = make_one(policy.env_id, policy.env_kwargs)
+    env = policy.make_env()  # env.kwargs and env.atari with evaluation settings: whole games
     space = env.action_space
     space.seed(seed)
     rng = np.random.default_rng(seed)

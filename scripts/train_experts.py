@@ -66,7 +66,7 @@ def evaluate(path: Path, episodes: int) -> dict:
     from rl_runner.policy import load_policy
 
     policy = load_policy(path.parent, str(path))
-    evaluator = Evaluator(policy.env_id, episodes, 50_000, policy.env_kwargs)
+    evaluator = Evaluator(policy.env_id, episodes, 50_000, **policy.env_options)
     try:
         return evaluator.run(lambda obs: policy.act(obs, True))
     finally:
