@@ -3,11 +3,14 @@
 Each task is one RL Zoo setting (or rl-runner's preset where that departs from the Zoo, said in
 `from_zoo`) written in rl-runner's names (conf/tuned/<algo>_<env>.yaml must compose to exactly
 these values: the benchmark checks) and translated here for the peer library
-(stable-baselines3 for PPO and SAC, sb3-contrib for TRPO).
+(stable-baselines3 for PPO and SAC, sb3-contrib for TRPO): its env (Atari wrappers, VecNormalize),
+model and evaluation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,16 @@ class Task:
     total_steps: int
     algo: dict        # rl-runner's algo.* values, including the ones left at their defaults
     from_zoo: str = ""  # how these values depart from the RL Zoo's, and why ("" = they don't)
+    env_cfg: dict = field(default_factory=dict)  # rl-runner's env.* values beyond id and n_envs
+    peer_policy: dict = field(default_factory=dict)  # the peer's policy_kwargs beyond net_arch
+
+    @property
+    def atari(self) -> bool:
+        return "atari" in self.env_cfg
+
+    @property
+    def normalized(self) -> bool:
+        return bool(self.algo.get("normalize_obs") or self.algo.get("normalize_reward"))
 
     @property
     def key(self) -> str:
@@ -46,6 +59,16 @@ COMMON = {
             "target_entropy": None, "alpha_init": 1.0, "anneal_lr": False,
             "hidden_sizes": [256, 256], "activation": "relu"},
 }
+# SB3's CnnPolicy: the Nature CNN (512 features, ReLU) under linear actor and critic heads, as
+# rl-runner's encoder=auto builds for images (its hidden_sizes and activation are not used)
+COMMON["ppo_cnn"] = {**{k: v for k, v in COMMON["ppo"].items()
+                        if k not in ("hidden_sizes", "activation")},
+                     "encoder": "auto", "cnn_channels": [32, 64, 64], "cnn_kernels": [8, 4, 3],
+                     "cnn_strides": [4, 2, 1], "cnn_features": 512}
+# SB3's AtariWrapper defaults (noop 30, skip 4 with max-pool, 84x84 grey, a lost life ends the
+# training episode, FIRE on reset, reward sign) and VecFrameStack(4), in rl-runner's env.atari
+ATARI = {"noop_max": 30, "frame_skip": 4, "screen_size": 84, "grayscale": True,
+         "frame_stack": 4, "episodic_life": True, "fire_reset": True, "clip_reward": True}
 PEERS = {"ppo": "stable-baselines3", "trpo": "sb3-contrib", "sac": "stable-baselines3"}
 TARGETS = {"ppo": "rl_runner.algos.ppo.PPO", "trpo": "rl_runner.algos.trpo.TRPO",
            "sac": "rl_runner.algos.sac.SAC"}
@@ -67,34 +90,143 @@ TASKS = {
         "preset, which ends at 500 on seeds 0-11 where the Zoo's values fell short on 3 of them"),
     "sac-pendulum": Task("sac", "pendulum", "Pendulum-v1", 1, 20_000, {
         "lr": 1e-3, **COMMON["sac"]}),
+    "sac-halfcheetah": Task("sac", "halfcheetah", "HalfCheetah-v5", 1, 1_000_000, {
+        "lr": 3e-4, **COMMON["sac"], "learning_starts": 10_000},
+        from_zoo="HalfCheetah-v5 (the Zoo tuned v4)"),
+    # atari: lin_2.5e-4 and lin_0.1 are anneal_lr and anneal_clip
+    "ppo-breakout": Task("ppo", "breakout", "BreakoutNoFrameskip-v4", 8, 10_000_000, {
+        "n_steps": 128, "batch_size": 256, "n_epochs": 4, "gamma": 0.99, "gae_lambda": 0.95,
+        "lr": 2.5e-4, "anneal_lr": True, "clip_coef": 0.1, "anneal_clip": True, "ent_coef": 0.01,
+        **COMMON["ppo_cnn"]}, env_cfg={"atari": ATARI}),
+    "ppo-hopper": Task("ppo", "hopper", "Hopper-v5", 1, 1_000_000, {
+        **COMMON["ppo"], "n_steps": 512, "batch_size": 32, "n_epochs": 5, "gamma": 0.999,
+        "gae_lambda": 0.99, "lr": 9.80828e-05, "anneal_lr": False, "clip_coef": 0.2,
+        "anneal_clip": False, "ent_coef": 0.00229519, "vf_coef": 0.835671, "max_grad_norm": 0.7,
+        "log_std_init": -2.0, "activation": "relu", "hidden_sizes": [256, 256],
+        "normalize_obs": True, "normalize_reward": True},
+        peer_policy={"ortho_init": False},
+        from_zoo="Hopper-v5 (the Zoo tuned v4); rl-runner's MLPs start orthogonal where the Zoo "
+        "sets ortho_init=False (SB3 gets the Zoo's value)"),
 }
 
 assert all(name == task.key for name, task in TASKS.items())
 
 
-def peer_model(task: Task, env, seed: int, torch):
+def peer_env(task: Task, seed: int):
+    """The peer's training env: the Zoo's Atari wrappers and 4 stacked frames, VecNormalize
+    (with the algorithm's gamma, as the Zoo passes it) where rl-runner normalizes, else plain."""
+    from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
+
+    if task.atari:
+        from rl_runner.envs import register_ale
+
+        register_ale()
+        return VecFrameStack(make_atari_env(task.env_id, n_envs=task.n_envs, seed=seed),
+                             task.env_cfg["atari"]["frame_stack"])
+    env = make_vec_env(task.env_id, n_envs=task.n_envs, seed=seed)
+    if task.normalized:
+        env = VecNormalize(env, norm_obs=task.algo["normalize_obs"],
+                           norm_reward=task.algo["normalize_reward"], gamma=task.algo["gamma"])
+    return env
+
+
+def peer_description(task: Task) -> str:
+    """How peer_env and peer_model build the peer's side, for the benchmark's header."""
+    cls = {"ppo": "PPO", "trpo": "TRPO", "sac": "SAC"}[task.algo_name]
+    if task.atari:
+        env = "VecFrameStack(make_atari_env(<env id>, n_envs, seed=<seed>), 4)"
+    elif task.normalized:
+        env = "VecNormalize(make_vec_env(<env id>, n_envs, seed=<seed>), gamma=<gamma>)"
+    else:
+        env = "make_vec_env(<env id>, n_envs, seed=<seed>)"
+    return (f"`{cls}(\"{'CnnPolicy' if task.atari else 'MlpPolicy'}\", {env}, <hyperparameters "
+            "below>, seed=<seed>, device=<device>, verbose=0)`")
+
+
+def peer_policy(task: Task, model, env):
+    """The peer model's deterministic action for a batch of observations as rl-runner's
+    Evaluator gives them (normalized with the training env's statistics where it has them)."""
+    if task.normalized and task.algo["normalize_obs"]:
+        return lambda obs: model.predict(env.normalize_obs(obs), deterministic=True)[0]
+    return lambda obs: model.predict(obs, deterministic=True)[0]
+
+
+def peer_evaluator(task: Task, n_episodes: int, seed: int):
+    """Where the peer's model is evaluated: rl-runner's Evaluator (the same episodes as
+    rl-runner's), except on Atari, where SB3's model plays in its own wrappers (PeerAtariEval)."""
+    if task.atari:
+        return PeerAtariEval(task, n_episodes, seed)
+    from rl_runner.evaluation import Evaluator
+
+    return Evaluator(task.env_id, n_episodes, seed)
+
+
+class PeerAtariEval:
+    """Whole games at their real score for an SB3 Atari model, in the wrappers it trained in:
+    Monitor (under AtariWrapper) counts every point of a game until its last life, as
+    rl-runner's Evaluator does with training=False. Same interface as Evaluator."""
+
+    def __init__(self, task: Task, n_episodes: int, seed: int, max_envs: int = 20):
+        from stable_baselines3.common.env_util import make_atari_env
+        from stable_baselines3.common.vec_env import VecFrameStack
+
+        from rl_runner.envs import register_ale
+
+        register_ale()
+        self.n_envs = min(n_episodes, max_envs)
+        self.envs = VecFrameStack(make_atari_env(task.env_id, n_envs=self.n_envs, seed=seed),
+                                  task.env_cfg["atari"]["frame_stack"])
+        self.seed = seed
+        self.quota = np.full(self.n_envs, n_episodes // self.n_envs)
+        self.quota[: n_episodes % self.n_envs] += 1
+
+    def run(self, policy) -> dict[str, float]:
+        self.envs.seed(self.seed)
+        obs = self.envs.reset()
+        finished = np.zeros(self.n_envs, np.int64)
+        returns: list[float] = []
+        lengths: list[int] = []
+        while (finished < self.quota).any():
+            obs, _, _, infos = self.envs.step(policy(obs))
+            for i, info in enumerate(infos):
+                game = info.get("episode")  # Monitor's: the game is over, not just a life
+                if game is not None and finished[i] < self.quota[i]:
+                    returns.append(float(game["r"]))
+                    lengths.append(int(game["l"]))
+                    finished[i] += 1
+        return {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+                "length_mean": float(np.mean(lengths)), "episodes": len(returns)}
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def peer_model(task: Task, env, seed: int, torch, device: str = "cpu"):
     """The peer library's model for `task` on the vector env `env`."""
     hp = task.algo
-    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[hp["activation"]]
+    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[hp.get("activation", "tanh")]
 
     def linear(start: float):  # RL Zoo's lin_<x>: progress_remaining goes 1 -> 0
         return lambda progress_remaining: progress_remaining * start
 
     lr = linear(hp["lr"]) if hp["anneal_lr"] else hp["lr"]
-    common = {"seed": seed, "device": "cpu", "verbose": 0}
+    common = {"seed": seed, "device": device, "verbose": 0}
     if task.algo_name == "ppo":
         from stable_baselines3 import PPO
 
+        policy = {"log_std_init": hp.get("log_std_init", 0.0), **task.peer_policy}
+        if not task.atari:  # CnnPolicy's default: no hidden layers under the Nature CNN
+            policy.update(net_arch={"pi": list(hp["hidden_sizes"]),
+                                    "vf": list(hp["hidden_sizes"])}, activation_fn=activation)
         return PPO(
-            "MlpPolicy", env, n_steps=hp["n_steps"], batch_size=hp["batch_size"],
+            "CnnPolicy" if task.atari else "MlpPolicy", env, n_steps=hp["n_steps"], batch_size=hp["batch_size"],
             n_epochs=hp["n_epochs"], gamma=hp["gamma"], gae_lambda=hp["gae_lambda"],
             ent_coef=hp["ent_coef"], learning_rate=lr,
             clip_range=linear(hp["clip_coef"]) if hp["anneal_clip"] else hp["clip_coef"],
             vf_coef=hp["vf_coef"], max_grad_norm=hp["max_grad_norm"],
             normalize_advantage=hp["norm_adv"], target_kl=hp["kl_early_stop"],
-            policy_kwargs={"net_arch": {"pi": list(hp["hidden_sizes"]),
-                                        "vf": list(hp["hidden_sizes"])},
-                           "activation_fn": activation}, **common)
+            policy_kwargs=policy, **common)
     if task.algo_name == "trpo":
         from sb3_contrib import TRPO
 

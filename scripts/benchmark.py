@@ -10,6 +10,7 @@ section of docs/benchmarks.md (other tasks' sections stay), so tasks can be meas
     python scripts/benchmark.py --tasks trpo-cartpole,sac-pendulum    # TRPO and SAC
     python scripts/benchmark.py --seeds 0,1,2 --sb3-one-thread    # + SB3 at one torch thread
     python scripts/benchmark.py --seeds 0,1,2 --runs-dir runs --reuse  # keep runs already done
+    python scripts/benchmark.py --tasks ppo-breakout,ppo-hopper --device cuda  # both on the GPU
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import datetime
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,56 +28,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine, package_versions, run_logged  # noqa: E402
-from bench_tasks import COMMON, PEERS, TARGETS, TASKS, Task, peer_model  # noqa: E402
-
-
-def markers(section: str) -> tuple[str, str]:
-    return f"<!-- {section}:start -->", f"<!-- {section}:end -->"
-
-
-def task_section(task: str) -> str:
-    """Each task has its own section, replaced only when that task is measured again."""
-    return f"speed-{task}"
-
-
-METHOD_SECTION = "speed-method"
-
-
-VERSION_PACKAGES = {"torch": "torch", "gymnasium": "gymnasium", "numpy": "numpy",
-                    "rl_runner": "rl-runner", "stable-baselines3": "stable-baselines3",
-                    "sb3-contrib": "sb3-contrib"}
-
-# How the numbers are made; written under the tables so a reader never has to open this script.
-METHOD = """
-How it is measured:
-
-- Each run is a fresh Python process; the runners alternate (rl-runner, SB3, ...) for every task
-  and seed, so drifts in machine load hit all of them alike.
-- env steps/s = env steps / loop wall s, the training loop only: no interpreter start-up, imports,
-  env or model construction (those are in process s, the whole subprocess). rl-runner: `sps` and
-  `wall_seconds` from its results.json. SB3: wall clock of `model.learn()` plus the trailing
-  evaluation; SB3's own fps log is not used. load before / after: the 1-minute load average
-  around each run; well above the run's own thread count means another process competed for the
-  CPU, and that run's speed should not be trusted.
-- Both loops include the same evaluation work and nothing is subtracted: rl-runner evaluates
-  (trainer.eval_episodes) deterministic episodes after the update that reaches each multiple of its
-  eval interval (trainer.eval_every; 0 = a tenth of the budget; both listed above per task). The
-  SB3 runs do the same at the same steps from a callback (`_on_rollout_start`, i.e. after the
-  previous update) plus once after `learn()`, with rl-runner's own `Evaluator`.
-- Eval return: the evaluation after the final update, mean ± std over its episodes on a separate
-  vector env seeded seed + 10000 (`rl_runner.evaluation.Evaluator` for both; SB3 acts through
-  `model.predict(obs, deterministic=True)`).
-- Differences that remain: rl-runner also writes TensorBoard events and checkpoints (last.pt, and
-  best.pt on improvement, at each evaluation) inside its loop, while the SB3 runs log nothing
-  (verbose=0, no tensorboard_log); rl-runner steps a gymnasium SyncVectorEnv, SB3 a DummyVecEnv of
-  Monitor-wrapped envs (both in one process); linear schedules are evaluated one rollout apart
-  (rl-runner at the progress before the rollout just collected, SB3 after it); rl-runner uses
-  trainer.torch_threads (default auto: 1, or every usable core for sac's big matmuls; it also
-  caps numpy's BLAS threads),
-  SB3 torch's default (one thread per core, numpy's BLAS likewise) unless the runner name gives a
-  thread count.
-"""
+from bench_common import run_logged  # noqa: E402
+from bench_report import (METHOD_SECTION, fmt_return, fmt_seconds, markdown,  # noqa: E402
+                          method_section, task_section, write_section)
+from bench_tasks import (PEERS, TARGETS, TASKS, Task, peer_env, peer_evaluator,  # noqa: E402
+                         peer_model, peer_policy)
 
 
 def budget(task: Task, scale: float) -> int:
@@ -92,10 +47,12 @@ def rl_run_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "rl_runner.cli"]
 
 
-def rl_run_overrides(task: Task, seed: int, steps: int) -> list[str]:
+def rl_run_overrides(task: Task, seed: int, steps: int, device: str = "cpu",
+                     extra: tuple[str, ...] = ()) -> list[str]:
+    """`extra`: trainer.* overrides of a caller that times a part only (gpu_check.py)."""
     return [f"algo={task.algo_name}", f"env={task.env}", f"seed={seed}",
-            f"trainer.total_steps={steps}",
-            "trainer.progress=false"]
+            f"trainer.total_steps={steps}", f"trainer.device={device}",
+            "trainer.progress=false", *extra]
 
 
 def rl_runner_config(task: Task, steps: int) -> dict:
@@ -113,6 +70,7 @@ def rl_runner_config(task: Task, steps: int) -> dict:
 def config_mismatches(task: Task, cfg: dict) -> list[str]:
     """Where rl-runner's composed config differs from the hyperparameters SB3 is given."""
     expected = {"env.id": task.env_id, "env.n_envs": task.n_envs, "env.vectorization": "sync",
+                **{f"env.{k}": v for k, v in task.env_cfg.items()},
                 "algo._target_": TARGETS[task.algo_name],
                 **{f"algo.{k}": v for k, v in task.algo.items()}}
     out = []
@@ -129,10 +87,12 @@ def rl_runner_dir(task: Task, seed: int, work: Path) -> Path:
     return work / f"rl-runner_{task.key}_s{seed}"
 
 
-def run_rl_runner(task: Task, seed: int, steps: int, work: Path) -> dict:
+def run_rl_runner(task: Task, seed: int, steps: int, work: Path, device: str = "cpu",
+                  extra: tuple[str, ...] = ()) -> dict:
     run_dir = rl_runner_dir(task, seed, work)
     log = work / f"rl-runner_{task.key}_s{seed}.log"
-    cmd = [*rl_run_command(), *rl_run_overrides(task, seed, steps), f"hydra.run.dir={run_dir}"]
+    cmd = [*rl_run_command(), *rl_run_overrides(task, seed, steps, device, extra),
+           f"hydra.run.dir={run_dir}"]
     proc_seconds, error = run_logged(cmd, log, work)
     if error or not (run_dir / "results.json").exists():
         return {"status": "failed", "error": error or "no results.json", "process_seconds":
@@ -150,6 +110,7 @@ def read_rl_runner(task: Task, run_dir: Path, proc_seconds: float | None) -> dic
             "eval_return_mean": res["eval_return_mean"], "eval_return_std": res["eval_return_std"],
             "eval_episodes": res["eval_episodes"],
             "torch_threads": res.get("torch_threads", cfg["trainer"]["torch_threads"]),
+            "device": res.get("device", cfg["trainer"]["device"]),
             "process_seconds": proc_seconds, "mismatches": config_mismatches(task, cfg)}
 
 
@@ -159,11 +120,12 @@ def sb3_result(task: Task, seed: int, threads: int | None, work: Path) -> Path:
 
 
 def run_sb3(task: Task, seed: int, steps: int, threads: int | None, eval_every: int,
-            eval_episodes: int, work: Path) -> dict:
+            eval_episodes: int, work: Path, device: str = "cpu") -> dict:
     out = sb3_result(task, seed, threads, work)
     tag = out.stem
     spec = {"task": task.key, "seed": seed, "steps": steps, "threads": threads,
-            "eval_every": eval_every, "eval_episodes": eval_episodes, "out": str(out)}
+            "eval_every": eval_every, "eval_episodes": eval_episodes, "out": str(out),
+            "device": device}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--sb3-child", json.dumps(spec)]
     proc_seconds, error = run_logged(cmd, work / f"{tag}.log", work)
     if error or not out.exists():
@@ -176,23 +138,21 @@ def sb3_child(spec: dict) -> None:
     it."""
     import torch
     from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.env_util import make_vec_env
-
-    from rl_runner.evaluation import Evaluator
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     task, seed, steps = TASKS[spec["task"]], spec["seed"], spec["steps"]
-    model = peer_model(task, make_vec_env(task.env_id, n_envs=task.n_envs, seed=seed), seed,
-                       torch)
-    evaluator = Evaluator(task.env_id, spec["eval_episodes"], seed + 10_000)
+    env = peer_env(task, seed)
+    model = peer_model(task, env, seed, torch, spec.get("device", "cpu"))
+    act = peer_policy(task, model, env)
+    evaluator = peer_evaluator(task, spec["eval_episodes"], seed + 10_000)
     # the same schedule as rl-runner's Trainer: after the update that reaches next_eval
     state = {"next": spec["eval_every"], "last_step": -1, "last": None, "count": 0}
 
     def evaluate(step: int, force: bool = False) -> None:
         if step < state["next"] and not force:
             return
-        state["last"] = evaluator.run(lambda obs: model.predict(obs, deterministic=True)[0])
+        state["last"] = evaluator.run(act)
         state["last_step"], state["count"] = step, state["count"] + 1
         if step >= state["next"]:
             state["next"] += spec["eval_every"] * max(
@@ -218,7 +178,7 @@ def sb3_child(spec: dict) -> None:
               "eval_return_mean": state["last"]["return_mean"],
               "eval_return_std": state["last"]["return_std"],
               "eval_episodes": state["last"]["episodes"], "evaluations": state["count"],
-              "torch_threads": torch.get_num_threads()}
+              "torch_threads": torch.get_num_threads(), "device": str(model.device)}
     Path(spec["out"]).write_text(json.dumps(result, indent=2) + "\n")
 
 
@@ -248,128 +208,6 @@ def row_file(task: Task, seed: int, runner: str, work: Path) -> Path:
 
 
 # ---- running and reporting ---------------------------------------------------------------------
-def versions() -> str:
-    return package_versions(VERSION_PACKAGES)
-
-
-def fmt_return(r: dict) -> str:
-    return f"{r['eval_return_mean']:.1f} ± {r['eval_return_std']:.1f}"
-
-
-def fmt_load(r: dict) -> str:
-    if r.get("kept") and r.get("load"):
-        return f"{r['load'][0]:.2f} / {r['load'][1]:.2f} (earlier run, ended {r['kept']})"
-    if r.get("kept"):
-        return f"earlier run, ended {r['kept']}"
-    return f"{r['load'][0]:.2f} / {r['load'][1]:.2f}"
-
-
-def fmt_seconds(seconds: float | None) -> str:
-    return "" if seconds is None else f"{seconds:.1f}"
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, command: str,
-             started: str, loads: tuple, plan: dict) -> str:
-    ok = [r for r in rows if r["status"] == "completed"]
-    name = next(iter(plan))
-    task = TASKS[name]
-    algo, peer = task.algo_name, PEERS[task.algo_name]
-    start, end = markers(task_section(name))
-    peer_class = {"ppo": "PPO", "trpo": "TRPO", "sac": "SAC"}[algo]
-    lines = [start, f"## {algo.upper()} speed on {task.env}: rl-runner vs {peer}", "",
-             f"- Date: {started} (UTC)" + ("; the rows marked \"earlier run\" were kept "
-                                          "from earlier runs of the same code (--reuse)"
-                                          if any(r.get("kept") for r in rows) else ""),
-             f"- Machine: {machine()}; 1-min load average {loads[0]:.2f} at start, "
-             f"{loads[1]:.2f} at end",
-             f"- Versions: {versions()}",
-             f"- Command: `{command}`",
-             f"- rl-runner runs: `rl-run algo={algo} env={task.env} seed=<seed> "
-             f"trainer.total_steps=<env steps> trainer.progress=false hydra.run.dir=<tmp>`",
-             f"- {peer} runs (\"sb3\" below): `{peer_class}(\"MlpPolicy\", make_vec_env(<env id>, "
-             "n_envs, seed=<seed>), <hyperparameters below>, seed=<seed>, device=\"cpu\", "
-             "verbose=0)`, then `model.learn(<env steps>)`", ""]
-    if any(k in os.environ for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
-        lines.insert(-1, "- Environment: " + ", ".join(
-            f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-            if k in os.environ))
-    lines += ["| task | seed | runner | torch threads | env steps | loop wall s | env steps/s | "
-              "process s | load before / after | final eval return (mean ± std) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["status"] != "completed":
-            lines.append(f"| {r['task']} | {r['seed']} | {r['runner']} | | | | | "
-                         f"{fmt_seconds(r['process_seconds'])} | {fmt_load(r)} | "
-                         f"{r['status']}: {r.get('error', '')[:120]} |")
-            continue
-        lines.append(f"| {r['task']} | {r['seed']} | {r['runner']} | {r['torch_threads']} | "
-                     f"{r['env_steps']} | {r['loop_seconds']:.1f} | {r['sps']:.0f} | "
-                     f"{fmt_seconds(r['process_seconds'])} | {fmt_load(r)} | {fmt_return(r)} |")
-    lines += ["", "rl-runner against each SB3 configuration (means over seeds; "
-              "± is the std over seeds when there are several):", "",
-              "| task | compared with | rl-runner steps/s | SB3 steps/s | "
-              "speed ratio (rl-runner / SB3) | rl-runner return | SB3 return | "
-              "return difference (rl-runner − SB3) |",
-              "|---|---|---|---|---|---|---|---|"]
-    for name in plan:
-        mine = [r for r in ok if r["task"] == name and r["runner"] == "rl-runner"]
-        for label, _ in runners[1:]:
-            theirs = [r for r in ok if r["task"] == name and r["runner"] == label]
-            if not mine or not theirs:
-                lines.append(f"| {name} | {label} | | | | | | (missing runs) |")
-                continue
-            sps_a = statistics.mean(r["sps"] for r in mine)
-            sps_b = statistics.mean(r["sps"] for r in theirs)
-            ret_a = [r["eval_return_mean"] for r in mine]
-            ret_b = [r["eval_return_mean"] for r in theirs]
-            lines.append(f"| {name} | {label} | {sps_a:.0f} | {sps_b:.0f} | {sps_a / sps_b:.2f} | "
-                         f"{mean_std(ret_a)} | {mean_std(ret_b)} | "
-                         f"{statistics.mean(ret_a) - statistics.mean(ret_b):+.1f} |")
-    lines += ["", f"Hyperparameters (RL Zoo `hyperparams/{algo}.yml` unless the line says "
-              "otherwise; the same for both libraries; checked against rl-runner's composed "
-              "config before and after each run):", ""]
-    for name, (steps, every, episodes) in plan.items():
-        t = TASKS[name]
-        hp = ", ".join(f"{k} {v}" for k, v in t.algo.items() if k not in COMMON[algo])
-        lines.append(f"- {name} ({t.env_id}): {t.n_envs} envs, {steps} env steps "
-                     f"({t.total_steps} × {args.steps_scale:g}, whole updates), {hp}; "
-                     f"evaluation every {every} env steps, {episodes} episodes"
-                     + (f"; not the RL Zoo's: {t.from_zoo}" if t.from_zoo else ""))
-    lines.append(f"- both: {', '.join(f'{k} {v}' for k, v in COMMON[algo].items())}")
-    lines += ["", "How this is measured: see the end of this file.", end]
-    return "\n".join(lines) + "\n"
-
-
-def method_section() -> str:
-    start, end = markers(METHOD_SECTION)
-    return "\n".join([start, "## How the speed sections are measured", "", METHOD.strip(),
-                      end]) + "\n"
-
-
-def write_section(path: Path, name: str, section: str, before: str | None = None) -> None:
-    """Replace the marked section `name` in `path`, leaving other sections untouched; a new one
-    goes before section `before` when that exists, else at the end."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = path.read_text() if path.exists() else (
-        "# Benchmarks\n\nWritten by `scripts/benchmark.py` and `scripts/returns.py`; each section "
-        "is replaced when its benchmark runs again.\n\n")
-    start, end = markers(name)
-    if start in text and end in text and text.index(start) < text.index(end):
-        text = text[:text.index(start)] + section.rstrip("\n") + text[text.index(end) + len(end):]
-    elif before and markers(before)[0] in text:
-        at = text.index(markers(before)[0])
-        text = text[:at] + section.rstrip("\n") + "\n\n" + text[at:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text if text.endswith("\n") else text + "\n")
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="benchmark.py", description="speed and final return, rl-runner vs "
@@ -386,6 +224,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sb3-one-thread", action="store_true",
                    help="add a third runner, SB3 with torch.set_num_threads(1) (rl-runner "
                         "uses one thread for all but sac's big matmuls)")
+    p.add_argument("--device", default="cpu",
+                   help="where both libraries train: cpu, cuda or cuda:N (rl-runner's "
+                   "trainer.device, SB3's device; default: %(default)s)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
                    help="markdown file whose speed-<task> sections are replaced "
                    "(default: %(default)s)")
@@ -412,6 +253,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--reuse needs --runs-dir (the directory with the earlier runs)")
     if args.sb3_threads is not None and args.sb3_threads < 1:
         p.error("--sb3-threads must be at least 1")
+    if args.device != "cpu":
+        import torch
+
+        if not args.device.startswith("cuda") or not torch.cuda.is_available():
+            p.error(f"--device {args.device}: allowed here: cpu" + (
+                ", cuda, cuda:N" if torch.cuda.is_available() else
+                " (torch sees no CUDA device)"))
     return args
 
 
@@ -458,6 +306,8 @@ def main(argv: list[str]) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="rl-bench-") as tmp:
         work = args.runs_dir.resolve() if args.runs_dir else Path(tmp)
+        if args.device != "cpu":  # --reuse never mixes runs made on different devices
+            work = work / args.device.replace(":", "")
         work.mkdir(parents=True, exist_ok=True)
         for name, (steps, eval_every, eval_episodes) in plan.items():
             for seed in args.seed_list:
@@ -468,10 +318,10 @@ def main(argv: list[str]) -> int:
                     if kept:
                         r = kept
                     elif runner == "rl-runner":
-                        r = run_rl_runner(TASKS[name], seed, steps, work)
+                        r = run_rl_runner(TASKS[name], seed, steps, work, args.device)
                     else:
                         r = run_sb3(TASKS[name], seed, steps, threads, eval_every, eval_episodes,
-                                    work)
+                                    work, args.device)
                     r.update(task=name, seed=seed, runner=runner)
                     if not kept:  # a new run: its row is kept for a later --reuse
                         r.update(load=(load, os.getloadavg()[0]))

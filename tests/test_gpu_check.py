@@ -1,0 +1,124 @@
+"""scripts/gpu_check.py without a GPU: its refusal, its equality harness run CPU against CPU (every
+algorithm's update is deterministic, and a difference is caught), and scripts/bench_tasks.py's
+tasks composing to the hyperparameters their SB3 side gets."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.conftest import REPO, cli_env, compose
+
+sys.path.insert(0, str(REPO / "scripts"))
+import bench_tasks  # noqa: E402
+import gpu_equality  # noqa: E402
+from benchmark import config_mismatches  # noqa: E402
+
+SCRIPT = REPO / "scripts" / "gpu_check.py"
+
+
+def script(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          env=cli_env(), timeout=120)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_without_cuda_it_says_so_in_one_line():
+    proc = script([])
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CUDA is not available" in lines[0] and "--device cpu" in lines[0]
+
+
+def test_help_and_bad_arguments():
+    assert script(["--help"]).returncode == 0
+    proc = script(["--device", "cpu", "--cases", "nope"])
+    assert proc.returncode == 2 and "unknown part or case nope" in proc.stderr
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """Expert datasets (gail, offline) generated into the test's own directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_every_family_updates_alike_from_the_same_state_and_batch(cache):
+    results = gpu_equality.check("cpu", ["ppo clip", "sac Discrete", "cql Box", "gail"], 1e-3)
+    assert [r.verdict for r in results] == ["equal"] * 4, [(r.case, r.note) for r in results]
+    assert all(r.diff == 0 and r.repeat == 0 and r.state_on == "cpu" for r in results)
+
+
+def test_a_device_copy_that_updates_differently_is_caught(monkeypatch):
+    built, real = [], gpu_equality.build_algo
+
+    def build(*args, **kwargs):  # the second build (the "device" copy) sees other rewards
+        algo = real(*args, **kwargs)
+        built.append(algo)
+        if len(built) == 2:
+            update = algo.update
+            algo.update = lambda batch: update(batch._replace(rewards=batch.rewards * 1.5))
+        return algo
+
+    monkeypatch.setattr(gpu_equality, "build_algo", build)
+    r, = gpu_equality.check("cpu", ["ppo clip"], 1e-3)
+    assert r.verdict == "DIFFERS" and r.diff > 0 and r.ratio > 0 and r.worst, r
+    assert r.repeat > 0  # the two "device" copies disagree as well
+
+
+def test_an_algorithm_without_device_is_cpu_only_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(gpu_equality, "takes_device", lambda cls: False)
+    r, = gpu_equality.check("cuda", ["ppo clip"], 1e-3)
+    assert r.verdict == "cpu only" and r.algo == "PPO"
+
+
+def test_close_is_within_the_tolerance_of_the_update():
+    r = gpu_equality.Result("x", "", diff=1e-7, ratio=5e-4, metrics=1e-6)
+    assert gpu_equality.verdict(r, "cuda", 1e-3) == "close"
+    assert gpu_equality.verdict(r, "cuda", 1e-4) == "DIFFERS"
+    assert gpu_equality.verdict(r, "cpu", 1e-3) == "DIFFERS"  # the dry run wants bit for bit
+
+
+def test_checkpoints_of_an_algorithm_hold_cpu_tensors():
+    assert gpu_equality.checkpoint_location({"w": torch.ones(3)}) == "cpu"
+
+
+@pytest.mark.parametrize("name", sorted(bench_tasks.TASKS))
+def test_benchmark_tasks_compose_to_what_sb3_gets(name):
+    task = bench_tasks.TASKS[name]
+    if not (REPO / "conf" / "tuned" / f"{task.algo_name}_{task.env}.yaml").exists():
+        pytest.skip(f"no preset for algo={task.algo_name} env={task.env} in this checkout")
+    cfg = OmegaConf.to_container(compose([f"algo={task.algo_name}", f"env={task.env}"]),
+                                 resolve=True)
+    assert config_mismatches(task, cfg) == []
+
+
+def test_peer_models_take_the_tasks_hyperparameters():
+    pytest.importorskip("stable_baselines3")
+    task = bench_tasks.TASKS["ppo-hopper"]
+    pytest.importorskip("mujoco")
+    env = bench_tasks.peer_env(task, 0)
+    model = bench_tasks.peer_model(task, env, 0, torch)
+    assert type(env).__name__ == "VecNormalize" and env.gamma == 0.999
+    assert model.n_steps == 512 and model.batch_size == 32 and model.policy.ortho_init is False
+    assert float(model.policy.log_std.detach().mean()) == -2.0
+    env.close()
+
+
+def test_sb3_plays_whole_atari_games():
+    pytest.importorskip("stable_baselines3")
+    pytest.importorskip("ale_py")
+    task = bench_tasks.TASKS["ppo-breakout"]
+    evaluator = bench_tasks.PeerAtariEval(task, 1, 0)
+    lives = []
+
+    def policy(obs):  # always FIRE: the paddle stays, the ball is lost life after life
+        assert obs.shape == (1, 84, 84, 4) and obs.dtype == "uint8"
+        lives.append(evaluator.envs.get_attr("ale")[0].lives())
+        return [1]
+
+    result = evaluator.run(policy)
+    evaluator.close()
+    assert result["episodes"] == 1 and lives[0] == 5 and min(lives) == 1
