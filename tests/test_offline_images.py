@@ -205,6 +205,22 @@ def test_discrete_cql_on_images_has_a_cnn_in_q_and_its_target_and_round_trips(la
     assert other.update(batch) == cql.update(batch)
 
 
+def test_discrete_cql_on_images_through_rl_run_with_the_default_nature_cnn(tmp_path):
+    """No algo.cnn_* key: the Nature CNN's own sizes, on the smallest image they take."""
+    path = tmp_path / "images.npz"
+    save_dataset(path, Dataset(**image_rows(40, size=36), metadata={"env_id": MODULE_ENV_ID}))
+    run = tmp_path / "run"
+    proc = run_cli(["algo=cql", "env=gym", f"env.id={MODULE_ENV_ID}", "+env.kwargs.size=36",
+                    "env.n_envs=1", *FAST, f"dataset.path={path}", "algo.hidden_sizes=[16]",
+                    "algo.batch_size=8", "trainer.total_steps=6", "trainer.eval_every=3"],
+                   tmp_path, run_dir=run, pythonpath=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert read_results(run)["grad_steps"] == 6
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["algo"]["learner"]
+    assert state["net"]["cnn.convs.0.weight"].shape == (32, 4, 8, 8)
+    assert state["net"]["cnn.linear.weight"].shape == (512, 64)
+
+
 def test_discrete_cql_on_images_through_the_trainer(tmp_path):
     from rl_runner.trainer import train
 
@@ -240,9 +256,6 @@ def test_gail_on_images_reads_them_with_a_cnn_and_round_trips():
 
     gail = make_gail(grad_penalty=1.0)
     assert isinstance(gail.disc.cnn, NatureCNN) and gail.image
-    learner = gail.learner
-    if hasattr(learner, "encoder"):  # a learner that takes the encoder keys got gail's
-        assert learner.encoder == "cnn"
     data = image_dataset()
     gail.fit_dataset(data)
     assert isinstance(gail.expert, ImagePairs)
@@ -263,6 +276,20 @@ def test_gail_on_images_reads_them_with_a_cnn_and_round_trips():
     np.testing.assert_array_equal(other.act(obs, deterministic=True),
                                   gail.act(obs, deterministic=True))
     assert other.disc_step(x) == gail.disc_step(x)
+
+
+def test_gails_learner_takes_its_encoder_keys_unless_learner_kwargs_sets_them():
+    gail = make_gail()
+    assert gail.learner.encoder == "cnn"
+    assert gail.learner.net.state_dict()["encoder.convs.0.weight"].shape == (4, 4, 3, 3)
+    own = make_gail(learner_kwargs={**SMALL_PPO, "encoder": "mlp"})
+    assert own.learner.encoder == "mlp" and isinstance(own.disc.cnn, NatureCNN)
+
+
+def test_gail_bc_init_clones_expert_images_into_the_learner():
+    gail = make_gail(bc_init_steps=3)
+    gail.fit_dataset(image_dataset())
+    assert np.isfinite(gail.bc_loss)
 
 
 def test_gail_on_images_with_box_actions_joins_the_action_vector():
