@@ -226,7 +226,7 @@ def test_discrete_cql_on_images_through_the_trainer(tmp_path):
 
     path = tmp_path / "images.npz"
     save_dataset(path, image_dataset(80))
-    cnn = [f"+{o}" for o in SMALL_CNN]  # DiscreteCQL's own keys: not in algo/cql.yaml
+    cnn = [f"++{o}" for o in SMALL_CNN]  # ++: whether algo/cql.yaml lists them or not
     res = train(compose(["algo=cql", "env=gym", f"env.id={ENV_ID}", "env.n_envs=1", *FAST,
                          f"dataset.path={path}", *cnn, "algo.hidden_sizes=[16]",
                          "algo.batch_size=16", "trainer.total_steps=20",
@@ -313,3 +313,19 @@ def test_gail_on_images_through_the_trainer(tmp_path):
     assert res["status"] == "completed" and res["env_steps"] == 32
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["algo"]
     assert "cnn.convs.0.weight" in state["disc"]
+
+
+# ---- rl-collect ---------------------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="rl_runner/collection.py still writes float32 "
+                                        "observations (the change is in helper H4's report)")
+def test_rl_collect_keeps_image_observations_uint8(tmp_path):
+    from rl_runner.rl_collect import main as rl_collect
+    from rl_runner.trainer import train
+
+    run = tmp_path / "ppo"
+    train(compose(["algo=ppo", "env=gym", f"env.id={ENV_ID}", "env.n_envs=2", *FAST,
+                   *SMALL_CNN, "algo.n_steps=8", "algo.batch_size=16",
+                   "trainer.total_steps=16", "trainer.eval_every=16"]), run)
+    rl_collect([f"run={run}", "episodes=2", f"out={tmp_path / 'd.npz'}"])
+    data = load_dataset(tmp_path / "d.npz")
+    assert data.observations.dtype == np.uint8 and data.observations.shape == (20, *SHAPE)
