@@ -194,12 +194,13 @@ class FrameReplay:
     FIELDS = ("frames", "actions", "rewards", "terminated", "start", "next_at")
 
     def state_dict(self) -> dict:
+        """Views into the buffer, not copies (a 1M Atari buffer is 7 GB): save them before the
+        next add."""
         f = self.filled
         return {"kind": self.kind, "capacity": self.capacity, "n_envs": self.n_envs,
                 "obs_shape": list(self.obs_shape), "action_dim": self.action_dim,
-                "pos": self.pos, "filled": f,
-                **{k: getattr(self, k)[:f].copy() for k in self.FIELDS},
-                "side": self.side.copy(), "free": np.array(self.free, np.int64),
+                "pos": self.pos, "filled": f, **{k: getattr(self, k)[:f] for k in self.FIELDS},
+                "side": self.side, "free": np.array(self.free, np.int64),
                 "last_next": self.last_next.copy(), "has_last": self.has_last.copy()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -264,9 +265,10 @@ class ImageReplay:
         return empty_batch(n_batches, batch_size, self.obs_shape, self.action_dim, alloc)
 
     def state_dict(self) -> dict:
+        """Views into the buffer, as FrameReplay's."""
         return {"kind": self.kind, "capacity": self.capacity, "obs_shape": list(self.obs_shape),
                 "action_dim": self.action_dim, "pos": self.pos, "size": self.size,
-                **{k: getattr(self, k)[:self.size].copy() for k in self.FIELDS}}
+                **{k: getattr(self, k)[:self.size] for k in self.FIELDS}}
 
     def load_state_dict(self, state: dict) -> None:
         check_image_state(state, self)
@@ -294,8 +296,9 @@ def _plain(state, ints: tuple, arrays: dict, what: str) -> None:
             and all(isinstance(state.get(k), np.ndarray) and state[k].dtype == d
                     for k, d in arrays.items())
             and isinstance(state.get("obs_shape"), list)):
+        kinds = ", ".join(f"{k} ({np.dtype(d)})" for k, d in arrays.items())
         raise ValueError(f"{what} is a dict of {', '.join(ints)} (integers), obs_shape (a "
-                         f"list) and arrays {', '.join(f'{k} ({np.dtype(d)})' for k, d in arrays.items())}")
+                         f"list) and arrays {kinds}")
 
 
 def check_frame_state(state, buf: FrameReplay) -> None:
