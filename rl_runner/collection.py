@@ -10,6 +10,7 @@ import tqdm
 
 import rl_runner
 from rl_runner.datasets import Dataset, describe_space
+from rl_runner.encoders import is_image
 from rl_runner.errors import UserError
 from rl_runner.policy import Policy
 
@@ -20,6 +21,8 @@ def rollout(policy: Policy, episodes: int | None, steps: int | None, opts: dict,
     The progress bar shows on a terminal only, and never with progress=False."""
     seed, noise, epsilon = opts["seed"], opts["noise"], opts["epsilon"]
     env = policy.make_env()  # env.kwargs and env.atari with evaluation settings: whole games
+    # images stay uint8, as the env gives them (a quarter of float32's bytes)
+    obs_dtype = np.uint8 if is_image(env.observation_space) else np.float32
     space = env.action_space
     space.seed(seed)
     rng = np.random.default_rng(seed)
@@ -39,7 +42,7 @@ def rollout(policy: Policy, episodes: int | None, steps: int | None, opts: dict,
             obs, _ = env.reset(seed=seed + episode)
             total, length, done = 0.0, 0, False
             while not done:
-                action = policy.act(np.asarray(obs, np.float32)[None], opts["deterministic"])[0]
+                action = policy.act(np.asarray(obs, obs_dtype)[None], opts["deterministic"])[0]
                 if box and noise:
                     half = (space.high - space.low) / 2
                     action = np.clip(action + noise * half * rng.standard_normal(action.shape),
@@ -68,10 +71,10 @@ def rollout(policy: Policy, episodes: int | None, steps: int | None, opts: dict,
         bar.close()
         env.close()
     return Dataset(
-        observations=np.asarray(rows["observations"], np.float32),
+        observations=np.asarray(rows["observations"], obs_dtype),
         actions=np.asarray(rows["actions"], np.float32 if box else np.int64),
         rewards=np.asarray(rows["rewards"], np.float32),
-        next_observations=np.asarray(rows["next_observations"], np.float32),
+        next_observations=np.asarray(rows["next_observations"], obs_dtype),
         terminations=np.asarray(rows["terminations"], bool),
         truncations=np.asarray(rows["truncations"], bool),
         episode_starts=np.asarray(rows["episode_starts"], bool),

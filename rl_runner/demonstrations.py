@@ -104,7 +104,7 @@ def subsample(data: Dataset, episodes: int | None, max_samples: int | None,
         if max_samples < len(keep):
             rng = np.random.default_rng(seed + 40_000)
             keep = np.sort(rng.choice(keep, max_samples, replace=False))
-    return take(data, keep)
+    return data if len(keep) == len(data) else take(data, keep)  # all rows: no copy
 
 
 def take(data: Dataset, rows: np.ndarray) -> Dataset:

@@ -316,8 +316,6 @@ def test_gail_on_images_through_the_trainer(tmp_path):
 
 
 # ---- rl-collect ---------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="rl_runner/collection.py still writes float32 "
-                                        "observations (the change is in helper H4's report)")
 def test_rl_collect_keeps_image_observations_uint8(tmp_path):
     from rl_runner.rl_collect import main as rl_collect
     from rl_runner.trainer import train

@@ -184,7 +184,15 @@ class CQL(Offline):
                  actor_lr: NonNegativeFloat = 1e-4, gamma: Fraction = 0.99, tau: Fraction = 0.005,
                  hidden_sizes: Sizes = (128, 128), batch_size: PositiveInt = 256,
                  ent_coef: NonNegativeFloat | None = None, backup_entropy: bool = False,
-                 activation: Activation = "relu"):
+                 activation: Activation = "relu", encoder: EncoderKind = "auto",
+                 cnn_channels: Sizes = (32, 64, 64), cnn_kernels: Sizes = (8, 4, 3),
+                 cnn_strides: Sizes = (4, 2, 1), cnn_features: PositiveInt = 512):
+        spec = image_nets.encoder_spec(encoder, cnn_channels, cnn_kernels, cnn_strides,
+                                       cnn_features)
+        if spec.resolve(observation_space) == "cnn":  # the keys are DiscreteCQL's (cql.yaml)
+            raise UserError("cql with Box actions learns from vector observations (its sampled "
+                            "actions' term has no image path); this env gives images: use "
+                            "algo.encoder=mlp, or an env with Discrete actions")
         self.batch_size = batch_size
         self.term = ConservativeTerm(weight=cql_weight, lagrange=lagrange,
                                      target_gap=target_gap, lr=lr)
@@ -193,7 +201,8 @@ class CQL(Offline):
             observation_space=observation_space, action_space=action_space, n_envs=n_envs,
             total_steps=total_steps, seed=seed, lr=lr, actor_lr=actor_lr, gamma=gamma, tau=tau,
             hidden_sizes=hidden_sizes, batch_size=batch_size, ent_coef=ent_coef,
-            backup_entropy=backup_entropy, activation=activation, learning_starts=0)
+            backup_entropy=backup_entropy, activation=activation, learning_starts=0,
+            encoder="mlp")
 
     @property
     def grad_steps(self) -> int:
