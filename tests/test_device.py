@@ -145,15 +145,16 @@ def test_rl_eval_runs_a_gpu_checkpoint_on_the_cpu(gpu_made_run, capsys):
     assert "return" in out.out.lower(), out.out
 
 
-def test_a_gpu_run_resumes_on_the_cpu(gpu_made_run, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_a_gpu_run_resumes_on_the_cpu(gpu_made_run, tmp_path, device):
     before = read_results(gpu_made_run)
-    proc = run_cli([f"resume={gpu_made_run}", "trainer.device=cpu",
+    proc = run_cli([f"resume={gpu_made_run}", f"trainer.device={device}",
                     f"trainer.total_steps={2 * before['env_steps']}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     after = read_results(gpu_made_run)
     assert after["status"] == "completed" and after["env_steps"] == 2 * before["env_steps"]
     state = load_checkpoint(gpu_made_run / "checkpoints" / "last.pt")
-    assert state["config"]["trainer"]["device"] == "cpu"
+    assert state["config"]["trainer"]["device"] == device
     assert CUDA_RNG not in state["rng"]  # this process never used CUDA
 
 
