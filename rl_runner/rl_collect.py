@@ -79,6 +79,10 @@ def write_replay(run: Path, opts: dict) -> Path:
     if buffer is None:
         raise UserError(f"{policy.checkpoint} holds no replay buffer; train with "
                         "trainer.save_replay_buffer=true (off-policy algorithms)")
+    if isinstance(buffer, dict) and buffer.get("kind") in ("frames", "images"):
+        raise UserError(f"{policy.checkpoint}: its replay buffer holds image frames; "
+                        "rl-collect source=replay takes runs on vector observations only "
+                        "(source=policy collects image datasets)")
     env = policy.make_env()
     obs_dim = int(np.prod(env.observation_space.shape))
     env.close()

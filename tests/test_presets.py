@@ -60,6 +60,8 @@ def test_preset_trains_two_updates(preset, expert_cache, tmp_path, monkeypatch):
     algo, env = preset.split("_", 1)
     base = [f"algo={algo}", f"env={env}", "trainer.progress=false", "trainer.eval_episodes=1",
             "trainer.torch_threads=1"]
+    if env == "atari":  # env=atari names no game of its own
+        base.append("env.id=BreakoutNoFrameskip-v4")
     cfg = compose([*base, *two_updates(algo, compose(base))])
     results = train(cfg, tmp_path / "run")
     assert results["status"] == "completed", results
