@@ -43,6 +43,7 @@ def twins(name: str, kind: str, **kw):
     """The same algorithm on each backend, with equal parameters and RNG."""
     args = {**spaces(kind), "n_envs": 2, "total_steps": 10_000, "seed": 3, "n_steps": 32,
             **({} if name == "pg" else {"batch_size": 16}), **kw}
+    torch.manual_seed(0)  # the initial weights: the same case, the same numbers, in any order
     a, b = (ALGOS[name](backend=backend, **args) for backend in ("numpy", "torch"))
     b.net.load_state_dict(a.net.state_dict())
     return a, b
@@ -79,7 +80,9 @@ def test_one_update_takes_the_same_step_on_both_paths(case, kind):
     for _ in range(2):  # the second update starts from Adam moments and a moved policy
         ma, mb = a.update(batch), b.update(batch)
         assert_same_metrics(ma, mb)
-        assert_same_parameters(a, b)
+        # trpo: conjugate gradient on the Fisher amplifies float32 rounding (other initial
+        # weights gave differences up to 1.4e-5 in single entries)
+        assert_same_parameters(a, b, atol=5e-5 if name == "trpo" else 1e-5)
     assert a.grad_steps == b.grad_steps > 0
     assert a.rng.bit_generator.state == b.rng.bit_generator.state
     moved = [not torch.equal(x, y) for x, y in zip(before, a.net.parameters())]
@@ -112,8 +115,9 @@ def test_trpo_fisher_vector_products_and_gradients_agree(kind):
     g_torch_order = np.empty_like(g_np)
     g_torch_order[to_np] = g_np
     x_t = conjugate_gradient(fvp_t, torch.from_numpy(g_torch_order), 10).detach().numpy()
-    np.testing.assert_allclose(x_t[to_np], conjugate_gradient(fvp_np, g_np, 10), rtol=1e-3,
-                               atol=1e-6)
+    x = conjugate_gradient(fvp_np, g_np, 10)
+    # CG amplifies float32 rounding in its small entries: compared at the vector's own scale
+    np.testing.assert_allclose(x_t[to_np], x, rtol=1e-3, atol=1e-3 * np.abs(x).max())
 
 
 def test_auto_backend_is_numpy_for_mlps_on_the_cpu():
@@ -170,3 +174,18 @@ def test_a_moved_parallel_mlp_computes_with_its_moved_parameters():
         torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
     assert all(a is not b for a, b in zip(old, mlp.parameters()))
     assert mlp(torch.zeros(4, 3, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("kind", ["discrete", "box"])
+def test_behavioural_cloning_takes_the_same_steps_on_both_paths(kind):
+    """gail's bc_init_steps: OnPolicyAlgorithm.clone on each path."""
+    a, b = twins("ppo", kind)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(40, 4 if kind == "discrete" else 3)).astype(np.float32)
+    actions = rng.integers(0, 2, 40) if kind == "discrete" else \
+        rng.uniform(-2, 2, (40, 1)).astype(np.float32)
+    loss_a = a.clone(obs, actions, 5, 16, np.random.default_rng(1))
+    loss_b = b.clone(obs, actions, 5, 16, np.random.default_rng(1))
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    assert a.grad_steps == b.grad_steps == 0  # the learner's own steps only
+    assert_same_parameters(a, b)

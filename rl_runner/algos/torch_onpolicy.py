@@ -87,4 +87,4 @@ def clone(algo: OnPolicyAlgorithm, policy_obs: np.ndarray, actions: np.ndarray, 
         logp = net.dist.log_prob_entropy(net.policy_out(obs_t[idx]), net.log_std, act_t[idx])[0]
         loss = -logp.mean()
         optimizer_step(algo, loss)
-    return float(loss)
+    return float(loss.detach())
