@@ -214,7 +214,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "stable-baselines3 / sb3-contrib with the same hyperparameters; writes one section of "
         "docs/benchmarks.md per task")
     p.add_argument("--tasks", default="ppo-cartpole,ppo-lunarlander",
-                   help=f"comma list of {', '.join(TASKS)} (default: all)")
+                   help=f"comma list of {', '.join(TASKS)} (default: %(default)s)")
     p.add_argument("--seeds", default="0", help="comma list of integer seeds (default: 0)")
     p.add_argument("--steps-scale", type=float, default=1.0,
                    help="multiplies every task's env-step budget, e.g. 0.05 for a quick check")
