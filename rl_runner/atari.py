@@ -13,7 +13,6 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
-from rl_runner.errors import UserError
 from rl_runner.params import NonNegativeInt, PositiveInt
 
 # the keys of env.atari, their types and defaults (the DQN / RL Zoo settings)
@@ -26,23 +25,6 @@ ATARI_DEFAULTS = {"noop_max": 30, "frame_skip": 4, "screen_size": 84, "grayscale
                   "clip_reward": True}
 FIRE = 1  # ALE's minimal action sets put FIRE second wherever a game has it
 ATARI_FPS = 60  # the console draws 60 frames a second; videos play at that speed
-
-
-def atari_options(raw: dict | None) -> dict | None:
-    """env.atari checked and completed with the defaults; None (no preprocessing) stays None."""
-    from rl_runner.config import check_value
-
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise UserError(f"env.atari={raw!r} must be a mapping of {', '.join(ATARI_TYPES)} "
-                        "(or null: no Atari preprocessing)")
-    for key, value in raw.items():
-        if key not in ATARI_TYPES:
-            raise UserError(f"env.atari.{key} is not an Atari preprocessing key; allowed: "
-                            f"{', '.join(ATARI_TYPES)}")
-        check_value(f"env.atari.{key}", value, ATARI_TYPES[key])
-    return {**ATARI_DEFAULTS, **raw}
 
 
 def is_ale(env_id: str) -> bool:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rl_runner.device import PATTERN as DEVICE_PATTERN
+from rl_runner.device import PATTERN as DEVICE_PATTERN, resolve_device
 from rl_runner.errors import UserError, one_line
 from rl_runner.params import NonNegativeInt, PositiveInt, Range
 
@@ -113,6 +113,23 @@ def check_file_config(cfg: DictConfig, source: object, searchpath: Sequence[str]
                         f"run its code; if you trust it, run with {TRUST_ENV}={module}")
 
 
+def atari_options(raw: dict | None) -> dict | None:
+    """env.atari checked and completed with the defaults; None (no preprocessing) stays None."""
+    from rl_runner.atari import ATARI_DEFAULTS, ATARI_TYPES  # gymnasium only when asked
+
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise UserError(f"env.atari={raw!r} must be a mapping of {', '.join(ATARI_TYPES)} "
+                        "(or null: no Atari preprocessing)")
+    for key, value in raw.items():
+        if key not in ATARI_TYPES:
+            raise UserError(f"env.atari.{key} is not an Atari preprocessing key; allowed: "
+                            f"{', '.join(ATARI_TYPES)}")
+        check_value(f"env.atari.{key}", value, ATARI_TYPES[key])
+    return {**ATARI_DEFAULTS, **raw}
+
+
 def check_value(key: str, value: Any, expected: Any) -> None:
     """Raise UserError unless `value` fits the type hint `expected`: its type, the choices of a
     Literal, the Range of an Annotated hint (rl_runner/params.py), every entry of a list."""
@@ -146,12 +163,13 @@ def check_trainer(cfg: DictConfig) -> None:
         raise UserError(f"env.n_envs={cfg.env.n_envs} is more than {MAX_ENVS} envs")
     check_value("env.id", cfg.env.id, str)
     if cfg.env.get("atari") is not None:  # absent in configs saved before env.atari existed
-        from rl_runner.atari import atari_options
 
         atari_options(to_plain(cfg.env.atari))
     if not DEVICE_PATTERN.match(str(cfg.trainer.device)):
         raise UserError(f"trainer.device={cfg.trainer.device!r} is not known; allowed: auto, cpu, "
                         "cuda, cuda:N")
+    if str(cfg.trainer.device) != "auto":  # a GPU not here: refused before Hydra makes a run
+        resolve_device(str(cfg.trainer.device))  # dir, and a resume before it locks the run
 
 
 def check_algo_kwargs(name: str, cls: type, kwargs: dict[str, Any], provided: set[str],

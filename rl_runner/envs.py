@@ -10,7 +10,8 @@ import numpy as np
 from gymnasium.error import DependencyNotInstalled
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-from rl_runner.atari import atari_options, base_kwargs, is_ale, looks_atari, wrap_atari
+from rl_runner.atari import base_kwargs, is_ale, looks_atari, wrap_atari
+from rl_runner.config import atari_options, to_plain
 from rl_runner.errors import UserError, one_line
 
 ATARI_EXTRA = "pip install 'rl-runner[atari]'"
@@ -19,8 +20,6 @@ ATARI_EXTRA = "pip install 'rl-runner[atari]'"
 def env_options(env_cfg: Any) -> dict:
     """What make_vec_env, make_one and Evaluator take from a config's env node besides the id:
     env.kwargs and env.atari (absent in configs written before it: no preprocessing)."""
-    from rl_runner.config import to_plain
-
     return {"kwargs": to_plain(env_cfg.get("kwargs")) or {},
             "atari": to_plain(env_cfg.get("atari"))}
 

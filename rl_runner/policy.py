@@ -81,7 +81,9 @@ def load_policy(run: Path, checkpoint: str = "best") -> Policy:
         check_file_config(cfg, path)
         envs = make_vec_env(cfg.env.id, 1, **env_options(cfg.env))
         try:
-            with torch.random.fork_rng():  # the caller's torch RNG (a run in progress) is kept
+            # the caller's torch RNG (a run in progress) is kept; devices=[]: the policy is
+            # built on the CPU, and forking CUDA's generators would start CUDA on a GPU machine
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 algo = build_algo(cfg, envs.single_observation_space, envs.single_action_space)
         finally:

@@ -34,6 +34,7 @@ def write_results(t, status: str, elapsed: float, start_steps: int, error: str |
         "status": status, "versions": versions(), "run_dir": str(t.run_dir),
         "total_steps": t.tcfg.total_steps,
         "torch_threads": t.tuner.current if t.tuner else t.threads,
+        "device": str(t.algo.device),  # trainer.device as resolved (auto: cpu or cuda)
     }
     if error:
         results["error"] = error

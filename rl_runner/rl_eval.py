@@ -82,7 +82,8 @@ def record(policy: Policy, folder: Path, episodes: int, seed: int,
     evaluator seeds its i-th env, so up to 20 episodes give the numbers of a run without video).
     On Atari the video shows the game in colour, whole games, one frame per agent step played
     at the game's speed (RecordVideo sits right above AtariPreprocessing)."""
-    from rl_runner.atari import ATARI_FPS, atari_options
+    from rl_runner.atari import ATARI_FPS
+    from rl_runner.config import atari_options
 
     options = policy.env_options
     atari = atari_options(options["atari"])

@@ -1,4 +1,5 @@
-"""The package's import graph, read from the source (imports inside functions count too)."""
+"""The package's import graph, read from the source (imports inside functions count too; those
+under `if TYPE_CHECKING:`, which never run, do not)."""
 from __future__ import annotations
 
 import ast
@@ -11,6 +12,9 @@ FEEDERS = {"rl_runner.rollout", "rl_runner.replay", "rl_runner.offline",
            "rl_runner.demonstrations"}
 
 
+TYPE_ONLY = {"TYPE_CHECKING", "typing.TYPE_CHECKING"}
+
+
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -20,7 +24,11 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     """The rl_runner modules `path` imports anywhere in its body (`from rl_runner import x`
     counts as importing rl_runner.x when that is a module)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # type-only imports never run: they cannot form a cycle
+        if isinstance(node, ast.If) and ast.unparse(node.test) in TYPE_ONLY:
+            node.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

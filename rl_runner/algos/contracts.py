@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from rl_runner.config import PROVIDED, check_algo_kwargs
 from rl_runner.errors import UserError
@@ -29,6 +30,9 @@ class Algorithm(ABC):
     # imitation beside an env (gail): the trainer hands fit_dataset the dataset.* rows first
     uses_demonstrations: ClassVar[bool] = False
     grad_steps: int = 0  # gradient steps taken so far (results.json, checkpoints)
+    # where its networks live: trainer.device as build_algo resolved it, for classes whose
+    # constructor takes `device` (they set it); the CPU for the rest
+    device: torch.device = torch.device("cpu")
 
     def __init_subclass__(cls, **kwargs):
         """Every constructor's keyword arguments are checked against its declared hints

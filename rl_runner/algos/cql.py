@@ -244,7 +244,7 @@ class DiscreteCQL(Offline):
                  encoder: EncoderKind = "auto", cnn_channels: Sizes = (32, 64, 64),
                  cnn_kernels: Sizes = (8, 4, 3), cnn_strides: Sizes = (4, 2, 1),
                  cnn_features: PositiveInt = 512, device: torch.device = torch.device("cpu")):
-        self.batch_size = batch_size
+        self.batch_size, self.device = batch_size, torch.device(device)
         self.start = int(action_space.start)
         spec = image_nets.encoder_spec(encoder, cnn_channels, cnn_kernels, cnn_strides,
                                        cnn_features)

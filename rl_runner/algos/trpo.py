@@ -11,13 +11,13 @@ The torch path (images, GPUs) computes the same step by autograd: trpo_torch.py.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Callable, NamedTuple
+from typing import Annotated, Callable
 
 import numpy as np
 import torch
 
 from rl_runner.algos.base import OnPolicyAlgorithm, explained_variance
-from rl_runner.algos.trpo_torch import TorchTRPO, all_finite
+from rl_runner.algos.trpo_torch import LineSearch, PolicyBatch, TorchTRPO, all_finite
 from rl_runner.batches import Rollout
 from rl_runner.errors import UserError
 from rl_runner.heads import log_softmax
@@ -58,28 +58,6 @@ def conjugate_gradient(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray
 
 def host(a) -> np.ndarray:
     return a.cpu().numpy() if isinstance(a, torch.Tensor) else a
-
-
-class PolicyBatch(NamedTuple):
-    """A rollout flattened for the policy step, with the pre-update policy's outputs on it
-    (numpy arrays on the numpy path, device tensors on the torch path)."""
-
-    obs: np.ndarray
-    actions: np.ndarray
-    old_logp: np.ndarray
-    adv: np.ndarray
-    old_out: np.ndarray
-    old_log_std: np.ndarray | None
-
-
-class LineSearch(NamedTuple):
-    """Outcome of the backtracking line search (the evaluation is of the parameters it kept)."""
-
-    accepted: bool
-    shrinks: int  # times the step was shrunk before it was accepted (line_search_max_iter if not)
-    surrogate: float
-    kl: float
-    entropy: float
 
 
 class TRPO(OnPolicyAlgorithm):

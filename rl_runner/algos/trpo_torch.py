@@ -9,7 +9,7 @@ of FlatAdam's flat buffer on the device. The numpy path computes the same F v as
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -18,7 +18,29 @@ from rl_runner.algos.torch_onpolicy import optimizer_step, rollout_tensors
 from rl_runner.batches import Rollout
 
 if TYPE_CHECKING:
-    from rl_runner.algos.trpo import TRPO, LineSearch, PolicyBatch
+    from rl_runner.algos.trpo import TRPO
+
+
+class PolicyBatch(NamedTuple):
+    """A rollout flattened for the policy step, with the pre-update policy's outputs on it
+    (numpy arrays on the numpy path, device tensors on the torch path)."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    old_logp: np.ndarray
+    adv: np.ndarray
+    old_out: np.ndarray
+    old_log_std: np.ndarray | None
+
+
+class LineSearch(NamedTuple):
+    """Outcome of the backtracking line search (the evaluation is of the parameters it kept)."""
+
+    accepted: bool
+    shrinks: int  # times the step was shrunk before it was accepted (line_search_max_iter if not)
+    surrogate: float
+    kl: float
+    entropy: float
 
 
 class TorchTRPO:
@@ -45,7 +67,6 @@ class TorchTRPO:
         self.flat_idx = torch.cat(flat_idx).to(algo.device)
 
     def policy_batch(self, batch: Rollout) -> tuple[PolicyBatch, torch.Tensor]:
-        from rl_runner.algos.trpo import PolicyBatch
 
         algo = self.algo
         adv, ret = algo.advantages_and_returns(batch)
@@ -83,7 +104,6 @@ class TorchTRPO:
     @torch.no_grad()
     def line_search(self, pb: PolicyBatch, full_step: torch.Tensor) -> LineSearch:
         """TRPO.line_search on the flat buffer's actor entries."""
-        from rl_runner.algos.trpo import LineSearch
 
         algo, flat, idx = self.algo, self.algo.optimizer.flat, self.flat_idx
         step = full_step.float()
