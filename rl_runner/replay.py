@@ -10,7 +10,7 @@ import torch
 from rl_runner.algos.contracts import OffPolicy
 from rl_runner.batches import ReplayBatch
 from rl_runner.encoders import chw_shape, is_image
-from rl_runner.envs import final_observations
+from rl_runner.envs import final_observations, game_ends
 from rl_runner.feeder import Episodes, Feeder
 from rl_runner.frame_buffer import FrameReplay, ImageReplay, NotAFrameStack
 from rl_runner.rollout import EpisodeTracker
@@ -164,7 +164,9 @@ class ReplayFeeder(Feeder):
             self._add(obs, actions, rewards, terminated, stored_next)
             self.obs = next_obs
             self.env_steps += self.n_envs
-            for _, ret, length in self.tracker.step(rewards, dones):
+            ended = self.tracker.step(rewards, dones)
+            games = game_ends(self.envs, info)  # Atari: whole games, the real score
+            for _, ret, length in (ended if games is None else games):
                 episodes.append(((t + 1) * self.n_envs, ret, length))
         if self.buffer.size < max(1, algo.learning_starts, self.buffer.min_size):
             return None, episodes

@@ -6,7 +6,7 @@ import numpy as np
 
 from rl_runner.algos.contracts import OnPolicy
 from rl_runner.batches import Rollout
-from rl_runner.envs import final_observations
+from rl_runner.envs import final_observations, game_ends
 from rl_runner.feeder import Episodes, Feeder
 
 
@@ -80,7 +80,9 @@ class RolloutCollector(Feeder):
             b["truncated"][t] = cut
             if cut.any():  # a time limit is not death: bootstrap from the final observation
                 b["next_values"][t][cut] = algo.value(final_observations(info, cut))
-            for i, ret, length in self.tracker.step(rewards, dones):
+            ended = self.tracker.step(rewards, dones)
+            games = game_ends(self.envs, info)  # Atari: whole games, the real score
+            for i, ret, length in (ended if games is None else games):
                 episodes.append(((t + 1) * self.n_envs, ret, length))
         b = self._buf
         nv = b["next_values"]

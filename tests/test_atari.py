@@ -206,3 +206,38 @@ def test_atari_preprocessing_on_another_env_is_refused():
 def test_bad_atari_settings_are_one_line_and_exit_2(refused_in_process, tmp_path, args, says):
     line = refused_in_process([*args, "trainer.total_steps=64", f"hydra.run.dir={tmp_path}/r"])
     assert says in line, line
+
+
+class RandomActor:
+    """Just enough of an on-policy algorithm for the RolloutCollector: uniform actions."""
+
+    def __init__(self, n_actions: int):
+        self.rng, self.n_actions = np.random.default_rng(0), n_actions
+
+    def explore(self, obs):
+        a = self.rng.integers(self.n_actions, size=len(obs))
+        zeros = np.zeros(len(obs), np.float32)
+        return a, a, zeros, zeros, obs
+
+    def value(self, obs):
+        return np.zeros(len(obs), np.float32)
+
+
+def test_training_curves_report_whole_games_with_the_real_score():
+    """charts/episodic_return on Atari: the feeder reports games, not lives, and unclipped
+    points (SpaceInvaders scores 5 to 30 a shot; its training rewards are clipped to 1)."""
+    from rl_runner.rollout import RolloutCollector
+
+    envs = make_vec_env(INVADERS, 2, {}, atari={}, training=True)
+    feeder = RolloutCollector(envs, 256, seed=0)
+    episodes: list = []
+    lives_ended = 0
+    while len(episodes) < 2:
+        rollout, ended = feeder.collect(RandomActor(6))
+        assert rollout.rewards.max() <= 1.0  # what the learner sees stays clipped
+        lives_ended += int(rollout.dones.sum())
+        episodes += ended
+    envs.close()
+    assert lives_ended >= 3 * len(episodes)  # 3 lives a game: games are reported, not lives
+    assert all(ret % 5 == 0 and ret >= 5 for _, ret, _ in episodes)
+    assert max(ret for _, ret, _ in episodes) > 5  # one clipped reward per shot would be 1, 2..
