@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -15,6 +16,7 @@ from rl_runner.config import atari_options, to_plain
 from rl_runner.errors import UserError, one_line
 
 ATARI_EXTRA = "pip install 'rl-runner[atari]'"
+log = logging.getLogger("rl_runner")
 
 
 def env_options(env_cfg: Any) -> dict:
@@ -56,6 +58,14 @@ def check_env_id(env_id: str) -> None:
     raise UserError(f"env.id={env_id!r} is not a registered gymnasium environment{hint}")
 
 
+def log_mujoco_warnings() -> None:
+    """MuJoCo appends its warnings to MUJOCO_LOG.TXT in the working directory (HalfCheetah-v5's
+    model gives a deprecation warning at every load): send them to the debug log instead."""
+    import mujoco
+
+    mujoco.set_mju_user_warning(lambda message: log.debug("mujoco: %s", message))
+
+
 def make_one(env_id: str, kwargs: dict, atari: dict | None = None, training: bool = False,
              record: Callable[[gym.Env], gym.Env] | None = None) -> gym.Env:
     """One env: env.atari's preprocessing on an Atari game (`training`: lives end episodes and
@@ -67,6 +77,9 @@ def make_one(env_id: str, kwargs: dict, atari: dict | None = None, training: boo
     if options is not None and not is_ale(env_id.split(":")[-1]):
         raise UserError(f"env.atari is Atari preprocessing, and env.id={env_id} is not an Atari "
                         "game; set env.atari=null")
+    if env_id in gym.registry and str(gym.spec(env_id).entry_point).startswith(
+            "gymnasium.envs.mujoco"):
+        log_mujoco_warnings()
     env = gym.make(env_id, **base_kwargs(env_id.split(":")[-1], kwargs, options))
     if options is not None:
         return wrap_atari(env, options, training, record)

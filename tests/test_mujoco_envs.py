@@ -73,3 +73,13 @@ def test_rl_eval_records_a_hopper_run(tmp_path):
     assert frames[0].shape == (96, 96, 3)  # the run's env.kwargs hold for the video too
     assert len(frames) >= result["length_mean"]  # the whole episode: a frame per step
     assert np.ptp(np.stack(frames).astype(np.float32)) > 0
+
+
+def test_mujoco_warnings_leave_no_log_file_in_the_working_directory(tmp_path, monkeypatch):
+    """HalfCheetah-v5's model warns at every load; MuJoCo would append it to MUJOCO_LOG.TXT in
+    the user's working directory."""
+    from rl_runner.envs import make_one
+
+    monkeypatch.chdir(tmp_path)
+    make_one("HalfCheetah-v5", {}).close()
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
