@@ -24,7 +24,8 @@ MAX_ENVS = 4096  # gymnasium's vector envs, one Python object each: beyond this,
 TRAINER_TYPES = {"total_steps": PositiveInt, "eval_every": NonNegativeInt,
                  "eval_episodes": PositiveInt, "checkpoint_every": NonNegativeInt,
                  "torch_threads": PositiveInt | Literal["auto"], "device": str,
-                 "save_replay_buffer": bool, "progress": bool, "fail_fast": bool}
+                 "save_replay_buffer": bool, "progress": bool, "fail_fast": bool,
+                 "eval_deterministic": bool}
 
 
 def group_choices(group: str, searchpath: Sequence[str] = ()) -> list[str]:

@@ -24,7 +24,8 @@ OPTIONS = {
     "run": Option(None, str, "the run directory, e.g. outputs/2026-12-03/10-00-00_ppo_cartpole_s0"),
     "checkpoint": Option("best", str, "best (last.pt where no best.pt), last, or a .pt file"),
     "episodes": Option(20, int, "episodes to run"),
-    "deterministic": Option(True, bool, "act with the policy's mode; false samples actions"),
+    "deterministic": Option(None, bool | None, "true: act with the policy's mode; false: sample "
+                            "actions; null: as the run evaluated (trainer.eval_deterministic)"),
     "seed": Option(None, int | None, "seed of the first episode; null: the run's seed + 10000, "
                                      "the seeds of its own evaluations"),
     "video": Option(False, bool, "record every episode as an mp4 in <run>/videos/ (needs the "
@@ -44,6 +45,8 @@ def evaluate(opts: dict[str, Any]) -> dict[str, Any]:
     fileio.check_writable(run)  # for eval.json, before the episodes (videos/: in record)
     seed = policy.config.seed + 10_000 if opts["seed"] is None else opts["seed"]
     deterministic = opts["deterministic"]
+    if deterministic is None:  # configs saved before the key: the mode, as runs evaluated then
+        deterministic = bool(policy.config.trainer.get("eval_deterministic", True))
     if opts["video"]:
         result, videos = record(policy, run / "videos", opts["episodes"], seed, deterministic)
     else:

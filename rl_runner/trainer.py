@@ -248,7 +248,8 @@ class Trainer:
         return metrics
 
     def _evaluate(self) -> None:
-        result = self.evaluator.run(lambda obs: self.algo.act(obs, deterministic=True))
+        deterministic = self.tcfg.get("eval_deterministic", True)  # absent in older configs
+        result = self.evaluator.run(lambda obs: self.algo.act(obs, deterministic=deterministic))
         step = self.env_steps
         for key in ("return_mean", "return_std", "length_mean"):
             self.logger.scalar(f"eval/{key}", result[key], step)

@@ -233,3 +233,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert res["status"] == "failed"
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     assert ckpt["counters"]["env_steps"] == 768  # the last good state, not the NaN one
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_evaluation_acts_as_trainer_eval_deterministic_says(tmp_path, monkeypatch, deterministic):
+    """Sampled evaluation (the RL Zoo's on Atari) when asked; the policy's mode otherwise, and
+    rl-eval follows the run's setting unless told."""
+    from rl_runner.algos.ppo import PPO
+    from rl_runner.rl_eval import main as rl_eval
+
+    seen: list[bool] = []
+    act = PPO.act
+
+    def spy(self, obs, deterministic=False):
+        seen.append(deterministic)
+        return act(self, obs, deterministic)
+
+    monkeypatch.setattr(PPO, "act", spy)
+    train(short_cfg(f"trainer.eval_deterministic={deterministic}"), tmp_path / "run")
+    assert seen and set(seen) == {deterministic}
+    seen.clear()
+    rl_eval([f"run={tmp_path / 'run'}", "episodes=1"])
+    assert seen and set(seen) == {deterministic}
+    seen.clear()
+    rl_eval([f"run={tmp_path / 'run'}", "episodes=1", f"deterministic={not deterministic}"])
+    assert seen and set(seen) == {not deterministic}
