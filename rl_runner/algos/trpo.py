@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from rl_runner.algos.base import OnPolicyAlgorithm, explained_variance
-from rl_runner.algos.trpo_torch import LineSearch, PolicyBatch, TorchTRPO, all_finite
+from rl_runner.algos.trpo_torch import (LineSearch, PolicyBatch, TorchTRPO, all_finite,
+                                        backtrack)
 from rl_runner.batches import Rollout
 from rl_runner.errors import UserError
 from rl_runner.heads import log_softmax
@@ -248,19 +249,8 @@ class TRPO(OnPolicyAlgorithm):
     def line_search(self, pb: PolicyBatch, full_step: np.ndarray) -> LineSearch:
         """Try theta_old + shrink^i full_step for i = 0, 1, ...; keep the first that raises the
         surrogate with KL <= max_kl, else restore theta_old (paper sec. 6, appendix C)."""
-        flat, idx = self._flat_np, self._actor_idx
-        full_step = full_step.astype(np.float32)
-        theta_old = flat[idx]  # a copy (fancy indexing)
-        surrogate_old, _, entropy_old = self._evaluate(pb, pb.old_out)
-        coef = 1.0
-        for shrinks in range(self.max_iter):
-            flat[idx] = theta_old + coef * full_step
-            surrogate, kl, entropy = self._evaluate(pb)
-            if kl <= self.max_kl and surrogate > surrogate_old:  # False for NaN as well
-                return LineSearch(True, shrinks, surrogate, kl, entropy)
-            coef *= self.shrink
-        flat[idx] = theta_old
-        return LineSearch(False, self.max_iter, surrogate_old, 0.0, entropy_old)
+        return backtrack(self, self._flat_np, self._actor_idx, full_step.astype(np.float32),
+                         lambda old_out=None: self._evaluate(pb, old_out), pb.old_out)
 
     def _evaluate(self, pb: PolicyBatch, out: np.ndarray | None = None) -> tuple[
             float, float, float]:

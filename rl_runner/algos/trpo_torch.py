@@ -43,6 +43,24 @@ class LineSearch(NamedTuple):
     entropy: float
 
 
+def backtrack(algo: TRPO, flat, idx, full_step, evaluate, old_out) -> LineSearch:
+    """Backtracking line search on the actor's entries `idx` of the flat parameters (a numpy
+    array or a tensor alike): the largest step coef^k * full_step that improves the surrogate
+    with KL <= max_kl, else theta_old restored (TRPO paper sec. 6, appendix C). `evaluate()`
+    gives (surrogate, KL, entropy) at the current parameters, evaluate(old_out) at the old."""
+    theta_old = flat[idx]  # a copy (advanced indexing)
+    surrogate_old, _, entropy_old = evaluate(old_out)
+    coef = 1.0
+    for shrinks in range(algo.max_iter):
+        flat[idx] = theta_old + coef * full_step
+        surrogate, kl, entropy = evaluate()
+        if kl <= algo.max_kl and surrogate > surrogate_old:  # False for NaN as well
+            return LineSearch(True, shrinks, surrogate, kl, entropy)
+        coef *= algo.shrink
+    flat[idx] = theta_old
+    return LineSearch(False, algo.max_iter, surrogate_old, 0.0, entropy_old)
+
+
 class TorchTRPO:
     """The torch twin of TRPO's numpy methods policy_batch, surrogate_gradient_and_fvp,
     line_search and fit_value; the same inputs, outputs and RNG use, with tensors."""
@@ -105,19 +123,8 @@ class TorchTRPO:
     def line_search(self, pb: PolicyBatch, full_step: torch.Tensor) -> LineSearch:
         """TRPO.line_search on the flat buffer's actor entries."""
 
-        algo, flat, idx = self.algo, self.algo.optimizer.flat, self.flat_idx
-        step = full_step.float()
-        theta_old = flat[idx]  # a copy (advanced indexing)
-        surrogate_old, _, entropy_old = self.evaluate(pb, pb.old_out)
-        coef = 1.0
-        for shrinks in range(algo.max_iter):
-            flat[idx] = theta_old + coef * step
-            surrogate, kl, entropy = self.evaluate(pb)
-            if kl <= algo.max_kl and surrogate > surrogate_old:  # False for NaN as well
-                return LineSearch(True, shrinks, surrogate, kl, entropy)
-            coef *= algo.shrink
-        flat[idx] = theta_old
-        return LineSearch(False, algo.max_iter, surrogate_old, 0.0, entropy_old)
+        return backtrack(self.algo, self.algo.optimizer.flat, self.flat_idx, full_step.float(),
+                         lambda old_out=None: self.evaluate(pb, old_out), pb.old_out)
 
     def evaluate(self, pb: PolicyBatch, out: torch.Tensor | None = None) -> tuple[
             float, float, float]:
