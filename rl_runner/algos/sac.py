@@ -23,6 +23,7 @@ from rl_runner.algos.base import OffPolicyAlgorithm
 from rl_runner.algos.twin_critic import CriticEncoder, TwinCritic, cached_layers, mlp_forward
 from rl_runner.batches import ReplayBatch
 from rl_runner.encoders import EncoderKind, EncoderSpec, make_cnn
+from rl_runner.errors import UserError
 from rl_runner.nets import LOG_2PI, ParallelMLP
 from rl_runner.optim import FlatAdam
 from rl_runner.params import Activation, NonNegativeFloat, PositiveFloat, PositiveInt, Sizes
@@ -68,8 +69,8 @@ class SAC(OffPolicyAlgorithm):
                  actor_lr: NonNegativeFloat | None = None, backup_entropy: bool = True,
                  encoder: EncoderKind = "auto", cnn_channels: Sizes = (32, 64, 64),
                  cnn_kernels: Sizes = (8, 4, 3), cnn_strides: Sizes = (4, 2, 1),
-                 cnn_features: PositiveInt = 512, device: torch.device = torch.device("cpu"),
-                 **kwargs):
+                 cnn_features: PositiveInt = 512, compile: bool = False,
+                 device: torch.device = torch.device("cpu"), **kwargs):
         super().__init__(**kwargs)
         hidden = self.hidden_sizes
         self.device = torch.device(device)
@@ -110,6 +111,10 @@ class SAC(OffPolicyAlgorithm):
         self.backup_entropy = backup_entropy
         # on the CPU on every device: its state is the same size everywhere (checkpoints move)
         self.gen = torch.Generator().manual_seed(self.seed)
+        if compile and (self.encoder or type(self).critic_penalty is not SAC.critic_penalty):
+            raise UserError(f"algo.compile=true: {self.name}'s compiled step takes vector "
+                            "observations and no critic penalty; use algo.compile=false")
+        self.compile, self.compiled_step = compile, None  # the step: built at first update
 
     def preferred_threads(self, cores: int) -> int:
         if self.encoder is not None:  # convolutions: every core on a CPU, one feeds a GPU
@@ -225,6 +230,9 @@ class SAC(OffPolicyAlgorithm):
             obs, next_obs = (x.flatten(2).float() for x in (obs, next_obs))
         rewards = self._tensor(batch.rewards)
         discount_GB = self.gamma * (1.0 - self._tensor(batch.terminated))
+        if self.compile:  # the plain-autograd step of sac_compiled, through torch.compile
+            from rl_runner.algos.sac_compiled import compiled_update
+            return compiled_update(self, obs, actions, rewards, discount_GB, next_obs, lr)
         step = self._discrete_step if self.discrete else self._box_step
         results = [step(obs[g], actions[g], rewards[g], discount_GB[g], next_obs[g])
                    for g in range(len(rewards))]
