@@ -78,6 +78,17 @@ def test_trpo_value_fit_leaves_the_policy_alone(envs):
     assert not torch.equal(before_v, after_v)
 
 
+def test_trpo_steps_the_cnn_weights_it_differentiates():
+    """The line search writes theta_old + step into the flat buffer at flat_idx; the step comes
+    in the order of the concatenated gradients (grad_idx). The CNN's channels_last weights are
+    stored in another order than their elements': the two must still name the same entries."""
+    algo = image_algo(TRPO)
+    assert not algo.net.encoder.convs[0].weight.is_contiguous()  # channels_last in the buffer
+    t = algo._torch
+    logical = torch.cat([p.detach().reshape(-1) for p in t.actor_params])
+    assert torch.equal(algo.optimizer.flat[t.flat_idx], logical[t.grad_idx])
+
+
 def test_a_cnn_checkpoint_round_trips(envs, tmp_path):
     a, b = image_algo(seed=1), image_algo(seed=2)
     batch, _ = RolloutCollector(envs, a.n_steps, 0).collect(a)

@@ -77,7 +77,11 @@ class TorchTRPO:
         for p, lo, hi in parts:
             assert p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
             grad_idx.append(torch.arange(offset + lo, offset + hi))
-            flat_idx.append(torch.arange(p.storage_offset() + lo, p.storage_offset() + hi))
+            # each element's place in the flat buffer, in the parameter's logical order (a CNN's
+            # channels_last weights are not stored in that order)
+            where = torch.as_strided(torch.arange(len(flat)), p.shape, p.stride(),
+                                     p.storage_offset())
+            flat_idx.append(where.reshape(-1)[lo:hi])
             offset += p.numel()
         # where the actor's entries sit in the concatenated gradients of actor_params, and in
         # the flat parameter buffer (the same order: x and the step line up with both)
