@@ -8,17 +8,20 @@ score) -> EpisodicLife (training: a lost life ends the episode) -> FireReset -> 
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import gymnasium as gym
 import numpy as np
 
-from rl_runner.params import NonNegativeInt, PositiveInt
+from rl_runner.errors import UserError
+from rl_runner.params import Range
 
 # the keys of env.atari, their types and defaults (the DQN / RL Zoo settings)
+# (bounded: a 100000-pixel screen or a billion no-ops would exhaust memory or never start)
 ATARI_TYPES: dict[str, Any] = {
-    "noop_max": NonNegativeInt, "frame_skip": PositiveInt, "screen_size": PositiveInt,
-    "grayscale": bool, "frame_stack": PositiveInt, "episodic_life": bool, "fire_reset": bool,
+    "noop_max": Annotated[int, Range(0, 1000)], "frame_skip": Annotated[int, Range(1, 64)],
+    "screen_size": Annotated[int, Range(8, 512)], "grayscale": bool,
+    "frame_stack": Annotated[int, Range(1, 64)], "episodic_life": bool, "fire_reset": bool,
     "clip_reward": bool}
 ATARI_DEFAULTS = {"noop_max": 30, "frame_skip": 4, "screen_size": 84, "grayscale": True,
                   "frame_stack": 4, "episodic_life": True, "fire_reset": True,
@@ -40,9 +43,17 @@ def looks_atari(env_id: str) -> bool:
 
 
 def base_kwargs(env_id: str, kwargs: dict, options: dict | None) -> dict:
-    """AtariPreprocessing skips frames itself: the base env must not (v5 and v4 ids skip)."""
-    if options is None or "frameskip" in kwargs or not is_ale(env_id):
+    """AtariPreprocessing skips frames itself: the base env must not (v5 and v4 ids skip), and
+    it takes the screen, not the RAM."""
+    if options is None or not is_ale(env_id):
         return kwargs
+    if kwargs.get("obs_type", "rgb") not in ("rgb", "grayscale"):
+        raise UserError(f"env.kwargs.obs_type={kwargs['obs_type']!r}: env.atari preprocesses "
+                        "screen frames; allowed with it: rgb, grayscale (or set env.atari=null)")
+    if kwargs.get("frameskip", 1) != 1:
+        raise UserError(f"env.kwargs.frameskip={kwargs['frameskip']!r}: env.atari skips frames "
+                        "itself (env.atari.frame_skip); allowed with it: 1 (or set "
+                        "env.atari=null)")
     return {**kwargs, "frameskip": 1}
 
 

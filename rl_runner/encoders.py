@@ -28,10 +28,11 @@ def is_image(space: gym.Space) -> bool:
 
 
 def chw_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """(channels, height, width) of an image shape given channels first or last (the smaller
-    of the first and last dimension is taken as the channels: 4x84x84 or 84x84x3)."""
+    """(channels, height, width) of an image shape: channels last where the last dimension is
+    1, 3 or 4 (grey, RGB, RGBA: 84x84x3) and the first is not, else channels first (stacks of
+    frames, 4x84x84, also 20x16x16)."""
     a, h, b = shape
-    return (a, h, b) if a <= b else (b, a, h)
+    return (b, a, h) if b in (1, 3, 4) and a not in (1, 3, 4) else (a, h, b)
 
 
 @dataclass(frozen=True)

@@ -107,8 +107,12 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
     `atari`, `training`: see make_one (the trainer's envs train, the Evaluator's do not)."""
     check_env_id(env_id)
     kwargs = dict(kwargs or {})
-    try:  # surface bad kwargs as one line, not a worker crash
-        make_one(env_id, kwargs, atari, training).close()
+    try:  # surface bad kwargs as one line, not a worker crash (some fail at the first reset)
+        probe = make_one(env_id, kwargs, atari, training)
+        try:
+            probe.reset(seed=0)
+        finally:
+            probe.close()
     except TypeError as e:
         raise UserError(f"env.kwargs {kwargs} rejected by {env_id}: {e}") from None
     except UserError:

@@ -197,11 +197,16 @@ def test_atari_preprocessing_on_another_env_is_refused():
     (["env=breakout", "+env.atari.sticky=1"], "env.atari.sticky is not an Atari preprocessing "
                                               "key; allowed: " + ", ".join(ATARI_DEFAULTS)),
     (["env=breakout", "env.atari.fram_skip=2"], "did you mean env.atari.frame_skip"),
-    (["env=pong", "env.atari.frame_skip=0"], "env.atari.frame_skip=0 must be"),
+    (["env=pong", "env.atari.frame_skip=0"], "env.atari.frame_skip=0 must lie in [1, 64]"),
     (["env=pong", "env.atari.grayscale=3"], "env.atari.grayscale=3"),
     (["env=pong", "env.atari=5"], "must be a mapping"),
     (["env=atari"], "env=atari needs env.id="),
     (["env=cartpole", "+env.atari={}"], "not an Atari game"),
+    # sizes that would exhaust memory or never start, and base envs the wrappers cannot take
+    (["env=breakout", "env.atari.screen_size=100000"], "must lie in [8, 512]"),
+    (["env=breakout", "env.atari.noop_max=1000000000"], "must lie in [0, 1000]"),
+    (["env=breakout", "+env.kwargs.obs_type=ram"], "allowed with it: rgb, grayscale"),
+    (["env=breakout", "+env.kwargs.frameskip=4"], "env.atari skips frames itself"),
 ])
 def test_bad_atari_settings_are_one_line_and_exit_2(refused_in_process, tmp_path, args, says):
     line = refused_in_process([*args, "trainer.total_steps=64", f"hydra.run.dir={tmp_path}/r"])
