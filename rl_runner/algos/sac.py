@@ -16,36 +16,17 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rl_runner.algos.base import OffPolicyAlgorithm
+from rl_runner.algos.sac_math import LOG_STD_MAX, LOG_STD_MIN, METRICS, squashed_gaussian
 from rl_runner.algos.twin_critic import CriticEncoder, TwinCritic, cached_layers, mlp_forward
 from rl_runner.batches import ReplayBatch
 from rl_runner.encoders import EncoderKind, EncoderSpec, make_cnn
 from rl_runner.errors import UserError
-from rl_runner.nets import LOG_2PI, ParallelMLP
+from rl_runner.nets import ParallelMLP
 from rl_runner.optim import FlatAdam
 from rl_runner.params import Activation, NonNegativeFloat, PositiveFloat, PositiveInt, Sizes
-
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # as SB3: keeps exp(log_std) finite early in training
-LOG_2 = math.log(2.0)
-METRICS = ("qf_loss", "actor_loss", "alpha", "alpha_loss", "entropy", "qf_values")
-
-
-def squashed_gaussian(mean_BA: torch.Tensor, log_std_BA: torch.Tensor,
-                      noise_BA: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """a = tanh(mean + std * noise) and its exact log-density.
-
-    Change of variables (Haarnoja et al. 2018a, appendix C, eq. 21):
-    log pi(a|s) = log N(u; mean, std) - sum_i log(1 - tanh(u_i)^2), and
-    log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)) holds exactly without the usual +1e-6.
-    """
-    u_BA = mean_BA + noise_BA * log_std_BA.exp()
-    log_det_BA = 2.0 * (LOG_2 - u_BA - F.softplus(-2.0 * u_BA))
-    logp_B = (-0.5 * noise_BA.pow(2) - log_std_BA - 0.5 * LOG_2PI - log_det_BA).sum(-1)
-    return torch.tanh(u_BA), logp_B
-
 
 # multiply-adds in the widest hidden-layer matmul of a minibatch from which a second thread pays
 # off. Update time on this 2-core CPU, 1 thread vs 2 (Pendulum, best of 3 x 100 updates):

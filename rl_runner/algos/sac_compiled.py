@@ -19,7 +19,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from rl_runner.algos.sac import LOG_STD_MAX, LOG_STD_MIN, METRICS, squashed_gaussian
+from rl_runner.algos.sac_math import LOG_STD_MAX, LOG_STD_MIN, METRICS, squashed_gaussian
 from rl_runner.nets import ParallelMLP
 from rl_runner.optim import FlatAdam
 
