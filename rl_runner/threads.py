@@ -111,19 +111,17 @@ def keep_freed_memory() -> None:
     mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of free heap top
 
 
-def choose_threads(setting: int | str, max_threads: int, algo=None,
-                   images: bool = False) -> tuple[int, ThreadTuner | None]:
+def choose_threads(setting: int | str, max_threads: int,
+                   algo=None) -> tuple[int, ThreadTuner | None]:
     """trainer.torch_threads, or with `auto` the algorithm's choice for its matmul sizes; set for
     torch and numpy's BLAS, with a ThreadTuner where auto chose several.
 
-    Image observations (`images`): every core under auto, since the CNN's convolutions dominate
-    the step whatever the algorithm. Called before the networks are built (`auto`: one thread, so that initial weights do not
+    Called before the networks are built (`auto`: one thread, so that initial weights do not
     depend on the machine's cores: orthogonal init's QR differs in its last bits with the thread
     count) and again after, with the algorithm."""
     threads = setting
     if threads == "auto":
-        threads = 1 if algo is None else max_threads if images else \
-            algo.preferred_threads(max_threads)
+        threads = 1 if algo is None else algo.preferred_threads(max_threads)
     elif algo is not None and threads > max_threads < usable_cores():
         log.warning("trainer.torch_threads=%d: more than this job's share of the cores (%d) "
                     "while other jobs of the sweep run; auto picks within it",

@@ -25,7 +25,6 @@ from rl_runner.algos.contracts import Algorithm, algo_name, check_metrics
 from rl_runner.checkpoint import load_checkpoint, seed_everything
 from rl_runner.demonstrations import expert_data
 from rl_runner.envs import env_options, make_vec_env
-from rl_runner.encoders import is_image
 from rl_runner.errors import UserError, describe
 from rl_runner.evaluation import Evaluator
 from rl_runner.feeder import Feeder
@@ -89,9 +88,8 @@ class Trainer:
         self.algo = build_algo(cfg, self.envs.single_observation_space,
                                self.envs.single_action_space, str(self.tcfg.device))
         self.algo_name = algo_name(type(self.algo))
-        self.threads, self.tuner = choose_threads(
-            self.tcfg.torch_threads, self.max_threads, self.algo,
-            is_image(self.envs.single_observation_space))
+        self.threads, self.tuner = choose_threads(self.tcfg.torch_threads, self.max_threads,
+                                                  self.algo)
         self.feeder = make_feeder(cfg, self.envs, self.algo)
         runstate.check_dataset(self, checkpoint)
         self._set_budget()

@@ -54,20 +54,3 @@ def test_a_busy_core_switches_to_one_thread_after_one_slow_update():
     assert tuner.current == 2
     threads.set_threads(1)
 
-
-def test_auto_gives_image_runs_every_core():
-    """A CNN's convolutions dominate any algorithm's step on images: auto takes every core
-    there, and the algorithm's own preference (one thread for small MLPs) elsewhere."""
-
-    class SmallMLPAlgo:
-        def preferred_threads(self, cores: int) -> int:
-            return 1
-
-    before = torch.get_num_threads()
-    try:
-        assert threads.choose_threads("auto", 2, SmallMLPAlgo())[0] == 1
-        n, tuner = threads.choose_threads("auto", 2, SmallMLPAlgo(), images=True)
-        assert n == 2 and tuner is not None
-        assert threads.choose_threads(1, 2, SmallMLPAlgo(), images=True)[0] == 1
-    finally:
-        threads.set_threads(before)

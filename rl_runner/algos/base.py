@@ -123,8 +123,8 @@ class OnPolicyAlgorithm(OnPolicy):
         self.grad_steps = 0
 
     def preferred_threads(self, cores: int) -> int:
-        """A CNN on the CPU has convolutions large enough to use every core."""
-        return cores if self.encoder == "cnn" and self.device.type == "cpu" else 1
+        """One thread, CNN or not (rl_runner/algos/image_nets.py: CNN_THREADS, measured)."""
+        return 1
 
     # ---- acting -------------------------------------------------------------------------------
     def _to_env(self, actions: np.ndarray) -> np.ndarray:

@@ -98,8 +98,8 @@ class SAC(OffPolicyAlgorithm):
         self.compile, self.compiled_step = compile, None  # the step: built at first update
 
     def preferred_threads(self, cores: int) -> int:
-        if self.encoder is not None:  # convolutions: every core on a CPU, one feeds a GPU
-            return cores if self.on_cpu else 1
+        if self.encoder is not None:  # convolutions: one thread (image_nets.CNN_THREADS)
+            return 1
         h = self.hidden_sizes
         macs = self.batch_size * max((a * b for a, b in zip(h, h[1:])), default=0)
         return cores if macs >= THREADS_FROM_MACS else 1
