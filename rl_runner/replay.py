@@ -133,8 +133,8 @@ class ReplayFeeder(Feeder):
         self.learning_starts = algo.learning_starts
         self.buffer = make_buffer(envs.single_observation_space, algo.buffer_size,
                                   algo.buffer_action_dim, self.n_envs)
-        device = getattr(algo, "device", None)
-        self.pinned = PinnedBatch() if getattr(device, "type", "cpu") == "cuda" else None
+        # Algorithm.device (the contract's: the CPU unless the class takes a device)
+        self.pinned = PinnedBatch() if algo.device.type == "cuda" else None
         self.rng = np.random.default_rng(seed + 20_000)
         self.restart_episodes(seed)
         self.env_steps = 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import torch
 import pytest
 
 from rl_runner.errors import UserError
@@ -206,6 +207,7 @@ class Stub:
 
     n_steps, train_freq, gradient_steps, batch_size = 25, 25, 2, 16
     learning_starts, buffer_action_dim = 10_000, 1
+    device = torch.device("cpu")  # Algorithm.device, the contract's default
 
     def __init__(self, buffer_size: int):
         self.buffer_size = buffer_size
