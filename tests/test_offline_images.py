@@ -327,3 +327,9 @@ def test_rl_collect_keeps_image_observations_uint8(tmp_path):
     rl_collect([f"run={run}", "episodes=2", f"out={tmp_path / 'd.npz'}"])
     data = load_dataset(tmp_path / "d.npz")
     assert data.observations.dtype == np.uint8 and data.observations.shape == (20, *SHAPE)
+
+
+def test_a_cnn_on_the_cpu_asks_for_one_torch_thread():
+    """As ppo's (tests/test_onpolicy_images.py): auto keeps one thread for a CNN."""
+    assert make_bc().preferred_threads(4) == 1
+    assert make_cql().preferred_threads(4) == 1

@@ -142,6 +142,6 @@ def test_an_image_run_trains_evaluates_and_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("cls", [PolicyGradient, PPO, TRPO])
 def test_a_cnn_on_the_cpu_asks_for_one_torch_thread(cls):
-    """Measured (image_nets.CNN_THREADS): every core made ppo breakout 3.7x slower on a
+    """Measured (Algorithm.preferred_threads): every core made ppo breakout 3.7x slower on a
     shared 2-core host; auto keeps one thread for a CNN as for the small MLPs."""
     assert image_algo(cls).preferred_threads(4) == 1

@@ -122,10 +122,6 @@ class OnPolicyAlgorithm(OnPolicy):
         self.env_steps = 0
         self.grad_steps = 0
 
-    def preferred_threads(self, cores: int) -> int:
-        """One thread, CNN or not (rl_runner/algos/image_nets.py: CNN_THREADS, measured)."""
-        return 1
-
     # ---- acting -------------------------------------------------------------------------------
     def _to_env(self, actions: np.ndarray) -> np.ndarray:
         # the env gets clipped actions; the log-prob stays that of the raw sample

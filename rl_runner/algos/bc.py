@@ -63,9 +63,6 @@ class BC(Offline):
         self.gen = torch.Generator().manual_seed(seed)
         self.grad_steps = 0
 
-    def preferred_threads(self, cores: int) -> int:
-        return image_nets.preferred_threads(self.image, cores)
-
     # ---- data ---------------------------------------------------------------------------------
     def fit_dataset(self, train: Dataset) -> None:
         """Fix the observation statistics from the training split (before any step); images

@@ -72,13 +72,3 @@ def row_chunks(n: int, image: bool) -> list[slice]:
     return [slice(i, i + size) for i in range(0, n, size)]
 
 
-def preferred_threads(image: bool, cores: int) -> int:
-    """One thread, CNN or not: see CNN_THREADS."""
-    return CNN_THREADS if image else 1
-
-
-# torch threads for a CNN on the CPU under trainer.torch_threads=auto. One: ppo breakout (8192
-# steps, Intel Xeon, 2 cores shared with other work) ran 307 env steps/s on one thread and 83
-# with auto at every core (the ThreadTuner times updates, but acting and its probes ran on two
-# threads, whose OpenMP workers spin while the other core is busy); SB3 ran 152 on one thread
-CNN_THREADS = 1

@@ -39,7 +39,7 @@ class QLearner:
         self.grad_steps = 0
 
     def preferred_threads(self, cores: int) -> int:
-        return cores if self.image else 1
+        return 1  # CNN or not: Algorithm.preferred_threads says why
 
     def critic_penalty(self, obs_BD: torch.Tensor, next_obs_BD: torch.Tensor,
                        q_KB: torch.Tensor, q_KBA: torch.Tensor

@@ -98,7 +98,7 @@ class SAC(OffPolicyAlgorithm):
         self.compile, self.compiled_step = compile, None  # the step: built at first update
 
     def preferred_threads(self, cores: int) -> int:
-        if self.encoder is not None:  # convolutions: one thread (image_nets.CNN_THREADS)
+        if self.encoder is not None:  # a CNN: one thread (Algorithm.preferred_threads)
             return 1
         h = self.hidden_sizes
         macs = self.batch_size * max((a * b for a, b in zip(h, h[1:])), default=0)
