@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from rl_runner.algos.build import algo_class, build_algo, takes_device
+from rl_runner.algos.build import algo_class, build_algo
+from rl_runner.algos.contracts import constructor_params
 from rl_runner.checkpoint import save_checkpoint, seed_everything
 from rl_runner.envs import env_options, make_vec_env
 from rl_runner.errors import UserError, one_line
@@ -59,6 +60,11 @@ CASES = {
     "cql Discrete": ("cql", "cartpole", {}),
     "gail": ("gail", "cartpole", {}),
 }
+
+
+def takes_device(cls: type) -> bool:
+    """Whether build_algo hands the class trainer.device (else it runs on the CPU only)."""
+    return "device" in constructor_params(cls)
 
 
 class Recorder:

@@ -1,7 +1,6 @@
 """The algorithm a config names, built for an env's spaces with its hyperparameters checked."""
 from __future__ import annotations
 
-import inspect
 import logging
 
 import gymnasium as gym
@@ -9,7 +8,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from rl_runner import config as config_checks
-from rl_runner.algos.contracts import FAMILIES, algo_name, check_contract
+from rl_runner.algos.contracts import FAMILIES, algo_name, check_contract, constructor_params
 from rl_runner.checkpoint import encode
 from rl_runner.device import resolve_device
 from rl_runner.encoders import is_image
@@ -37,12 +36,6 @@ def algo_class(cfg: DictConfig) -> type:
     return cls
 
 
-def takes_device(cls: type) -> bool:
-    """Whether the class's constructor (or a base's it passes keywords to) takes `device`."""
-    return any("device" in inspect.signature(k.__dict__["__init__"]).parameters
-               for k in cls.__mro__ if "__init__" in k.__dict__ and k is not object)
-
-
 def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space,
                device: str = "cpu"):
     """The algorithm of `cfg.algo` for these spaces, its hyperparameters checked first.
@@ -67,7 +60,7 @@ def build_algo(cfg: DictConfig, obs_space: gym.Space, action_space: gym.Space,
                         "contracts.py)")
     # the class is called directly, not through Hydra's instantiate: that would also call any
     # `_target_` nested in a hyperparameter (a checkpoint's config is not to name code)
-    if takes_device(cls):
+    if "device" in constructor_params(cls):
         kwargs["device"] = resolve_device(device, is_image(obs_space))
     elif device not in ("cpu", "auto"):
         raise UserError(f"algorithm {name} runs on the CPU only (its constructor takes no "

@@ -8,6 +8,7 @@ is declared here: nothing is discovered by probing.
 from __future__ import annotations
 
 import functools
+import inspect
 import numbers
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -18,6 +19,13 @@ import torch
 
 from rl_runner.config import PROVIDED, check_algo_kwargs
 from rl_runner.errors import UserError
+
+
+def constructor_params(cls: type) -> set[str]:
+    """The parameter names of a class's constructors, its own and its bases' (those it passes
+    keywords on to): what build_algo may hand it (`device`), what gail shares with its learner."""
+    return {name for klass in cls.__mro__ if "__init__" in klass.__dict__ and klass is not object
+            for name in inspect.signature(klass.__dict__["__init__"]).parameters}
 
 
 class Algorithm(ABC):

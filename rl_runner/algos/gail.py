@@ -11,7 +11,6 @@ unless algo.learner_kwargs sets its own.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -26,7 +25,7 @@ from torch import nn
 from rl_runner import config as config_checks
 from rl_runner.algos import image_nets
 from rl_runner.algos.base import box_bounds, to_unit_box
-from rl_runner.algos.contracts import OnPolicy
+from rl_runner.algos.contracts import OnPolicy, constructor_params
 from rl_runner.batches import Rollout
 from rl_runner.datasets import Dataset
 from rl_runner.encoders import EncoderKind, NatureCNN, make_cnn
@@ -73,13 +72,6 @@ class ImageDiscriminator(nn.Module):
         return self.head(torch.cat([self.cnn(obs), act], 1))[0, :, 0]
 
 
-def keyword_params(cls: type) -> set[str]:
-    """The keyword-only parameters of a class's constructors (its own and its bases')."""
-    return {name for klass in cls.__mro__ if "__init__" in klass.__dict__ and klass is not object
-            for name, p in inspect.signature(klass.__dict__["__init__"]).parameters.items()
-            if p.kind == p.KEYWORD_ONLY}
-
-
 class GAIL(OnPolicy):
     name = "gail"
     uses_demonstrations = True
@@ -103,7 +95,7 @@ class GAIL(OnPolicy):
         kwargs = dict(learner_kwargs or {})
         config_checks.check_algo_kwargs(learner, cls, kwargs, config_checks.PROVIDED,
                                         prefix="algo.learner_kwargs.")
-        takes = keyword_params(cls)
+        takes = constructor_params(cls)
         shared = dict(zip(ENCODER_KEYS, (encoder, list(cnn_channels), list(cnn_kernels),
                                          list(cnn_strides), cnn_features)))
         kwargs = {**{k: v for k, v in shared.items() if k in takes}, **kwargs}
