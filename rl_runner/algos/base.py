@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from rl_runner.batches import Rollout
-from rl_runner.algos import torch_onpolicy
+from rl_runner.algos import image_nets, torch_onpolicy
 from rl_runner.algos.contracts import OffPolicy, OnPolicy
-from rl_runner.encoders import EncoderKind, EncoderSpec
+from rl_runner.encoders import EncoderKind
 from rl_runner.errors import UserError
 from rl_runner.heads import make_head
 from rl_runner.kernels import MLPKernel
@@ -87,8 +87,8 @@ class OnPolicyAlgorithm(OnPolicy):
         self.max_grad_norm, self.ent_coef, self.vf_coef = max_grad_norm, ent_coef, vf_coef
         self.norm_adv = norm_adv
         self.device = torch.device(device)
-        spec = EncoderSpec(encoder, tuple(cnn_channels), tuple(cnn_kernels), tuple(cnn_strides),
-                           cnn_features)
+        spec = image_nets.encoder_spec(encoder, cnn_channels, cnn_kernels, cnn_strides,
+                                       cnn_features)
         self.encoder = spec.resolve(observation_space)
         self.backend = resolve_backend(backend, self.encoder, self.device)
         if self.encoder == "cnn" and normalize_obs:

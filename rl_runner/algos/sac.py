@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from rl_runner.algos import image_nets
 from rl_runner.algos.base import OffPolicyAlgorithm
 from rl_runner.algos.sac_math import LOG_STD_MAX, LOG_STD_MIN, METRICS, squashed_gaussian
 from rl_runner.algos.twin_critic import CriticEncoder, TwinCritic, cached_layers, mlp_forward
 from rl_runner.batches import ReplayBatch
-from rl_runner.encoders import EncoderKind, EncoderSpec, make_cnn
+from rl_runner.encoders import EncoderKind, make_cnn
 from rl_runner.errors import UserError
 from rl_runner.nets import ParallelMLP
 from rl_runner.optim import FlatAdam
@@ -57,8 +58,8 @@ class SAC(OffPolicyAlgorithm):
         self.device = torch.device(device)
         self.on_cpu = self.device.type == "cpu"
         space = kwargs["observation_space"]
-        spec = EncoderSpec(encoder, tuple(cnn_channels), tuple(cnn_kernels), tuple(cnn_strides),
-                           cnn_features)
+        spec = image_nets.encoder_spec(encoder, cnn_channels, cnn_kernels, cnn_strides,
+                                       cnn_features)
         self.encoder: CriticEncoder | None = None
         self.feature_dim = self.obs_dim  # what the MLPs take: the observation or CNN features
         if spec.resolve(space) == "cnn":
