@@ -20,7 +20,7 @@ PRESETS = sorted(p.name[:-5] for p in (resources.files("rl_runner.conf") / "tune
 # bc's presets, folded into trainer/offline.yaml (which algo/bc.yaml picks): its envs with an expert
 FOLDED = ["bc_cartpole", "bc_lunarlander", "bc_lunarlander_continuous", "bc_pendulum"]
 OFFLINE = {"bc", "cql"}  # budgets count gradient steps
-OFF_POLICY = {"sac"}
+OFF_POLICY = {"sac", "dqn", "td3", "ddpg"}
 DEMONSTRATIONS = {"bc", "cql", "gail"}
 
 
@@ -51,7 +51,7 @@ def expert_cache(tmp_path_factory):
 def test_every_algo_of_a_preset_is_known():
     assert PRESETS and "bc_acrobot" not in PRESETS  # no acrobot expert: bc could not start
     algos = {p.split("_", 1)[0] for p in PRESETS}
-    assert algos <= OFFLINE | OFF_POLICY | {"pg", "ppo", "trpo", "gail"}, algos
+    assert algos <= OFFLINE | OFF_POLICY | {"pg", "ppo", "trpo", "a2c", "gail"}, algos
 
 
 @pytest.mark.parametrize("preset", PRESETS + FOLDED)
