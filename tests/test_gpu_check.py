@@ -101,9 +101,10 @@ def test_peer_models_take_the_tasks_hyperparameters():
     pytest.importorskip("mujoco")
     env = bench_tasks.peer_env(task, 0)
     model = bench_tasks.peer_model(task, env, 0, torch)
-    assert type(env).__name__ == "VecNormalize" and env.gamma == 0.999
-    assert model.n_steps == 512 and model.batch_size == 32 and model.policy.ortho_init is False
-    assert float(model.policy.log_std.detach().mean()) == -2.0
+    assert type(env).__name__ == "VecNormalize" and env.gamma == 0.99
+    assert model.n_steps == 2048 and model.batch_size == 64 and model.n_epochs == 10
+    assert model.lr_schedule(0.5) == pytest.approx(1.5e-4)  # anneal_lr: linear to 0
+    assert float(model.policy.log_std.detach().mean()) == 0.0
     env.close()
 
 
