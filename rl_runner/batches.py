@@ -30,6 +30,15 @@ class ReplayBatch(NamedTuple):
     `next_obs` is the real successor observation (the final one where an episode ended) and
     `terminated` excludes time-limit truncation, so that a time limit still bootstraps.
     `env_steps` is the feeder's env step count when the batch was drawn (for lr schedules).
+
+    The fields after it are filled only for an algorithm that asks for them (OffPolicy.n_step,
+    OffPolicy.prioritized); None otherwise:
+    - `steps`: with n-step returns, the rewards summed into each row's `rewards` (discounted,
+      r_t + gamma r_t+1 + ...), fewer than n where the episode ended or the buffer holds no more;
+      `next_obs` and `terminated` are those of the last of them, so the target bootstraps with
+      gamma ** steps.
+    - `weights`: prioritized replay's importance-sampling weights, to scale each row's loss.
+    - `indices`: the buffer rows drawn, for the algorithm's new priorities of them.
     """
 
     obs: np.ndarray
@@ -38,6 +47,9 @@ class ReplayBatch(NamedTuple):
     terminated: np.ndarray
     next_obs: np.ndarray
     env_steps: int
+    steps: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    indices: np.ndarray | None = None
 
 
 class OfflineBatch(NamedTuple):

@@ -9,6 +9,7 @@ import pytest
 from rl_runner.errors import UserError
 from rl_runner.frame_buffer import FrameReplay, ImageReplay
 from rl_runner.replay import ReplayBuffer, ReplayFeeder, make_buffer
+from rl_runner.sum_tree import Priorities
 from tests.helpers.frame_env import make_frame_vec_env
 
 S, H, W = 4, 6, 5
@@ -17,7 +18,8 @@ S, H, W = 4, 6, 5
 class Streams:
     """n envs of random frames stacked as FrameStackObservation stacks them (an episode's first
     observation repeats its first frame), ending at random by termination or truncation; each
-    transition carries its number in its reward and action."""
+    transition carries its number in its reward and action. `ends` (per step) and `stops` (per
+    transition number) say where episodes ended, `stops` also where a restart cut one."""
 
     def __init__(self, n: int, seed: int, shape=(S, H, W), restart_p: float = 0.0):
         self.rng, self.n, self.shape = np.random.default_rng(seed), n, shape
@@ -26,6 +28,8 @@ class Streams:
         self.left = self.rng.integers(1, 12, n)
         self.count = 0
         self.added: dict[int, tuple] = {}
+        self.ends = np.zeros(n, bool)  # the last step's episode ends
+        self.stops: dict[int, bool] = {}
 
     def first(self) -> np.ndarray:
         return np.repeat(self.frame()[None], self.shape[0], 0)
@@ -46,10 +50,13 @@ class Streams:
         for e in np.flatnonzero(ends):
             self.stacks[e] = self.first()
             self.left[e] = self.rng.integers(1, 12)
-        if self.rng.random() < self.restart_p:  # fresh episodes without an end (a resume)
+        self.restarted = restart = self.rng.random() < self.restart_p
+        if restart:  # fresh episodes without an end (a resume)
             self.stacks = np.stack([self.first() for _ in range(n)])
+        self.ends = ends
         for i, e in enumerate(ids):
             self.added[int(e)] = (obs[i], nxt[i], bool(terminated[i]))
+            self.stops[int(e)] = bool(ends[i]) or restart
         return obs, ids.astype(np.float32)[:, None], ids.astype(np.float32), terminated, nxt
 
 
@@ -116,6 +123,11 @@ def test_memory_per_transition_is_about_one_frame():
     per = buf.nbytes / buf.capacity
     assert 84 * 84 <= per < 84 * 84 + 24, per  # the frame, action, reward and small flags
     assert 1_000_000 * per < 8e9  # a 1M-transition Atari buffer fits in 8 GB
+    # n-step returns add a byte (episode ends), prioritized replay a tree of float64 sums
+    n_step = FrameReplay(100_000, (4, 84, 84), 1, 8, n_step=3)
+    assert n_step.nbytes - buf.nbytes == n_step.capacity
+    tree = Priorities(1_000_000, alpha=0.6).tree.tree.nbytes
+    assert 1_000_000 * n_step.nbytes / n_step.capacity + tree < 7.1e9
     assert ImageReplay(1000, (3, 8, 8), 1).nbytes / 1000 >= 2 * 3 * 8 * 8
 
 
@@ -208,6 +220,7 @@ class Stub:
     n_steps, train_freq, gradient_steps, batch_size = 25, 25, 2, 16
     learning_starts, buffer_action_dim = 10_000, 1
     device = torch.device("cpu")  # Algorithm.device, the contract's default
+    n_step, gamma, prioritized, per_alpha = 1, 0.99, False, 0.6  # OffPolicy's defaults
 
     def __init__(self, buffer_size: int):
         self.buffer_size = buffer_size
@@ -229,9 +242,9 @@ def test_the_feeder_keeps_frame_stack_env_data_as_frames_exactly():
     seen: list[tuple] = []
     original = feeder.buffer.add
 
-    def record(obs, actions, rewards, terminated, next_obs):
+    def record(obs, actions, rewards, terminated, next_obs, ends=None):
         seen.append((obs.copy(), next_obs.copy(), terminated.copy()))
-        original(obs, actions, rewards, terminated, next_obs)
+        original(obs, actions, rewards, terminated, next_obs, ends)
 
     feeder.buffer.add = record
     for _ in range(4):  # 100 steps: several episodes, the ring wraps
@@ -291,3 +304,76 @@ def test_batches_sampled_into_given_arrays_are_the_same(make):
     assert into.obs is out.obs and into.env_steps == 7
     for a, b in zip(plain, into):
         np.testing.assert_array_equal(a, b)
+
+
+# ---- n-step returns and row numbers (prioritized replay) ----------------------------------------
+@pytest.mark.parametrize("kind", ["frames", "images"])
+@pytest.mark.parametrize("n_envs, steps", [(1, 30), (3, 200)])
+def test_n_step_samples_follow_each_env_to_n_rewards_or_its_episode_end(n_envs, steps, kind):
+    """Each sampled row's reward is gamma-discounted over its env's next rows (3 at most; fewer
+    where the episode ended, a restart cut it or no later row is stored), with the next
+    observation and terminated flag of the last of them (frames: rebuilt from those held).
+    Frames see a restart in the stack; whole images are told (cut, as the feeder tells them)."""
+    streams = Streams(n_envs, seed=steps, restart_p=0.1)
+    make = FrameReplay if kind == "frames" else ImageReplay
+    buf = make(40 * n_envs, (S, H, W), 1, n_envs, n_step=3, gamma=0.5)
+    for _ in range(steps):
+        buf.add(*streams.step(), streams.ends)
+        if streams.restarted and kind == "images":
+            buf.cut()
+    batch = buf.sample(2, 1000, np.random.default_rng(1))
+    ids = batch.actions.reshape(-1).astype(int)
+    obs, nxt = batch.obs.reshape(-1, S, H, W), batch.next_obs.reshape(-1, S, H, W)
+    rewards, steps_ = batch.rewards.reshape(-1), batch.steps.reshape(-1)
+    term = batch.terminated.reshape(-1)
+    stepped = set()
+    for k, i in enumerate(ids):
+        j, want, m = int(i), float(i), 1
+        while m < 3 and not streams.stops[j] and j + n_envs < streams.count:
+            j, m = j + n_envs, m + 1
+            want += 0.5 ** (m - 1) * j
+        stepped.add(m)
+        assert (rewards[k], steps_[k]) == (pytest.approx(want), m), f"transition {i}"
+        np.testing.assert_array_equal(obs[k], streams.added[int(i)][0])
+        np.testing.assert_array_equal(nxt[k], streams.added[j][1], err_msg=f"transition {i}")
+        assert term[k] == streams.added[j][2]
+    assert stepped == {1, 2, 3}
+
+
+def test_rows_drawn_by_number_are_exactly_the_drawable_ones():
+    """Row numbers (slot x n_envs + env) name the rows uniform sampling draws by age: those
+    `drawable` says have a whole stack, each the transition added there."""
+    streams = Streams(3, seed=9, restart_p=0.05)
+    buf = FrameReplay(40 * 3, (S, H, W), 1, 3)
+    for _ in range(100):  # the ring wraps: its oldest rows lack older frames
+        buf.add(*streams.step())
+    rows = np.arange(buf.rows)
+    whole = buf.drawable(rows[None])[0]
+    assert 0 < (~whole).sum() < 20
+    batch = buf.sample(1, int(whole.sum()), np.random.default_rng(0), idx=rows[whole][None])
+    ids = batch.actions.reshape(-1).astype(int)
+    for k, i in enumerate(ids):
+        np.testing.assert_array_equal(batch.obs[0, k], streams.added[int(i)][0])
+        np.testing.assert_array_equal(batch.next_obs[0, k], streams.added[int(i)][1])
+    assert set(ids.tolist()) == check_samples(buf, streams, draws=20_000)
+    newest = buf.newest(3)
+    np.testing.assert_array_equal(buf.sample(1, 3, None, idx=newest[None]).actions.ravel(),
+                                  np.arange(streams.count - 3, streams.count))
+
+
+def test_n_step_state_keeps_the_episode_ends():
+    streams = Streams(2, seed=2)
+    a = FrameReplay(40, (S, H, W), 1, 2, n_step=3)
+    for _ in range(25):
+        a.add(*streams.step(), streams.ends)
+    state = a.state_dict()
+    assert state["ends"].shape == (20, 2) and state["ends"].any()
+    b = FrameReplay(40, (S, H, W), 1, 2, n_step=3)
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(b.ends, a.ends)
+    with pytest.raises(ValueError, match=r"ends \(uint8\)"):
+        b.load_state_dict({k: v for k, v in state.items() if k != "ends"})
+    with pytest.raises(ValueError, match="episode starts or ends"):
+        b.load_state_dict(bad(state, ends=np.full_like(state["ends"], 2)))
+    one_step = FrameReplay(40, (S, H, W), 1, 2)
+    assert "ends" not in one_step.state_dict() and one_step.nbytes < a.nbytes

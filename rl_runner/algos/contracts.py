@@ -115,6 +115,22 @@ class OffPolicy(Algorithm):
     buffer_action_dim: int  # the width of one stored action
     gradient_steps: int  # minibatches per update
     batch_size: int
+    # what the replay batches hold (rl_runner/batches.py ReplayBatch); the defaults give one-step
+    # transitions drawn uniformly, and leave the batch's optional fields None
+    n_step: int = 1  # rewards summed per transition, discounted by gamma (batch.steps)
+    gamma: float = 0.99  # the discount of those sums (read where n_step > 1)
+    prioritized: bool = False  # proportional prioritized replay (batch.weights, batch.indices)
+    per_alpha: float = 0.6  # where prioritized: rows are drawn with probability ~ priority^alpha
+
+    def per_beta(self, env_steps: int) -> float:
+        """Where prioritized: the exponent of the importance-sampling weights at this step."""
+        return 1.0
+
+    def take_priorities(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Where prioritized: (batch.indices, new priorities) of the batches learnt from since
+        the last call, then forgotten; the feeder calls it before it samples and before it saves
+        the buffer. None: nothing new."""
+        return None
 
     @abstractmethod
     def explore(self, obs: np.ndarray) -> np.ndarray:
