@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 
 from rl_runner.optim import FlatAdam
@@ -73,3 +74,60 @@ def test_flat_buffers_keep_a_cnns_channels_last_layout_and_targets_match():
     target = copy.deepcopy(net)
     share_flat(target, opt.flat.clone())
     assert torch.equal(target(x), net(x))
+
+
+def _rmsprop_pair(tf_like: bool):
+    from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
+    from rl_runner.optim import FlatRMSprop
+
+    ref, flat_net = _net(), _net()
+    kind = RMSpropTFLike if tf_like else torch.optim.RMSprop
+    ref_opt = kind(ref.parameters(), lr=1e-2, alpha=0.99, eps=1e-5)
+    opt = FlatRMSprop(flat_net.parameters(), lr=1e-2, alpha=0.99, eps=1e-5, tf_like=tf_like)
+    return ref, ref_opt, flat_net, opt
+
+
+@pytest.mark.parametrize("tf_like", [False, True])
+def test_flat_rmsprop_matches_torch_rmsprop_with_clipping(tf_like):
+    """As SB3's A2C steps: torch.optim.RMSprop(alpha=0.99, eps=1e-5) after clip_grad_norm_, or
+    SB3's RMSpropTFLike (the RL Zoo's Atari A2C)."""
+    ref, ref_opt, flat_net, opt = _rmsprop_pair(tf_like)
+    x, y = torch.randn(32, 5), torch.randn(32, 3)
+    for step in range(20):
+        scale = 50 if step % 2 else 0.01  # clipped steps and unclipped ones
+        ref_opt.zero_grad()
+        (ref(x) - y).pow(2).mean().mul(scale).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+        ref_opt.step()
+        opt.zero_grad()
+        (flat_net(x) - y).pow(2).mean().mul(scale).backward()
+        opt.clip_grad_norm(0.5)
+        opt.step()
+        for a, b in zip(ref.parameters(), flat_net.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    square_avg = torch.cat([ref_opt.state[p]["square_avg"].reshape(-1) for p in ref.parameters()])
+    torch.testing.assert_close(opt.square_avg, square_avg)
+    assert opt.steps == 20
+
+
+def test_flat_rmsprop_state_round_trip_is_plain_and_exact():
+    from rl_runner.optim import FlatRMSprop
+
+    net = _net()
+    opt = FlatRMSprop(net.parameters(), lr=1e-3, eps=1e-5)
+    x = torch.randn(4, 5)
+    net(x).sum().backward()
+    opt.step()
+    state = opt.state_dict()
+    assert set(state) == {"square_avg", "steps", "lr"} and isinstance(state["square_avg"],
+                                                                         torch.Tensor)
+    net2 = copy.deepcopy(net)
+    opt2 = FlatRMSprop(net2.parameters(), lr=5e-1, eps=1e-5)
+    opt2.load_state_dict(state)
+    assert opt2.steps == 1 and opt2.lr == 1e-3
+    for o, n in ((opt, net), (opt2, net2)):  # the same next step from the same state
+        o.zero_grad()
+        n(x).square().sum().backward()
+        o.step()
+    torch.testing.assert_close(opt2.flat, opt.flat, rtol=0, atol=0)

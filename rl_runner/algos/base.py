@@ -21,7 +21,7 @@ from rl_runner.heads import make_head
 from rl_runner.kernels import MLPKernel
 from rl_runner.nets import ActorCritic, CnnActorCritic
 from rl_runner.normalize import ObsNormalizer, RewardScaler
-from rl_runner.optim import FlatAdam
+from rl_runner.optim import FlatAdam, FlatParams
 from rl_runner.params import (Activation, Fraction, NonNegativeFloat, NonNegativeInt,
                                PositiveInt, Sizes)
 
@@ -102,13 +102,13 @@ class OnPolicyAlgorithm(OnPolicy):
                               list(hidden_sizes), activation, log_std_init)
         self.net = net.to(self.device)
         self.head = make_head(action_space)
-        self.optimizer = FlatAdam(self.net.parameters(), lr=lr, eps=1e-5)
+        self.optimizer = self.make_optimizer(lr)
         has_std = self.net.log_std is not None
         on_cpu = self.device.type == "cpu"  # numpy views of the parameters exist there only
         self.log_std = self.net.log_std.detach().numpy() if has_std and on_cpu else None
         self.kernel: MLPKernel | None = None
         if self.backend == "numpy":
-            # after FlatAdam: the kernel's views must point into the optimizer's flat buffers
+            # after make_optimizer: the kernel's views must point into its flat buffers
             self.kernel = MLPKernel(self.net.body)
             self._grad_ws = [w.grad.numpy() for w in self.net.body.weights]
             self._grad_bs = [b.grad.numpy() for b in self.net.body.biases]
@@ -121,6 +121,11 @@ class OnPolicyAlgorithm(OnPolicy):
             self.low, self.high = action_space.low, action_space.high
         self.env_steps = 0
         self.grad_steps = 0
+
+    def make_optimizer(self, lr: float) -> FlatParams:
+        """The optimizer over self.net's parameters (a flat-buffer one: the numpy kernel takes
+        views into its buffers). Adam here; a subclass may choose another (a2c: RMSprop)."""
+        return FlatAdam(self.net.parameters(), lr=lr, eps=1e-5)
 
     # ---- acting -------------------------------------------------------------------------------
     def _to_env(self, actions: np.ndarray) -> np.ndarray:
