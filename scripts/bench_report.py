@@ -7,7 +7,8 @@ import statistics
 from pathlib import Path
 
 from bench_common import machine, package_versions
-from bench_tasks import COMMON, PEERS, TASKS, peer_description
+from bench_peers import PEERS
+from bench_tasks import COMMON, TASKS, peer_description
 
 
 def markers(section: str) -> tuple[str, str]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bench_peers import CLASSES
+
 
 @dataclass(frozen=True)
 class Task:
@@ -58,6 +60,17 @@ COMMON = {
             "gamma": 0.99, "train_freq": 1, "gradient_steps": 1, "ent_coef": None,
             "target_entropy": None, "alpha_init": 1.0, "anneal_lr": False,
             "hidden_sizes": [256, 256], "activation": "relu"},
+    # SB3's DQN: plain DQN (no double Q, dueling, n-step or prioritized replay)
+    "dqn": {"tau": 1.0, "exploration_initial_eps": 1.0, "max_grad_norm": 10.0,
+            "double_q": False, "dueling": False, "n_step": 1, "prioritized": False,
+            "anneal_lr": False, "activation": "relu"},
+    "td3": {"buffer_size": 1_000_000, "batch_size": 256, "tau": 0.005, "gamma": 0.99,
+            "policy_delay": 2, "target_policy_noise": 0.2, "target_noise_clip": 0.5,
+            "actor_lr": None, "anneal_lr": False, "activation": "relu"},
+    "a2c": {"gamma": 0.99, "gae_lambda": 1.0, "vf_coef": 0.5, "max_grad_norm": 0.5,
+            "norm_adv": False, "use_rms_prop": True, "rms_prop_eps": 1e-5,
+            "rms_prop_tf_like": False, "hidden_sizes": [64, 64], "activation": "tanh",
+            "normalize_obs": False, "normalize_reward": False},
 }
 # SB3's CnnPolicy: the Nature CNN (512 features, ReLU) under linear actor and critic heads, as
 # rl-runner's encoder=auto builds for images (its hidden_sizes and activation are not used)
@@ -69,9 +82,10 @@ COMMON["ppo_cnn"] = {**{k: v for k, v in COMMON["ppo"].items()
 # training episode, FIRE on reset, reward sign) and VecFrameStack(4), in rl-runner's env.atari
 ATARI = {"noop_max": 30, "frame_skip": 4, "screen_size": 84, "grayscale": True,
          "frame_stack": 4, "episodic_life": True, "fire_reset": True, "clip_reward": True}
-PEERS = {"ppo": "stable-baselines3", "trpo": "sb3-contrib", "sac": "stable-baselines3"}
 TARGETS = {"ppo": "rl_runner.algos.ppo.PPO", "trpo": "rl_runner.algos.trpo.TRPO",
-           "sac": "rl_runner.algos.sac.SAC"}
+           "sac": "rl_runner.algos.sac.SAC", "dqn": "rl_runner.algos.dqn.DQN",
+           "td3": "rl_runner.algos.td3.TD3", "ddpg": "rl_runner.algos.td3.DDPG",
+           "a2c": "rl_runner.algos.a2c.A2C"}
 
 # RL Zoo hyperparams/<algo>.yml
 TASKS = {
@@ -105,6 +119,21 @@ TASKS = {
         from_zoo="rl-runner's preset: the PPO paper's MuJoCo settings with the Zoo's normalize; "
         "the Zoo's Hopper values (tuned on v3/v4) stood at ~1000 on Hopper-v5 seed 1 in both "
         "libraries"),
+    "dqn-cartpole": Task("dqn", "cartpole", "CartPole-v1", 1, 50_000, {
+        **COMMON["dqn"], "lr": 2.3e-3, "batch_size": 64, "buffer_size": 100_000,
+        "learning_starts": 1000, "gamma": 0.99, "target_update_interval": 10, "train_freq": 256,
+        "gradient_steps": 128, "exploration_fraction": 0.16, "exploration_final_eps": 0.04,
+        "hidden_sizes": [256, 256]}),
+    "a2c-cartpole": Task("a2c", "cartpole", "CartPole-v1", 8, 500_000, {
+        **COMMON["a2c"], "lr": 7e-4, "anneal_lr": False, "n_steps": 5, "ent_coef": 0.0}),
+    "td3-pendulum": Task("td3", "pendulum", "Pendulum-v1", 1, 20_000, {
+        **COMMON["td3"], "lr": 1e-3, "gamma": 0.98, "buffer_size": 200_000,
+        "learning_starts": 10_000, "action_noise": 0.1, "train_freq": 1, "gradient_steps": 1,
+        "hidden_sizes": [400, 300]}),
+    "td3-halfcheetah": Task("td3", "halfcheetah", "HalfCheetah-v5", 1, 1_000_000, {
+        **COMMON["td3"], "lr": 1e-3, "learning_starts": 10_000, "action_noise": 0.1,
+        "train_freq": 1, "gradient_steps": 1, "hidden_sizes": [400, 300]},
+        from_zoo="HalfCheetah-v5 (the Zoo tuned v4)"),
 }
 
 assert all(name == task.key for name, task in TASKS.items())
@@ -131,7 +160,7 @@ def peer_env(task: Task, seed: int):
 
 def peer_description(task: Task) -> str:
     """How peer_env and peer_model build the peer's side, for the benchmark's header."""
-    cls = {"ppo": "PPO", "trpo": "TRPO", "sac": "SAC"}[task.algo_name]
+    cls = CLASSES[task.algo_name]
     if task.atari:
         env = "VecFrameStack(make_atari_env(<env id>, n_envs, seed=<seed>), 4)"
     elif task.normalized:
@@ -198,54 +227,3 @@ class PeerAtariEval:
 
     def close(self) -> None:
         self.envs.close()
-
-
-def peer_model(task: Task, env, seed: int, torch, device: str = "cpu"):
-    """The peer library's model for `task` on the vector env `env`."""
-    hp = task.algo
-    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[hp.get("activation", "tanh")]
-
-    def linear(start: float):  # RL Zoo's lin_<x>: progress_remaining goes 1 -> 0
-        return lambda progress_remaining: progress_remaining * start
-
-    lr = linear(hp["lr"]) if hp["anneal_lr"] else hp["lr"]
-    common = {"seed": seed, "device": device, "verbose": 0}
-    if task.algo_name == "ppo":
-        from stable_baselines3 import PPO
-
-        policy = {"log_std_init": hp.get("log_std_init", 0.0), **task.peer_policy}
-        if not task.atari:  # CnnPolicy's default: no hidden layers under the Nature CNN
-            policy.update(net_arch={"pi": list(hp["hidden_sizes"]),
-                                    "vf": list(hp["hidden_sizes"])}, activation_fn=activation)
-        return PPO(
-            "CnnPolicy" if task.atari else "MlpPolicy", env, n_steps=hp["n_steps"], batch_size=hp["batch_size"],
-            n_epochs=hp["n_epochs"], gamma=hp["gamma"], gae_lambda=hp["gae_lambda"],
-            ent_coef=hp["ent_coef"], learning_rate=lr,
-            clip_range=linear(hp["clip_coef"]) if hp["anneal_clip"] else hp["clip_coef"],
-            vf_coef=hp["vf_coef"], max_grad_norm=hp["max_grad_norm"],
-            normalize_advantage=hp["norm_adv"], target_kl=hp["kl_early_stop"],
-            policy_kwargs=policy, **common)
-    if task.algo_name == "trpo":
-        from sb3_contrib import TRPO
-
-        return TRPO(
-            "MlpPolicy", env, learning_rate=lr, n_steps=hp["n_steps"],
-            batch_size=hp["batch_size"], gamma=hp["gamma"], cg_max_steps=hp["cg_max_steps"],
-            cg_damping=hp["cg_damping"],
-            line_search_shrinking_factor=hp["line_search_shrinking_factor"],
-            line_search_max_iter=hp["line_search_max_iter"], n_critic_updates=hp["value_epochs"],
-            gae_lambda=hp["gae_lambda"], normalize_advantage=hp["norm_adv"],
-            target_kl=hp["max_kl"],
-            policy_kwargs={"net_arch": {"pi": list(hp["hidden_sizes"]),
-                                        "vf": list(hp["hidden_sizes"])},
-                           "activation_fn": activation}, **common)
-    from stable_baselines3 import SAC
-
-    return SAC(
-        "MlpPolicy", env, learning_rate=lr, buffer_size=hp["buffer_size"],
-        learning_starts=hp["learning_starts"], batch_size=hp["batch_size"], tau=hp["tau"],
-        gamma=hp["gamma"], train_freq=hp["train_freq"], gradient_steps=hp["gradient_steps"],
-        ent_coef="auto" if hp["ent_coef"] is None else hp["ent_coef"],
-        target_entropy="auto" if hp["target_entropy"] is None else hp["target_entropy"],
-        policy_kwargs={"net_arch": list(hp["hidden_sizes"]), "activation_fn": activation},
-        **common)

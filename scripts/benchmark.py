@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import run_logged  # noqa: E402
 from bench_report import (METHOD_SECTION, fmt_return, fmt_seconds, markdown,  # noqa: E402
                           method_section, task_section, write_section)
-from bench_tasks import (PEERS, TARGETS, TASKS, Task, peer_env, peer_evaluator,  # noqa: E402
-                         peer_model, peer_policy)
+from bench_peers import PEERS, peer_model  # noqa: E402
+from bench_tasks import (TARGETS, TASKS, Task, peer_env, peer_evaluator,  # noqa: E402
+                         peer_policy)
 
 
 def budget(task: Task, scale: float) -> int:

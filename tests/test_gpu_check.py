@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from tests.conftest import REPO, cli_env, compose
 
 sys.path.insert(0, str(REPO / "scripts"))
+import bench_peers  # noqa: E402
 import bench_tasks  # noqa: E402
 import gpu_equality  # noqa: E402
 from benchmark import config_mismatches  # noqa: E402
@@ -100,11 +101,31 @@ def test_peer_models_take_the_tasks_hyperparameters():
     task = bench_tasks.TASKS["ppo-hopper"]
     pytest.importorskip("mujoco")
     env = bench_tasks.peer_env(task, 0)
-    model = bench_tasks.peer_model(task, env, 0, torch)
+    model = bench_peers.peer_model(task, env, 0, torch)
     assert type(env).__name__ == "VecNormalize" and env.gamma == 0.99
     assert model.n_steps == 2048 and model.batch_size == 64 and model.n_epochs == 10
     assert model.lr_schedule(0.5) == pytest.approx(1.5e-4)  # anneal_lr: linear to 0
     assert float(model.policy.log_std.detach().mean()) == 0.0
+    env.close()
+
+
+@pytest.mark.parametrize("name, attrs", [
+    ("dqn-cartpole", {"target_update_interval": 10, "exploration_final_eps": 0.04,
+                      "gradient_steps": 128, "batch_size": 64}),
+    ("a2c-cartpole", {"n_steps": 5, "gae_lambda": 1.0, "normalize_advantage": False}),
+    ("td3-pendulum", {"policy_delay": 2, "target_policy_noise": 0.2, "gamma": 0.98,
+                      "learning_starts": 10_000}),
+])
+def test_new_peer_models_take_the_tasks_hyperparameters(name, attrs):
+    pytest.importorskip("stable_baselines3")
+    task = bench_tasks.TASKS[name]
+    env = bench_tasks.peer_env(task, 0)
+    model = bench_peers.peer_model(task, env, 0, torch)
+    assert {k: getattr(model, k) for k in attrs} == attrs
+    if name == "td3-pendulum":  # Gaussian exploration noise with the task's std
+        assert model.action_noise is not None and model.action_noise._sigma.tolist() == [0.1]
+    if name == "a2c-cartpole":
+        assert type(model.policy.optimizer).__name__ == "RMSprop"
     env.close()
 
 
