@@ -1,6 +1,7 @@
 """Learning check: final deterministic eval return of `rl-run` with defaults, over seeds.
 
     python scripts/returns.py ppo:cartpole ppo:pendulum --seeds 0,1,2 --jobs 2
+    python scripts/returns.py dqn:cartpole a2c:cartpole td3:pendulum ddpg:pendulum
 
 Each (algo, env, seed) runs as its own `rl-run` process with the tuned defaults; its row in the
 `returns` section of docs/benchmarks.md (final 20-episode eval per seed, mean, wall seconds) is
@@ -63,7 +64,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    bad = [p for p in args.pairs if len(p.split(":")) != 2 or not all(p.split(":"))]
+    if bad:
+        parser.error(f"pairs are algo:env (e.g. dqn:cartpole), not {', '.join(bad)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be a comma list of integers, not {args.seeds!r}")
     jobs = [(*p.split(":"), s) for p in args.pairs for s in seeds]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: run_one(j[0], j[1], j[2], Path(tmp)), jobs))
