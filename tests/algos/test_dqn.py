@@ -184,6 +184,48 @@ def test_max_grad_norm_clips_the_gradient():
     assert norms[0.0] > 0.5 and norms[0.25] == pytest.approx(0.25, rel=1e-4)
 
 
+def test_gradient_steps_match_sb3s_dqn_train_on_the_same_weights_and_batches():
+    """SB3's DQN.train (plain target, Huber, clip 10, Adam) from the same weights on the same
+    minibatches (two gradient steps, n-step discounts in the second) ends at our weights."""
+    from stable_baselines3 import DQN as SB3DQN
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+    env = gym.make("CartPole-v1")
+    sb3 = SB3DQN("MlpPolicy", env, learning_rate=1e-2, policy_kwargs=dict(net_arch=[16]),
+                 device="cpu", seed=0)
+    algo = make_dqn(lr=1e-2, action_space=gym.spaces.Discrete(2), hidden_sizes=[16])
+    linears = [m for m in sb3.q_net.q_net if isinstance(m, torch.nn.Linear)]
+    targets = [m for m in sb3.q_net_target.q_net if isinstance(m, torch.nn.Linear)]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # ours: x @ W + b with W [1, in, out]; theirs: W x + b
+        for net, layers in ((algo.learner.net, linears), (algo.learner.target.net, targets)):
+            for w, b, lin in zip(net.weights, net.biases, layers):
+                if layers is targets:  # a target other than the online net
+                    lin.weight.add_(torch.randn(lin.weight.shape, generator=gen))
+                w.copy_(lin.weight.T[None])
+                b.copy_(lin.bias[None, None])
+    rng = np.random.default_rng(0)
+    batch = ReplayBatch(rng.normal(size=(2, 32, 4)).astype(np.float32),
+                        rng.integers(0, 2, (2, 32, 1)).astype(np.float32),
+                        5 * rng.normal(size=(2, 32)).astype(np.float32),
+                        (rng.random((2, 32)) < 0.2).astype(np.float32),
+                        rng.normal(size=(2, 32, 4)).astype(np.float32), 0,
+                        steps=np.stack([np.ones(32), rng.integers(1, 4, 32)]).astype(np.float32))
+    samples = iter(ReplayBufferSamples(*(torch.from_numpy(x[g]) for x in (
+        batch.obs, batch.actions.astype(np.int64), batch.next_obs, batch.terminated[..., None],
+        batch.rewards[..., None])), discounts=torch.from_numpy(0.99 ** batch.steps[g, :, None]))
+        for g in range(2))
+    sb3.replay_buffer.sample = lambda *args, **kwargs: next(samples)
+    sb3.set_logger(configure(None, []))
+    sb3.train(gradient_steps=2, batch_size=32)
+    algo.update(batch)
+    env.close()
+    for w, b, lin in zip(algo.learner.net.weights, algo.learner.net.biases, linears):
+        torch.testing.assert_close(w[0], lin.weight.T.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b[0, 0], lin.bias.detach(), rtol=1e-5, atol=1e-6)
+
+
 # ---- through the trainer ------------------------------------------------------------------------
 def test_box_actions_are_refused_with_one_line_naming_who_can():
     env = gym.make("Pendulum-v1")
