@@ -6,9 +6,10 @@ pushing Q down on actions the dataset does not hold and up on those it does.
   `n_action_samples` uniform actions, as many current-policy actions at s and as many policy
   actions at s' (each evaluated at s), importance-corrected by their densities (uniform: 2^-A on
   [-1, 1]^A).
-- `DiscreteCQL`: the exact log-sum-exp over all actions of a double-DQN Q-network (qlearn.py),
-  whose argmax is the policy (the paper's discrete CQL is on QR-DQN; the SAC learner's entropy
-  bonus, as large as CartPole's reward, held it near the data's policy). On image observations
+- `DiscreteCQL`: the exact log-sum-exp over all actions of a double-DQN Q-network (qlearn.py);
+  the policy is the argmax of its Polyak-averaged target network (ConservativeQLearner says
+  why). The paper's discrete CQL is on QR-DQN; the SAC learner's entropy bonus, as large as
+  CartPole's reward, held it near the data's policy. On image observations
   the Q-network is a Nature CNN and an MLP (the encoder and cnn_* keys), on `device`.
 Both are `algo=cql`: CQL.variant_for picks the class for the env's action space, and each takes
 only its own keys. alpha' is `cql_weight`, or with `lagrange=true` it is tuned by dual gradient
@@ -26,6 +27,7 @@ import torch
 from rl_runner.algos import image_nets
 from rl_runner.algos.base import to_unit_box
 from rl_runner.algos.contracts import Algorithm, Offline
+from rl_runner.algos.image_nets import obs_tensor
 from rl_runner.algos.qlearn import QLearner
 from rl_runner.algos.sac import SAC
 from rl_runner.batches import OfflineBatch, ReplayBatch
@@ -115,11 +117,36 @@ class ConservativeSAC(SAC):
 
 
 class ConservativeQLearner(QLearner):
-    """Double DQN whose loss also holds the conservative term, over all actions exactly."""
+    """Double DQN whose loss also holds the conservative term, over all actions exactly, and
+    whose policy reads the target network, the Polyak average of the online iterates.
+
+    Why the average: where either action keeps the pole up, their Q differ by far less than Q
+    itself (CartPole's mixed data: Q near 100 = 1 / (1 - gamma), median action gap 0.23 to
+    0.44), and the online network's gaps move by about as much within a few hundred Adam steps
+    (0.02 to 0.39 in 500 steps), so its argmax flips on 2% to 35% of the data's states in 500
+    steps and its return swung from 500 to 181 and back between checkpoints. The average keeps
+    the gaps and drops that step-to-step noise (docs/benchmarks.md, Offline RL, says more).
+    """
 
     def __init__(self, *, term: ConservativeTerm, **kwargs):
         super().__init__(**kwargs)
         self.term = term
+
+    @torch.no_grad()
+    def policy_q(self, obs: np.ndarray) -> torch.Tensor:
+        """Q(s, .) [B, |A|] of the network the policy reads: the target."""
+        return self.q_values(self.target.net, obs_tensor(obs, self.image, self.device))[0]
+
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        return self.policy_q(obs).argmax(-1).cpu().numpy()
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        if deterministic:
+            return self.greedy(obs) + self.start
+        # softmax(Q) sampled with the Gumbel trick on the CPU generator, as QLearner.act does
+        q_BA = self.policy_q(obs).cpu()
+        u = torch.rand(q_BA.shape, generator=self.gen).clamp_(min=1e-20)
+        return torch.argmax(q_BA - torch.log(-torch.log(u)), dim=-1).numpy() + self.start
 
     def critic_penalty(self, obs_BD, next_obs_BD, q_KB, q_KBA):
         if not self.term.active:
