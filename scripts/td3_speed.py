@@ -6,7 +6,9 @@ same seed. Every run is a fresh process; within a round the runs alternate rl-ru
 each thread setting: one torch thread on both sides, then each library's default (rl-runner's
 trainer.torch_threads=auto, torch's default for SB3). Steps/s counts env steps over the training
 loop's wall time with one final deterministic evaluation of `--episodes` episodes inside it, on
-both sides (rl-runner: results.json's sps; SB3: learn() and the same evaluation).
+both sides (rl-runner: results.json's sps; SB3: learn() and the same evaluation). On a CPU shared
+with other work wall time swings with the load, so each run's process CPU time (user + sys, the
+whole process: imports and set-up too) is reported beside it, as env steps per CPU second.
 
     python scripts/td3_speed.py                          # td3, 20000 steps (the preset), 2 rounds
     python scripts/td3_speed.py --algo ddpg --rounds 1 --steps 12000 --threads 1
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -139,13 +142,17 @@ def main(argv: list[str]) -> int:
             for lib, runner in (("rl-runner", run_rl_runner), ("sb3", run_sb3)):
                 tag = f"{args.algo}_{lib}_t{threads or 'default'}_r{r}_s{args.seed}"
                 load = os.getloadavg()[0]
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 res = runner(args.algo, args.seed, steps, threads, args.episodes, args.work, tag)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
                 row = {"round": r, "lib": lib, "threads": threads or "default", "load1": load,
-                       **res}
+                       "cpu_seconds": cpu, "steps_per_cpu_second": res["env_steps"] / cpu, **res}
                 rows.append(row)
                 print(f"round {r} {lib:9s} threads={row['threads']!s:7s} "
                       f"(used {res['torch_threads']}) load {load:4.1f}: "
-                      f"{res['sps']:7.1f} steps/s, eval {res['eval_return_mean']:8.1f}",
+                      f"{res['sps']:7.1f} steps/s, {row['steps_per_cpu_second']:7.1f} steps/CPU s, "
+                      f"eval {res['eval_return_mean']:8.1f}",
                       flush=True)
     with open("/proc/cpuinfo") as f:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
@@ -153,12 +160,13 @@ def main(argv: list[str]) -> int:
           f"{os.cpu_count()} cores")
     for threads in settings_list:
         t = threads or "default"
-        ours = [x["sps"] for x in rows if x["lib"] == "rl-runner" and x["threads"] == t]
-        theirs = [x["sps"] for x in rows if x["lib"] == "sb3" and x["threads"] == t]
-        pairs = [a / b for a, b in zip(ours, theirs)]
-        print(f"threads {t}: rl-runner {statistics.median(ours):.1f} steps/s, sb3 "
-              f"{statistics.median(theirs):.1f}; ratio per round "
-              f"{', '.join(f'{x:.2f}' for x in pairs)} (median {statistics.median(pairs):.2f})")
+        for unit, key in (("steps/s", "sps"), ("steps/CPU s", "steps_per_cpu_second")):
+            ours = [x[key] for x in rows if x["lib"] == "rl-runner" and x["threads"] == t]
+            theirs = [x[key] for x in rows if x["lib"] == "sb3" and x["threads"] == t]
+            pairs = [a / b for a, b in zip(ours, theirs)]
+            print(f"threads {t}: rl-runner {statistics.median(ours):.1f} {unit}, sb3 "
+                  f"{statistics.median(theirs):.1f}; ratio per round "
+                  f"{', '.join(f'{x:.2f}' for x in pairs)} (median {statistics.median(pairs):.2f})")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
