@@ -104,6 +104,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=500_000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--runners", nargs="+", default=list(RUNNERS), choices=RUNNERS,
+                   help="a subset, e.g. without sb3_default_threads, which a loaded CPU slows most")
     p.add_argument("--work", type=Path, default=Path("/tmp/a2c_speed"))
     p.add_argument("--sb3-child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -113,9 +115,13 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores), load average at start "
           f"{os.getloadavg()[0]:.2f}; {args.env}, {args.steps} steps", flush=True)
-    rows: dict[str, list[dict]] = {r: [] for r in RUNNERS}
+    runners = [r for r in RUNNERS if r in args.runners]
+    if "rl-runner" not in runners:
+        p.error("--runners must include rl-runner: the ratios are against it")
+    rows: dict[str, list[dict]] = {r: [] for r in runners}
     for i, seed in enumerate(args.seeds):
-        order = RUNNERS[i % 3:] + RUNNERS[:i % 3]
+        k = i % len(runners)
+        order = runners[k:] + runners[:k]
         for runner in order:
             if runner == "rl-runner":
                 r = run_ours(args.env, seed, args.steps, args.eval_episodes, args.work)
@@ -126,11 +132,11 @@ def main() -> None:
             print(f"seed {seed} {runner:20s} {r['sps']:8.0f} steps/s  return {r['return']:7.1f}"
                   f"  (load {os.getloadavg()[0]:.2f})", flush=True)
     print()
-    for runner in RUNNERS[1:]:
+    for runner in runners[1:]:
         ratios = [a["sps"] / b["sps"] for a, b in zip(rows["rl-runner"], rows[runner])]
         print(f"rl-runner / {runner}: median {statistics.median(ratios):.2f}x "
               f"(per seed {', '.join(f'{x:.2f}' for x in ratios)})")
-    for runner in RUNNERS:
+    for runner in runners:
         rets = [r["return"] for r in rows[runner]]
         print(f"{runner:20s} mean final return {statistics.mean(rets):7.1f} "
               f"(per seed {', '.join(f'{x:.1f}' for x in rets)})")

@@ -7,6 +7,7 @@ import torch
 from rl_runner.algos.base import OnPolicyAlgorithm, explained_variance
 from rl_runner.algos.torch_onpolicy import optimizer_step, rollout_tensors
 from rl_runner.batches import Rollout
+from rl_runner.errors import UserError
 from rl_runner.optim import FlatParams, FlatRMSprop
 from rl_runner.params import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 
@@ -30,6 +31,9 @@ class A2C(OnPolicyAlgorithm):
                  gae_lambda: Fraction = 1.0, norm_adv: bool = False,
                  use_rms_prop: bool = True, rms_prop_eps: PositiveFloat = 1e-5,
                  rms_prop_tf_like: bool = False, **kwargs):
+        if rms_prop_tf_like and not use_rms_prop:
+            raise UserError("algo.rms_prop_tf_like=true is a form of RMSprop, but "
+                            "algo.use_rms_prop=false picks Adam; allowed with Adam: false")
         # read by make_optimizer, which the base constructor calls
         self.use_rms_prop, self.rms_prop_eps = use_rms_prop, rms_prop_eps
         self.rms_prop_tf_like = rms_prop_tf_like

@@ -12,6 +12,7 @@ import torch
 
 from rl_runner.algos.a2c import A2C
 from rl_runner.checkpoint import load_checkpoint, save_checkpoint
+from rl_runner.errors import UserError
 from rl_runner.optim import FlatAdam, FlatRMSprop
 from rl_runner.trainer import train
 from rl_runner.nets import CnnActorCritic
@@ -168,6 +169,13 @@ def test_numpy_and_torch_backends_take_the_same_steps(kind):
     assert ma["learning_rate"] < a.lr  # the annealed rate, on both
     torch.testing.assert_close(a.optimizer.square_avg, b.optimizer.square_avg, rtol=1e-4,
                                atol=1e-9)
+    # one layout: the torch path's state continues on the numpy path (a resume may switch)
+    c = make(kind, backend="numpy", seed=7, **kw)
+    c.load_state_dict(b.state_dict())
+    mb, mc = b.update(batch), c.update(batch)
+    for key in mb:
+        assert mc[key] == pytest.approx(mb[key], rel=1e-4, abs=1e-6), key
+    assert_same_parameters(b.net, c.net)
 
 
 def test_auto_backend_and_defaults_are_sb3s():
@@ -176,6 +184,13 @@ def test_auto_backend_and_defaults_are_sb3s():
     opt = algo.optimizer
     assert (algo.lr, algo.gae_lambda, algo.norm_adv, algo.max_grad_norm) == (7e-4, 1.0, False, 0.5)
     assert (opt.alpha, opt.eps, opt.tf_like) == (0.99, 1e-5, False)
+
+
+def test_tf_like_rmsprop_without_rmsprop_is_refused_in_one_line():
+    with pytest.raises(UserError, match=r"^algo.rms_prop_tf_like=true is a form of RMSprop, but "
+                                        r"algo.use_rms_prop=false picks Adam; allowed with "
+                                        r"Adam: false$"):
+        make(use_rms_prop=False, rms_prop_tf_like=True)
 
 
 @pytest.mark.parametrize("kind", ["discrete", "box"])
