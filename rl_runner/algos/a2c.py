@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from rl_runner.algos.base import OnPolicyAlgorithm, explained_variance
-from rl_runner.algos.torch_onpolicy import optimizer_step, rollout_tensors
+from rl_runner.algos.torch_onpolicy import actor_critic_step, rollout_tensors
 from rl_runner.batches import Rollout
 from rl_runner.errors import UserError
 from rl_runner.optim import FlatParams, FlatRMSprop
@@ -83,11 +82,6 @@ class A2C(OnPolicyAlgorithm):
 
     def _update_torch(self, batch: Rollout, adv: np.ndarray, ret_TN: np.ndarray) -> dict:
         """The same step by torch autograd (the torch path: images, GPUs); one read-back."""
-        t = rollout_tensors(self, batch, adv, ret_TN)
-        net = self.net
-        out, v = net(t.obs)
-        logp, entropy = net.dist.log_prob_entropy(out, net.log_std, t.actions)
-        pg_loss, v_loss, ent = -(logp * t.adv).mean(), (v - t.ret).pow(2).mean(), entropy.mean()
-        optimizer_step(self, pg_loss + self.vf_coef * v_loss - self.ent_coef * ent)
-        return dict(zip(LOSSES, torch.stack([pg_loss, v_loss, ent]).detach().tolist()))
+        return dict(zip(LOSSES, actor_critic_step(self, rollout_tensors(self, batch, adv,
+                                                                         ret_TN)).tolist()))
 

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from rl_runner.algos.base import OnPolicyAlgorithm, explained_variance
-from rl_runner.algos.torch_onpolicy import optimizer_step, rollout_tensors
+from rl_runner.algos.torch_onpolicy import actor_critic_step, optimizer_step, rollout_tensors
 from rl_runner.batches import Rollout
 from rl_runner.params import NonNegativeInt
 
@@ -55,12 +54,7 @@ class PolicyGradient(OnPolicyAlgorithm):
     def _update_torch(self, batch: Rollout, adv: np.ndarray, ret_TN: np.ndarray) -> dict:
         """The same step by torch autograd (the torch path: images, GPUs)."""
         t = rollout_tensors(self, batch, adv, ret_TN)
-        net = self.net
-        out, v = net(t.obs)
-        logp, entropy = net.dist.log_prob_entropy(out, net.log_std, t.actions)
-        pg_loss, v_loss, ent = -(logp * t.adv).mean(), (v - t.ret).pow(2).mean(), entropy.mean()
-        optimizer_step(self, pg_loss + self.vf_coef * v_loss - self.ent_coef * ent)
+        losses = actor_critic_step(self, t)
         for _ in range(self.value_steps):
-            optimizer_step(self, self.vf_coef * (net.value_out(t.obs) - t.ret).pow(2).mean())
-        values = torch.stack([pg_loss, v_loss, ent]).detach().tolist()
-        return dict(zip(("policy_loss", "value_loss", "entropy"), values))
+            optimizer_step(self, self.vf_coef * (self.net.value_out(t.obs) - t.ret).pow(2).mean())
+        return dict(zip(("policy_loss", "value_loss", "entropy"), losses.tolist()))

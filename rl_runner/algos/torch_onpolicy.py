@@ -75,6 +75,17 @@ def optimizer_step(algo: OnPolicyAlgorithm, loss: torch.Tensor) -> None:
     algo.grad_steps += 1
 
 
+def actor_critic_step(algo: OnPolicyAlgorithm, t: RolloutTensors) -> torch.Tensor:
+    """One step on policy loss + vf_coef value loss - ent_coef entropy over the whole batch
+    (pg, a2c); returns the three terms before the step, [3], detached."""
+    net = algo.net
+    out, v = net(t.obs)
+    logp, entropy = net.dist.log_prob_entropy(out, net.log_std, t.actions)
+    pg_loss, v_loss, ent = -(logp * t.adv).mean(), (v - t.ret).pow(2).mean(), entropy.mean()
+    optimizer_step(algo, pg_loss + algo.vf_coef * v_loss - algo.ent_coef * ent)
+    return torch.stack([pg_loss, v_loss, ent]).detach()
+
+
 def clone(algo: OnPolicyAlgorithm, policy_obs: np.ndarray, actions: np.ndarray, steps: int,
           batch_size: int, rng: np.random.Generator) -> float:
     """OnPolicyAlgorithm.clone on the torch path: Adam steps on -mean log pi(a|s) over

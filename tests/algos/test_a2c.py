@@ -3,7 +3,6 @@ backends alike, checkpoints and resume, images, and learning CartPole (slow)."""
 from __future__ import annotations
 
 import copy
-import math
 
 import gymnasium as gym
 import numpy as np
