@@ -168,8 +168,19 @@ def run_one(experiment: str, variant: str, seed: int, data: dict, work: Path,
             "q_pi": q_pi, "return_pi": g_pi}
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, for the wall-time cells."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def rows(results: list[dict], data: dict[str, dict], stamp: str) -> dict[tuple[str, str], str]:
-    out = {}
+    out, cpu = {}, cpu_model()
     for (experiment, variant), (ok, _) in group_runs(results, ("experiment", "variant")).items():
         d = data[experiment]
         behaviour = (f"; its episodes {statistics.mean(d['episode_returns']):.1f}"
@@ -187,7 +198,7 @@ def rows(results: list[dict], data: dict[str, dict], stamp: str) -> dict[tuple[s
             f"| {experiment} | {variant} | {about} | {ok[0]['grad_steps']} gradient steps"
             f"{''.join(', ' + o for o in settings(experiment, variant))} | "
             f"{seeds} | {returns} | {mean:.1f} | {qs} | {d['return_to_go']:.1f} | {q_pi} | "
-            f"{walls} | {stamp} |")
+            f"{walls} ({cpu}) | {stamp} |")
     return out
 
 
