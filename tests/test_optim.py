@@ -77,12 +77,13 @@ def test_flat_buffers_keep_a_cnns_channels_last_layout_and_targets_match():
 
 
 def _rmsprop_pair(tf_like: bool):
-    from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
-
     from rl_runner.optim import FlatRMSprop
 
+    kind = torch.optim.RMSprop
+    if tf_like:  # SB3 is the bench extra, not the test extra
+        kind = pytest.importorskip(
+            "stable_baselines3.common.sb2_compat.rmsprop_tf_like").RMSpropTFLike
     ref, flat_net = _net(), _net()
-    kind = RMSpropTFLike if tf_like else torch.optim.RMSprop
     ref_opt = kind(ref.parameters(), lr=1e-2, alpha=0.99, eps=1e-5)
     opt = FlatRMSprop(flat_net.parameters(), lr=1e-2, alpha=0.99, eps=1e-5, tf_like=tf_like)
     return ref, ref_opt, flat_net, opt

@@ -60,7 +60,8 @@ class Reference:
             p.data = p.data.clone()
             p.grad = None
         if tf_like:
-            from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+            RMSpropTFLike = pytest.importorskip(  # SB3: the bench extra, not the test extra
+                "stable_baselines3.common.sb2_compat.rmsprop_tf_like").RMSpropTFLike
             self.opt = RMSpropTFLike(self.net.parameters(), lr=algo.lr, alpha=0.99,
                                      eps=algo.rms_prop_eps)
         elif algo.use_rms_prop:
