@@ -233,7 +233,10 @@ def _unknown(key: str, word: str, allowed: list[str], what: str, leaves: list[st
         owners = _algos_with(word)
         if owners:  # algo.clip_coef with algo=pg: a key of other algorithms
             has = "has" if len(owners) == 1 else "have"
-            return (f"{key} is not {what} ({', '.join(owners)} {has} it); "
+            # and a near-identical own key (algo.n_step with pg: dqn's, and pg's n_steps)
+            near = difflib.get_close_matches(word, allowed, n=1, cutoff=0.9)
+            hint = f" did you mean {where}.{near[0]}?" if near else ""
+            return (f"{key} is not {what} ({', '.join(owners)} {has} it);{hint} "
                     f"allowed: {', '.join(allowed)}")
     # the key itself is a leaf when added with +: never suggest it back
     names = {leaf.rsplit(".", 1)[-1]: leaf for leaf in sorted(leaves, key=len, reverse=True)

@@ -70,7 +70,8 @@ def test_an_unknown_algo_key_with_plus_gets_the_same_answer(refused):
 
 @pytest.mark.parametrize("args, expected", [
     (["algo=pg", "algo.n_step=64"],
-     "algo.n_step is not a hyperparameter of pg; did you mean algo.n_steps? allowed: "),
+     "algo.n_step is not a hyperparameter of pg (dqn has it); did you mean algo.n_steps? "
+     "allowed: "),
     (["algo=sac", "algo.polyak=0.01"],
      "algo.polyak is not a hyperparameter of sac; did you mean algo.tau? allowed: "),
     (["trainer.total_step=5"],
