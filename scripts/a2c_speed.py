@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_common import cpu_model
 
 RL_RUN = Path(sys.executable).with_name("rl-run")
 # the RL Zoo's hyperparams/a2c.yml for envs without `normalize`; lr "lin_x" = linear decay
@@ -86,16 +87,6 @@ def sb3_child(spec: dict) -> None:
     Path(spec["out"]).write_text(json.dumps({
         "sps": model.num_timesteps / seconds, "return": float(mean),
         "steps": int(model.num_timesteps), "threads": torch.get_num_threads()}))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -105,14 +105,21 @@ def write_table_section(path: Path, start: str, end: str, text: str, header: lis
     return body
 
 
-def machine() -> str:
-    """CPU model, cores (and how many this process may use), RAM, OS: for benchmark headers."""
-    cpu = "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (hosts differ between sessions)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    """CPU model, cores (and how many this process may use), RAM, OS: for benchmark headers."""
+    cpu = cpu_model()
+    try:
         kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal"))
         ram = f"{kib / 2**20:.1f} GiB RAM"

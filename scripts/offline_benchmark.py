@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from bench_common import group_runs, rl_run, seed_cells, write_table_section
+from bench_common import cpu_model, group_runs, rl_run, seed_cells, write_table_section
 from rl_runner.policy import load_policy
 from rl_runner.collection import rollout
 
@@ -166,17 +166,6 @@ def run_one(experiment: str, variant: str, seed: int, data: dict, work: Path,
     q_pi, g_pi = q_against_return(run_dir) if done else (None, None)
     return {**res, "experiment": experiment, "variant": variant, "seed": seed, "q_data": q,
             "q_pi": q_pi, "return_pi": g_pi}
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, for the wall-time cells."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def rows(results: list[dict], data: dict[str, dict], stamp: str) -> dict[tuple[str, str], str]:

@@ -7,6 +7,7 @@ import torch
 
 from rl_runner.algos.base import OnPolicyAlgorithm, Rollout
 from rl_runner.envs import make_vec_env
+from rl_runner.replay import ReplayBuffer
 from rl_runner.rollout import RolloutCollector
 
 CARTPOLE_OBS = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
@@ -44,3 +45,14 @@ def prob_of_action_0(algo: OnPolicyAlgorithm) -> float:
     with torch.no_grad():
         out, _ = algo.net(torch.zeros(1, 4))
     return float(torch.softmax(out, -1)[0, 0])
+
+
+def random_replay_batch(algo, n_batches: int = 1, seed: int = 0):
+    """Minibatches of random transitions in an off-policy algorithm's policy space (a quarter
+    terminal), sampled from a small ReplayBuffer."""
+    rng = np.random.default_rng(seed)
+    buf = ReplayBuffer(500, algo.obs_dim, algo.buffer_action_dim)
+    obs = rng.normal(size=(500, algo.obs_dim)).astype(np.float32)
+    buf.add(obs, algo.random_actions(500, rng), rng.normal(size=500), rng.random(500) < 0.25,
+            obs + rng.normal(0, 0.1, obs.shape).astype(np.float32))
+    return buf.sample(n_batches, algo.batch_size, rng)

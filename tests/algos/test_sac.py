@@ -12,9 +12,9 @@ import torch
 
 from rl_runner.algos.sac import SAC, squashed_gaussian
 from rl_runner.errors import UserError
-from rl_runner.replay import ReplayBuffer
 from rl_runner.trainer import train
-from tests.algos.helpers import CARTPOLE_OBS, PENDULUM_ACT, PENDULUM_OBS
+from tests.algos.helpers import (CARTPOLE_OBS, PENDULUM_ACT, PENDULUM_OBS,
+                                 random_replay_batch)
 from tests.conftest import FAST, compose, read_results, read_scalars
 
 SAC_TAGS = {"losses/qf_loss", "losses/actor_loss", "losses/alpha", "losses/alpha_loss",
@@ -28,14 +28,7 @@ def make_sac(action_space: gym.Space, obs_space: gym.Space = PENDULUM_OBS, **kw)
     return SAC(**{**args, **kw})
 
 
-def random_batch(algo: SAC, n_batches: int = 1, seed: int = 0):
-    """Minibatches of random transitions in the algorithm's policy space (a quarter terminal)."""
-    rng = np.random.default_rng(seed)
-    buf = ReplayBuffer(500, algo.obs_dim, algo.buffer_action_dim)
-    obs = rng.normal(size=(500, algo.obs_dim)).astype(np.float32)
-    buf.add(obs, algo.random_actions(500, rng), rng.normal(size=500), rng.random(500) < 0.25,
-            obs + rng.normal(0, 0.1, obs.shape).astype(np.float32))
-    return buf.sample(n_batches, algo.batch_size, rng)
+random_batch = random_replay_batch
 
 
 # ---- the squashed Gaussian ----------------------------------------------------------------------

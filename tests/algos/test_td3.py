@@ -12,9 +12,9 @@ import torch
 
 from rl_runner.algos.td3 import DDPG, TD3, FlushDenormals
 from rl_runner.errors import UserError
-from rl_runner.replay import ReplayBuffer
 from rl_runner.trainer import train
-from tests.algos.helpers import CARTPOLE_OBS, PENDULUM_ACT, PENDULUM_OBS
+from tests.algos.helpers import (CARTPOLE_OBS, PENDULUM_ACT, PENDULUM_OBS,
+                                 random_replay_batch)
 from tests.conftest import FAST, NUMBERS, compose, read_results, read_scalars, run_cli
 from tests.test_resume import interrupt_when_checkpointed
 
@@ -29,14 +29,7 @@ def make(cls=TD3, action_space: gym.Space = PENDULUM_ACT, **kw):
     return cls(**{**args, **kw})
 
 
-def random_batch(algo: TD3, n_batches: int = 1, seed: int = 0):
-    """Minibatches of random transitions in the policy space (a quarter terminal)."""
-    rng = np.random.default_rng(seed)
-    buf = ReplayBuffer(500, algo.obs_dim, algo.buffer_action_dim)
-    obs = rng.normal(size=(500, algo.obs_dim)).astype(np.float32)
-    buf.add(obs, algo.random_actions(500, rng), rng.normal(size=500), rng.random(500) < 0.25,
-            obs + rng.normal(0, 0.1, obs.shape).astype(np.float32))
-    return buf.sample(n_batches, algo.batch_size, rng)
+random_batch = random_replay_batch
 
 
 def mlp_numpy(net, x: np.ndarray, relu: bool = True) -> np.ndarray:
