@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_common import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 RL_RUN = Path(sys.executable).parent / "rl-run"
 
@@ -154,9 +156,7 @@ def main(argv: list[str]) -> int:
                       f"{res['sps']:7.1f} steps/s, {row['steps_per_cpu_second']:7.1f} steps/CPU s, "
                       f"eval {res['eval_return_mean']:8.1f}",
                       flush=True)
-    with open("/proc/cpuinfo") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-    print(f"\n{args.algo} pendulum, {steps} env steps, seed {args.seed}, {cpu}, "
+    print(f"\n{args.algo} pendulum, {steps} env steps, seed {args.seed}, {cpu_model()}, "
           f"{os.cpu_count()} cores")
     for threads in settings_list:
         t = threads or "default"
