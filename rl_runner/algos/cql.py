@@ -137,17 +137,6 @@ class ConservativeQLearner(QLearner):
         """Q(s, .) [B, |A|] of the network the policy reads: the target."""
         return self.q_values(self.target.net, obs_tensor(obs, self.image, self.device))[0]
 
-    def greedy(self, obs: np.ndarray) -> np.ndarray:
-        return self.policy_q(obs).argmax(-1).cpu().numpy()
-
-    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        if deterministic:
-            return self.greedy(obs) + self.start
-        # softmax(Q) sampled with the Gumbel trick on the CPU generator, as QLearner.act does
-        q_BA = self.policy_q(obs).cpu()
-        u = torch.rand(q_BA.shape, generator=self.gen).clamp_(min=1e-20)
-        return torch.argmax(q_BA - torch.log(-torch.log(u)), dim=-1).numpy() + self.start
-
     def critic_penalty(self, obs_BD, next_obs_BD, q_KB, q_KBA):
         if not self.term.active:
             return None, {}

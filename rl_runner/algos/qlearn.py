@@ -74,17 +74,20 @@ class QLearner:
         return value + advantage - advantage.mean(-1, keepdim=True)
 
     @torch.no_grad()
+    def policy_q(self, obs: np.ndarray) -> torch.Tensor:
+        """Q(s, .) [B, |A|] of the network the policy reads: the online one here."""
+        return self.q_values(self.net, obs_tensor(obs, self.image, self.device))[0]
+
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         """argmax_a Q(s, a), as indices from 0."""
-        return self.q_values(self.net, obs_tensor(obs, self.image, self.device))[0] \
-            .argmax(-1).cpu().numpy()
+        return self.policy_q(obs).argmax(-1).cpu().numpy()
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         if deterministic:
             return self.greedy(obs) + self.start
         # on the CPU from here: the sampling generator is the CPU's, and so are the actions
-        q_BA = self.q_values(self.net, obs_tensor(obs, self.image, self.device))[0].cpu()
+        q_BA = self.policy_q(obs).cpu()
         u = torch.rand(q_BA.shape, generator=self.gen).clamp_(min=1e-20)
         return torch.argmax(q_BA - torch.log(-torch.log(u)), dim=-1).numpy() + self.start
 
