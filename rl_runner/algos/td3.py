@@ -20,67 +20,15 @@ import torch
 
 from rl_runner.algos.base import OffPolicyAlgorithm
 from rl_runner.algos.image_nets import to_cpu
+from rl_runner.algos.mlp_grad import FlushDenormals, mlp_backward
 from rl_runner.algos.sac import THREADS_FROM_MACS
-from rl_runner.algos.twin_critic import (NARROW, PolyakTarget, TwinCritic, cached_layers,
-                                         mlp_forward)
+from rl_runner.algos.twin_critic import PolyakTarget, TwinCritic, cached_layers, mlp_forward
 from rl_runner.batches import ReplayBatch
 from rl_runner.encoders import is_image
 from rl_runner.errors import UserError
 from rl_runner.nets import ParallelMLP
 from rl_runner.optim import FlatAdam
 from rl_runner.params import Activation, NonNegativeFloat, PositiveInt, Sizes
-
-
-class FlushDenormals:
-    """Within the block, float results below float32's smallest normal (~1.2e-38) are zero on
-    this thread (x86: FTZ and DAZ; elsewhere a no-op). Adam's first moment of a weight whose
-    gradient is exactly 0 (a dead ReLU unit) decays by beta1 each step into that range, where
-    each operation costs many cycles: in updates 1500-2000 of the pendulum preset the median
-    update took 13.2 and 14.7 ms with them, 9.0 and 9.3 ms flushed (one thread, two runs each,
-    alternating; Intel Xeon, 2 cores shared with other work). The previous mode is restored on
-    exit, so code outside the block computes as before."""
-
-    # a denormal (2^-127), made from its bits: reads as 0 while denormals are flushed
-    _probe = torch.tensor([1 << 22], dtype=torch.int32).view(torch.float32)
-
-    def __enter__(self):
-        self.was_on = bool(self._probe.mul(1.0)[0] == 0)
-        if not self.was_on:
-            torch.set_flush_denormal(True)
-
-    def __exit__(self, *exc) -> None:
-        if not self.was_on:
-            torch.set_flush_denormal(False)
-
-
-def mlp_backward(layers: list, relu: bool, x_BI: torch.Tensor, hidden: list,
-                 g_KBO: torch.Tensor, grads: list | None = None,
-                 input_from: int | None = None) -> torch.Tensor | None:
-    """Backpropagate dLoss/d(output) [K, B, O] through the MLP of `layers` (cached (weight,
-    bias) pairs of a ParallelMLP) whose mlp_forward on x [B, I] filled `hidden`. Writes the
-    weight and bias gradients into `grads` ((weight, bias) gradient views) where given; returns
-    dLoss/dx[:, input_from:] [K, B, I - input_from] where input_from is given."""
-    g = g_KBO
-    for i in range(len(layers) - 1, -1, -1):
-        w = layers[i][0]
-        h_in = hidden[i - 1] if i else x_BI.unsqueeze(0).expand(w.shape[0], *x_BI.shape)
-        if grads is not None:
-            gw, gb = grads[i]
-            if g.shape[-1] <= NARROW:  # dw^T = g^T h, the layout NarrowOutput takes
-                torch.bmm(g.transpose(1, 2), h_in, out=gw.transpose(1, 2))
-            else:
-                torch.bmm(h_in.transpose(1, 2), g, out=gw)
-            torch.sum(g, 1, keepdim=True, out=gb)
-        if i == 0:
-            if input_from is None:
-                return None
-            w = w[:, input_from:]
-        # one output column: an outer product, as a broadcast multiply
-        g = g * w.transpose(1, 2) if g.shape[-1] == 1 else torch.bmm(g, w.transpose(1, 2))
-        if i:  # through the activation, from its output
-            g = (torch.ops.aten.threshold_backward(g, h_in, 0) if relu
-                 else torch.ops.aten.tanh_backward(g, h_in))
-    return g
 
 
 class TD3(OffPolicyAlgorithm):

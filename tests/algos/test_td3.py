@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from rl_runner.algos.td3 import DDPG, TD3, FlushDenormals
+from rl_runner.algos.mlp_grad import FlushDenormals
+from rl_runner.algos.td3 import DDPG, TD3
 from rl_runner.errors import UserError
 from rl_runner.trainer import train
 from tests.algos.helpers import (CARTPOLE_OBS, PENDULUM_ACT, PENDULUM_OBS,
