@@ -68,7 +68,7 @@ class DQN(OffPolicyAlgorithm):
             hidden_sizes=self.hidden_sizes, lr=lr, gamma=self.gamma, tau=tau, seed=self.seed,
             activation=activation, encoder=make_cnn(space, spec) if self.image else None,
             device=self.device, double_q=double_q, dueling=dueling,
-            max_grad_norm=max_grad_norm, target_every_step=False)
+            max_grad_norm=max_grad_norm, target_every_step=False, manual_backward=True)
         self.rng = np.random.default_rng(self.seed + 30_000)  # exploration's coins and actions
         self.eval_rng = np.random.default_rng(self.seed + 40_000)  # act(deterministic=False)
         self.env_steps = 0  # counted as the feeder acts (explore and random_actions)

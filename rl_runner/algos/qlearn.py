@@ -16,6 +16,11 @@ network's value of the next observation:
   target_update_interval env steps).
 A learner built on it (cql) adds a term to the loss through `critic_penalty`. Not deterministic,
 `act` samples softmax(Q) (cql's evaluation; dqn acts epsilon-greedily on `greedy`).
+
+Two ways to the same gradient step: autograd (the reference; any loss, any encoder, the one
+cql takes), and with `manual_backward` (dqn) the Huber loss's gradient backpropagated by hand
+through the MLP (mlp_grad.mlp_backward) into the optimizer's flat gradient, without a graph:
+an MLP Q-network only (no encoder, no critic_penalty).
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rl_runner.algos.image_nets import EncodedMLP, obs_tensor, to_cpu
-from rl_runner.algos.twin_critic import PolyakTarget
+from rl_runner.algos.mlp_grad import FlushDenormals, mlp_backward
+from rl_runner.algos.twin_critic import PolyakTarget, cached_layers, mlp_forward
 from rl_runner.batches import ReplayBatch
 from rl_runner.nets import ParallelMLP
 from rl_runner.optim import FlatAdam
@@ -38,7 +44,7 @@ class QLearner:
                  lr: float, gamma: float, tau: float, seed: int, activation: str = "relu",
                  encoder: nn.Module | None = None, device: torch.device = torch.device("cpu"),
                  double_q: bool = True, dueling: bool = False, max_grad_norm: float = 0.0,
-                 target_every_step: bool = True):
+                 target_every_step: bool = True, manual_backward: bool = False):
         self.start, self.gamma, self.tau = start, gamma, tau
         self.double_q, self.dueling, self.max_grad_norm = double_q, dueling, max_grad_norm
         self.target_every_step = target_every_step
@@ -52,6 +58,16 @@ class QLearner:
         self.target = PolyakTarget(self.net, self.opt, tau)
         self.gen = torch.Generator().manual_seed(seed)
         self.grad_steps = 0
+        # the hand-written gradient: an MLP's only (a CNN stays with autograd), and the loss
+        # it differentiates is the Huber TD loss alone (a learner with a penalty keeps autograd)
+        self.manual = manual_backward and encoder is None
+        if self.manual and type(self).critic_penalty is not QLearner.critic_penalty:
+            raise ValueError("manual_backward differentiates the TD loss alone: a learner "
+                             "with a critic_penalty takes autograd (manual_backward=False)")
+        if self.manual:
+            self.layers, self.target_layers = cached_layers(net), cached_layers(self.target.net)
+            self.grads = [(w.grad, b.grad) for w, b in self.layers]
+            self.relu, self.act, self.n_out = activation == "relu", net.act, n_actions + dueling
         self.td_errors: np.ndarray | None = None  # |TD error| [G, B] of the last prioritized batch
 
     def preferred_threads(self, cores: int) -> int:
@@ -65,9 +81,13 @@ class QLearner:
         Q(s, .) [1, B, |A|]; Q-learning itself adds none."""
         return None, {}
 
-    def q_values(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
-        """Q(s, .) [1, B, |A|] of `net` (the online or the target network)."""
-        out = net(obs)
+    def q_values(self, net, obs: torch.Tensor) -> torch.Tensor:
+        """Q(s, .) [1, B, |A|] of `net` (the online or the target network, or a forward of
+        either's cached layers)."""
+        return self.head(net(obs))
+
+    def head(self, out: torch.Tensor) -> torch.Tensor:
+        """Q from the network's outputs: as they are, or dueling's V + A - mean_a A."""
         if not self.dueling:
             return out
         advantage, value = out[..., :-1], out[..., -1:]
@@ -96,55 +116,126 @@ class QLearner:
                   terminated_B: torch.Tensor, steps_B: torch.Tensor | None) -> torch.Tensor:
         """r + gamma^steps (1 - terminated) Q-target(s', a'), a' the greedy action of the
         target network, or with double_q of the online one."""
-        q_next_BA = self.q_values(self.target.net, next_obs)[0]
+        discount = self.gamma if steps_B is None else self.gamma ** steps_B
+        return self.bootstrap(self.target.net, self.net, next_obs, rewards_B,
+                              discount * (1.0 - terminated_B))
+
+    def bootstrap(self, target, online, next_obs: torch.Tensor, rewards_B: torch.Tensor,
+                  discount_B: torch.Tensor) -> torch.Tensor:
+        """r + discount Q-target(s', a') from the forwards `target` and `online` (obs to the
+        network's outputs); call without autograd."""
+        q_next_BA = self.q_values(target, next_obs)[0]
         if self.double_q:
-            best_B1 = self.q_values(self.net, next_obs)[0].argmax(-1, keepdim=True)
+            best_B1 = self.q_values(online, next_obs)[0].argmax(-1, keepdim=True)
             q_next_B = q_next_BA.gather(1, best_B1)[:, 0]
         else:
             q_next_B = q_next_BA.max(-1).values
-        discount = self.gamma if steps_B is None else self.gamma ** steps_B
-        return rewards_B + discount * (1.0 - terminated_B) * q_next_B
+        return rewards_B + discount_B * q_next_B
 
     def update(self, batch: ReplayBatch) -> dict[str, float]:
         """One gradient step per minibatch of batch (actions as float indices from 0;
-        observations [G, B, D] float32, or [G, B, *image] uint8 with an encoder)."""
-        stats, extras, td = [], [], []
+        observations [G, B, D] float32, or [G, B, *image] uint8 with an encoder). The batch
+        becomes tensors once, and each step's Q(s, a) and TD error stay in [G, B] tensors that
+        are read back once, at the end (a .item() per step costs a sync and tens of us)."""
         dev = self.device
+        G, B = batch.rewards.shape
 
-        def rows(x: np.ndarray | None, g: int) -> torch.Tensor | None:
-            return None if x is None else torch.from_numpy(x[g]).to(dev)
+        def tensor(x: np.ndarray | None) -> torch.Tensor | None:
+            return None if x is None else torch.from_numpy(x).to(dev, non_blocking=True)
 
-        for g in range(len(batch.rewards)):
-            obs, next_obs = rows(batch.obs, g), rows(batch.next_obs, g)
-            actions = rows(batch.actions, g).long().reshape(1, -1, 1)
-            y_B = self.td_target(next_obs, rows(batch.rewards, g), rows(batch.terminated, g),
-                                 rows(batch.steps, g))
-            q_KBA = self.q_values(self.net, obs)
-            q_KB = q_KBA.gather(2, actions)[..., 0]
-            weights_B = rows(batch.weights, g)
-            if weights_B is None:
-                loss = F.smooth_l1_loss(q_KB[0], y_B)
-            else:  # importance-sampling weights of prioritized replay
-                loss = (weights_B * F.smooth_l1_loss(q_KB[0], y_B, reduction="none")).mean()
-            penalty, extra = self.critic_penalty(obs, next_obs, q_KB, q_KBA)
-            self.opt.zero_grad()
-            (loss if penalty is None else loss + penalty).backward()
-            if self.max_grad_norm > 0:
-                self.opt.clip_grad_norm(self.max_grad_norm)
-            self.opt.step()
-            if self.target_every_step:
-                self.target.update()
-            self.grad_steps += 1
-            stats.append((loss.item(), q_KB.detach().mean().item()))
-            extras.append(extra)
-            if batch.indices is not None:
-                td.append((y_B - q_KB[0].detach()).abs())
-        self.td_errors = torch.stack(td).cpu().numpy() if td else None
-        loss, q = np.mean(stats, 0)
-        metrics = {"qf_loss": float(loss), "qf_values": float(q)}
-        for key in extras[0]:
+        obs, next_obs, rewards, weights = (tensor(x) for x in (
+            batch.obs, batch.next_obs, batch.rewards, batch.weights))
+        actions = tensor(batch.actions).reshape(G, B, 1).long()
+        discount = self.gamma if batch.steps is None else self.gamma ** tensor(batch.steps)
+        discount = discount * (1.0 - tensor(batch.terminated))
+        q_GB = torch.empty(G, B, device=dev)  # Q(s, a) of each step's online network
+        err_GB = torch.empty(G, B, device=dev)  # Q(s, a) - y
+        rows = zip(obs.unbind(0), next_obs.unbind(0), actions.unbind(0), rewards.unbind(0),
+                   discount.unbind(0), q_GB.unbind(0), err_GB.unbind(0))
+        if self.manual:
+            pick_GBO = self.picker(actions)
+            scaled_GBO = pick_GBO * (1.0 / B if weights is None else weights[..., None] / B)
+            with torch.no_grad(), FlushDenormals():
+                for row, pick, scaled in zip(rows, pick_GBO.unbind(0), scaled_GBO.unbind(0)):
+                    self.manual_step(*row, pick, scaled)
+            extras = []
+        else:
+            extras = [self.autograd_step(*row, None if weights is None else weights[g])
+                      for g, row in enumerate(rows)]
+        with torch.no_grad():
+            huber_GB = F.smooth_l1_loss(err_GB, torch.zeros_like(err_GB), reduction="none")
+            loss = huber_GB.mean() if weights is None else (weights * huber_GB).mean()
+            loss, q = torch.stack([loss, q_GB.mean()]).tolist()
+            self.td_errors = None if batch.indices is None else err_GB.abs().cpu().numpy()
+        metrics = {"qf_loss": loss, "qf_values": q}
+        for key in extras[0] if extras else ():
             metrics[key] = sum(e[key] for e in extras) / len(extras)
         return metrics
+
+    def autograd_step(self, obs, next_obs, actions_B1, rewards_B, discount_B, q_B, err_B,
+                      weights_B) -> dict[str, float]:
+        """One step through autograd (the reference, and the path of encoders and of learners
+        with a critic_penalty); writes Q(s, a) and the TD error into q_B and err_B and returns
+        the penalty's metrics."""
+        with torch.no_grad():
+            y_B = self.bootstrap(self.target.net, self.net, next_obs, rewards_B, discount_B)
+        q_KBA = self.q_values(self.net, obs)
+        q_KB = q_KBA.gather(2, actions_B1[None])[..., 0]
+        if weights_B is None:
+            loss = F.smooth_l1_loss(q_KB[0], y_B)
+        else:  # importance-sampling weights of prioritized replay
+            loss = (weights_B * F.smooth_l1_loss(q_KB[0], y_B, reduction="none")).mean()
+        penalty, extra = self.critic_penalty(obs, next_obs, q_KB, q_KBA)
+        self.opt.zero_grad()
+        (loss if penalty is None else loss + penalty).backward()
+        with torch.no_grad():
+            q_B.copy_(q_KB[0])
+            torch.sub(q_B, y_B, out=err_B)
+        self.optimizer_step()
+        return extra
+
+    def picker(self, actions_GB1: torch.Tensor) -> torch.Tensor:
+        """P [G, B, out] with Q(s, a) = sum_o out_o P_o for the network's outputs out: a one-hot
+        of a, or with dueling (out = A, V) the one-hot less 1/|A| and a 1 for V. It is also
+        dQ(s, a)/d out, the gradient the TD loss sends into the network."""
+        G, B, _ = actions_GB1.shape
+        n = self.n_out - self.dueling  # actions
+        pick = torch.zeros(G, B, self.n_out, device=actions_GB1.device)
+        pick.scatter_(2, actions_GB1, 1.0)
+        if self.dueling:
+            pick[..., :n] -= 1.0 / n
+            pick[..., n] = 1.0
+        return pick
+
+    def manual_step(self, obs, next_obs, actions_B1, rewards_B, discount_B, q_B, err_B,
+                    pick_BO, scaled_BO) -> None:
+        """One step with the gradient by hand: the Huber loss's dL/dQ(s, a) is
+        clamp(Q(s, a) - y, -1, 1) / B (times the row's weight), through `pick` into the outputs,
+        then mlp_backward into the flat gradient. Call without autograd."""
+        y_B = self.bootstrap(self.target_forward, self.online_forward, next_obs, rewards_B,
+                             discount_B)
+        hidden: list[torch.Tensor] = []
+        out_1BO = mlp_forward(self.layers, self.act, obs, hidden)
+        torch.sum(out_1BO[0] * pick_BO, -1, out=q_B)
+        torch.sub(q_B, y_B, out=err_B)
+        g_1BO = (scaled_BO * err_B.clamp(-1.0, 1.0)[:, None])[None]
+        mlp_backward(self.layers, self.relu, obs, hidden, g_1BO, grads=self.grads)
+        self.optimizer_step()
+
+    def online_forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return mlp_forward(self.layers, self.act, obs)
+
+    def target_forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return mlp_forward(self.target_layers, self.act, obs)
+
+    def optimizer_step(self) -> None:
+        """Clip, Adam, and the target's Polyak step where it follows every step."""
+        if self.max_grad_norm > 0:
+            self.opt.clip_grad_norm(self.max_grad_norm)
+        self.opt.step()
+        if self.target_every_step:
+            self.target.update()
+        self.grad_steps += 1
 
     def update_target(self, times: int = 1) -> None:
         """`times` target updates: a copy of the online network (tau = 1), or as many Polyak

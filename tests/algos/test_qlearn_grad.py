@@ -1,0 +1,123 @@
+"""QLearner's hand-written gradient (manual_backward, dqn's path) against its autograd path:
+from the same weights on the same minibatches, every option gives the same parameters, Adam
+moments, metrics and TD errors after several gradient steps."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rl_runner.algos.qlearn import QLearner
+from rl_runner.batches import ReplayBatch
+
+OBS, ACTIONS, G, B = 3, 4, 5, 16
+
+
+def pair(**kw) -> tuple[QLearner, QLearner]:
+    """The autograd learner and the hand-written one, with the same initial weights."""
+    args = dict(obs_dim=OBS, n_actions=ACTIONS, start=0, hidden_sizes=[32, 24], lr=3e-3,
+                gamma=0.9, tau=1.0, seed=0, double_q=False, target_every_step=False)
+    args.update(kw)
+    learners = []
+    for manual in (False, True):
+        torch.manual_seed(0)
+        learners.append(QLearner(**args, manual_backward=manual))
+    auto, manual = learners
+    assert not auto.manual and manual.manual
+    torch.testing.assert_close(auto.opt.flat, manual.opt.flat, rtol=0, atol=0)
+    return auto, manual
+
+
+def batches(seed: int = 0, **fields) -> list[ReplayBatch]:
+    """Three batches of G minibatches; large rewards, so that some TD errors pass Huber's 1."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(3):
+        base = ReplayBatch(rng.normal(size=(G, B, OBS)).astype(np.float32),
+                           rng.integers(0, ACTIONS, (G, B, 1)).astype(np.float32),
+                           (3 * rng.normal(size=(G, B))).astype(np.float32),
+                           (rng.random((G, B)) < 0.2).astype(np.float32),
+                           rng.normal(size=(G, B, OBS)).astype(np.float32), 0)
+        extra = {k: f(rng) for k, f in fields.items()}
+        out.append(base._replace(**extra))
+    return out
+
+
+def steps(rng):
+    return rng.integers(1, 4, (G, B)).astype(np.float32)
+
+
+def weights(rng):
+    return rng.random((G, B)).astype(np.float32)
+
+
+def indices(rng):
+    return rng.integers(0, 1000, (G, B))
+
+
+def run_both(auto: QLearner, manual: QLearner, data: list[ReplayBatch]) -> None:
+    """Both learners through every batch, a hard target copy between batches, checking the
+    metrics and TD errors on the way; then the parameters and Adam moments."""
+    for i, batch in enumerate(data):
+        if i:  # the target: a copy of the online network as it was after the last batch
+            for q in (auto, manual):
+                q.update_target()
+        got, want = manual.update(batch), auto.update(batch)
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+        if batch.indices is None:
+            assert manual.td_errors is None and auto.td_errors is None
+        else:
+            np.testing.assert_allclose(manual.td_errors, auto.td_errors, rtol=1e-4, atol=1e-5)
+    assert manual.grad_steps == auto.grad_steps == G * len(data)
+    assert not torch.equal(manual.opt.flat, manual.target.flat)
+    for name in ("flat", "exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(getattr(manual.opt, name), getattr(auto.opt, name),
+                                   rtol=1e-4, atol=1e-6, msg=name)
+    torch.testing.assert_close(manual.target.flat, auto.target.flat, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"double_q": True},
+    {"dueling": True},
+    {"dueling": True, "double_q": True, "activation": "tanh"},
+    {"tau": 0.3, "target_every_step": True},
+])
+def test_hand_written_steps_match_autograd(options):
+    auto, manual = pair(**options)
+    run_both(auto, manual, batches())
+
+
+def test_n_step_discounts_match_autograd():
+    auto, manual = pair(double_q=True)
+    run_both(auto, manual, batches(steps=steps))
+
+
+def test_prioritized_weights_and_td_errors_match_autograd():
+    auto, manual = pair(dueling=True)
+    data = batches(weights=weights, indices=indices, steps=steps)
+    data[0].weights[0, :4] = 0.0  # rows that send no gradient at all
+    run_both(auto, manual, data)
+
+
+def test_clipped_gradients_match_autograd():
+    auto, manual = pair(max_grad_norm=0.05)
+    norms = []
+    clip = manual.opt.clip_grad_norm
+    manual.opt.clip_grad_norm = lambda m: norms.append(clip(m)) or norms[-1]
+    run_both(auto, manual, batches(weights=weights))
+    assert len(norms) == 3 * G and min(norms) > 0.05  # the clip acted on every step
+
+
+def test_the_hand_written_gradient_is_refused_beside_a_critic_penalty():
+    class Penalised(QLearner):
+        def critic_penalty(self, obs_BD, next_obs_BD, q_KB, q_KBA):
+            return q_KB.mean(), {}
+
+    with pytest.raises(ValueError, match="critic_penalty"):
+        Penalised(obs_dim=OBS, n_actions=ACTIONS, start=0, hidden_sizes=[8], lr=1e-3,
+                  gamma=0.9, tau=1.0, seed=0, manual_backward=True)
+    assert not Penalised(obs_dim=OBS, n_actions=ACTIONS, start=0, hidden_sizes=[8], lr=1e-3,
+                         gamma=0.9, tau=1.0, seed=0).manual
