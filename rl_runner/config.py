@@ -192,6 +192,7 @@ def check_algo_kwargs(name: str, cls: type, kwargs: dict[str, Any], provided: se
             raise UserError(f"{name}: the type hints of {klass.__qualname__}.__init__ cannot be "
                             f"read ({one_line(e)})") from None
         hints.update({k: v for k, v in declared.items() if k in params})
+    params -= set(getattr(cls, "fixed_keys", ()))  # set by the class itself
     unhinted = sorted(params - set(hints))
     if unhinted:  # the checks below read the hints: a parameter without one would go unchecked
         raise UserError(f"{name}: its constructor does not declare the type of "

@@ -147,7 +147,7 @@ def algo_params(cls: type) -> list[str]:
         if init is not None:
             params |= {p for p, v in inspect.signature(init).parameters.items()
                        if v.kind == v.KEYWORD_ONLY}
-    return sorted(params - PROVIDED)
+    return sorted(params - PROVIDED - set(getattr(cls, "fixed_keys", ())))
 
 
 # ---- keys --------------------------------------------------------------------------------------

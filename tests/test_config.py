@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from rl_runner import config as config_checks
 from rl_runner.cli import group_choices
+from rl_runner.errors import UserError
 from tests.conftest import compose, run_cli
 
 ENVS = {"cartpole": "CartPole-v1", "lunarlander": "LunarLander-v3",
@@ -160,3 +161,21 @@ def test_module_entry_point_finds_configs(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "rl_runner.algos.pg.PolicyGradient" in proc.stdout
+
+
+def test_keys_a_subclass_fixes_are_refused_and_left_out_of_the_allowed_list():
+    class Base:
+        def __init__(self, *, lr: float = 1.0, delay: int = 2):
+            self.lr, self.delay = lr, delay
+
+    class Child(Base):
+        fixed_keys = ("delay",)
+
+        def __init__(self, **kwargs):
+            super().__init__(delay=1, **kwargs)
+
+    config_checks.check_algo_kwargs("child", Child, {"lr": 0.5}, set())
+    config_checks.check_algo_kwargs("base", Base, {"delay": 3}, set())
+    with pytest.raises(UserError, match=r"^algo.delay is not a hyperparameter of child; "
+                                        r"allowed: lr$"):
+        config_checks.check_algo_kwargs("child", Child, {"delay": 3}, set())

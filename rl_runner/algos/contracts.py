@@ -37,6 +37,9 @@ class Algorithm(ABC):
     action_spaces: ClassVar[tuple[type, ...]] = (gym.spaces.Discrete, gym.spaces.Box)
     # imitation beside an env (gail): the trainer hands fit_dataset the dataset.* rows first
     uses_demonstrations: ClassVar[bool] = False
+    # keys of a base class's constructor that this class sets itself (ddpg: td3's policy delay
+    # and target smoothing): not algo.* keys of it, refused and left out of its allowed list
+    fixed_keys: ClassVar[tuple[str, ...]] = ()
     grad_steps: int = 0  # gradient steps taken so far (results.json, checkpoints)
     # where its networks live: trainer.device as build_algo resolved it, for classes whose
     # constructor takes `device` (they set it); the CPU for the rest
