@@ -105,6 +105,13 @@ def test_the_target_follows_every_target_update_interval_env_steps(tau):
     assert torch.allclose(q.target.flat, want)
 
 
+def test_one_torch_thread_even_for_the_presets_big_mlp():
+    """Measured (DQN.preferred_threads): one thread beat two at 256x256, batch 64; auto does
+    not time thread counts mid-run, which would make a seed's numbers depend on timing."""
+    assert make_dqn(hidden_sizes=[256, 256], batch_size=64).preferred_threads(2) == 1
+    assert make_dqn(hidden_sizes=[1024, 1024], batch_size=256).preferred_threads(16) == 1
+
+
 # ---- the learner's options ----------------------------------------------------------------------
 def test_double_and_plain_targets_on_a_constructed_case():
     """The online net prefers action 2 everywhere, the target net action 1: plain DQN takes the
