@@ -121,3 +121,17 @@ def test_the_hand_written_gradient_is_refused_beside_a_critic_penalty():
                   gamma=0.9, tau=1.0, seed=0, manual_backward=True)
     assert not Penalised(obs_dim=OBS, n_actions=ACTIONS, start=0, hidden_sizes=[8], lr=1e-3,
                          gamma=0.9, tau=1.0, seed=0).manual
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hand_written_steps_on_the_gpu_match_autograd_on_the_cpu():
+    auto, _ = pair(dueling=True, double_q=True)
+    torch.manual_seed(0)
+    gpu = QLearner(obs_dim=OBS, n_actions=ACTIONS, start=0, hidden_sizes=[32, 24], lr=3e-3,
+                   gamma=0.9, tau=1.0, seed=0, dueling=True, double_q=True,
+                   target_every_step=False, manual_backward=True, device=torch.device("cuda"))
+    for batch in batches(weights=weights, indices=indices, steps=steps):
+        gpu.update(batch)
+        auto.update(batch)
+        np.testing.assert_allclose(gpu.td_errors, auto.td_errors, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(gpu.opt.flat.cpu(), auto.opt.flat, rtol=1e-3, atol=1e-5)
