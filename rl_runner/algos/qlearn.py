@@ -136,7 +136,7 @@ class QLearner:
         """One gradient step per minibatch of batch (actions as float indices from 0;
         observations [G, B, D] float32, or [G, B, *image] uint8 with an encoder). The batch
         becomes tensors once, and each step's Q(s, a) and TD error stay in [G, B] tensors that
-        are read back once, at the end (a .item() per step costs a sync and tens of us)."""
+        are read back once, at the end (no .item() per step: each is a host sync on a GPU)."""
         dev = self.device
         G, B = batch.rewards.shape
 
@@ -211,7 +211,8 @@ class QLearner:
                     pick_BO, scaled_BO) -> None:
         """One step with the gradient by hand: the Huber loss's dL/dQ(s, a) is
         clamp(Q(s, a) - y, -1, 1) / B (times the row's weight), through `pick` into the outputs,
-        then mlp_backward into the flat gradient. Call without autograd."""
+        then mlp_backward into the flat gradient. The actions are in `pick` (picker) and
+        `scaled` (pick x weight / B). Call without autograd."""
         y_B = self.bootstrap(self.target_forward, self.online_forward, next_obs, rewards_B,
                              discount_B)
         hidden: list[torch.Tensor] = []
