@@ -230,17 +230,12 @@ class TD3(OffPolicyAlgorithm):
 
 class DDPG(TD3):
     """DDPG as SB3 has it: TD3 with one critic, an actor step per critic step and no target
-    smoothing; TD3's keys for those are refused rather than silently overridden."""
+    smoothing; TD3's keys for those are its own settings, refused as algo.* keys of ddpg."""
 
     name = "ddpg"
     n_critics = 1
-    TD3_ONLY: ClassVar[tuple[str, ...]] = ("policy_delay", "target_policy_noise",
-                                           "target_noise_clip")
+    fixed_keys = ("policy_delay", "target_policy_noise", "target_noise_clip")
 
     def __init__(self, **kwargs):
-        given = [k for k in self.TD3_ONLY if k in kwargs]
-        if given:
-            raise UserError(f"algo.{given[0]} is TD3's; ddpg has no policy delay or target "
-                            "smoothing (use algo=td3 for them)")
         super().__init__(policy_delay=1, target_policy_noise=0.0, target_noise_clip=0.0,
                          **kwargs)

@@ -229,8 +229,19 @@ def test_ddpg_steps_its_actor_every_critic_step_and_refuses_td3_keys():
     assert "actor_loss" in algo.update(random_batch(algo))
     after = flat(algo)
     assert not any(torch.equal(before[k], after[k]) for k in before)
-    with pytest.raises(UserError, match="algo.policy_delay is TD3's"):
+    with pytest.raises(UserError, match="algo.policy_delay is not a hyperparameter of ddpg"):
         make(DDPG, policy_delay=2)
+
+
+def test_ddpg_cli_names_td3_for_its_keys_and_leaves_them_out_of_the_allowed_list(tmp_path):
+    for override in ("algo.policy_delay=3", "+algo.target_policy_noise=0.1", "algo.nope=1"):
+        r = run_cli(["algo=ddpg", "env=pendulum", override], tmp_path)
+        assert r.returncode == 2, r.stderr
+        line = r.stderr.strip().splitlines()[-1]
+        allowed = line.split("allowed: ")[1].split(", ")
+        assert "action_noise" in allowed and not {"policy_delay", "target_policy_noise",
+                                                  "target_noise_clip"} & set(allowed), line
+    assert not (tmp_path / "run").exists()
 
 
 # ---- acting -------------------------------------------------------------------------------------
