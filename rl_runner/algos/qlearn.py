@@ -116,9 +116,13 @@ class QLearner:
                   terminated_B: torch.Tensor, steps_B: torch.Tensor | None) -> torch.Tensor:
         """r + gamma^steps (1 - terminated) Q-target(s', a'), a' the greedy action of the
         target network, or with double_q of the online one."""
-        discount = self.gamma if steps_B is None else self.gamma ** steps_B
         return self.bootstrap(self.target.net, self.net, next_obs, rewards_B,
-                              discount * (1.0 - terminated_B))
+                              self.discount(terminated_B, steps_B))
+
+    def discount(self, terminated: torch.Tensor, steps: torch.Tensor | None) -> torch.Tensor:
+        """gamma^steps (1 - terminated): the factor on Q-target(s', a') of each row (steps:
+        n-step returns' lengths; None: one step)."""
+        return (self.gamma if steps is None else self.gamma ** steps) * (1.0 - terminated)
 
     def bootstrap(self, target, online, next_obs: torch.Tensor, rewards_B: torch.Tensor,
                   discount_B: torch.Tensor) -> torch.Tensor:
@@ -146,8 +150,7 @@ class QLearner:
         obs, next_obs, rewards, weights = (tensor(x) for x in (
             batch.obs, batch.next_obs, batch.rewards, batch.weights))
         actions = tensor(batch.actions).reshape(G, B, 1).long()
-        discount = self.gamma if batch.steps is None else self.gamma ** tensor(batch.steps)
-        discount = discount * (1.0 - tensor(batch.terminated))
+        discount = self.discount(tensor(batch.terminated), tensor(batch.steps))
         q_GB = torch.empty(G, B, device=dev)  # Q(s, a) of each step's online network
         err_GB = torch.empty(G, B, device=dev)  # Q(s, a) - y
         rows = zip(obs.unbind(0), next_obs.unbind(0), actions.unbind(0), rewards.unbind(0),
