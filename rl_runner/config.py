@@ -173,26 +173,35 @@ def check_trainer(cfg: DictConfig) -> None:
         resolve_device(str(cfg.trainer.device))  # dir, and a resume before it locks the run
 
 
+def algo_keys(cls: type, provided: set[str] = PROVIDED) -> set[str]:
+    """The keyword-only constructor parameters of `cls` and its bases, less what the trainer
+    provides and the base keys the class sets itself (fixed_keys): the algo.* keys a user may
+    set."""
+    params: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            params |= {p for p, v in inspect.signature(init).parameters.items()
+                       if v.kind == v.KEYWORD_ONLY}
+    return params - provided - set(getattr(cls, "fixed_keys", ()))
+
+
 def check_algo_kwargs(name: str, cls: type, kwargs: dict[str, Any], provided: set[str],
                       prefix: str = "algo.") -> None:
     """Compare algo.* values (`prefix`: where they sit in the config) with the type hints of
     the algorithm's keyword-only constructor."""
     hints: dict[str, Any] = {}
-    params: set[str] = set()
-    for klass in reversed(cls.__mro__):
+    params = algo_keys(cls, provided)
+    for klass in reversed(cls.__mro__):  # a subclass's hint of a key wins over its base's
         init = klass.__dict__.get("__init__")
         if init is None:
             continue
-        sig = inspect.signature(init)
-        params |= {p for p, v in sig.parameters.items()
-                   if v.kind == v.KEYWORD_ONLY and p not in provided}
         try:
             declared = typing.get_type_hints(init, include_extras=True)
         except Exception as e:  # a hint naming something that does not exist
             raise UserError(f"{name}: the type hints of {klass.__qualname__}.__init__ cannot be "
                             f"read ({one_line(e)})") from None
         hints.update({k: v for k, v in declared.items() if k in params})
-    params -= set(getattr(cls, "fixed_keys", ()))  # set by the class itself
     unhinted = sorted(params - set(hints))
     if unhinted:  # the checks below read the hints: a parameter without one would go unchecked
         raise UserError(f"{name}: its constructor does not declare the type of "

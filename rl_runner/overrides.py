@@ -7,7 +7,6 @@ one), a bad value (the checks the trainer runs later, run here on the composed c
 from __future__ import annotations
 
 import difflib
-import inspect
 import itertools
 import shlex
 from typing import Any
@@ -18,7 +17,7 @@ from hydra.core.object_type import ObjectType
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf
 
-from rl_runner.config import PROVIDED
+from rl_runner.config import PROVIDED, algo_keys
 from rl_runner.errors import UserError, one_line
 from rl_runner.renames import renamed_to
 
@@ -139,15 +138,8 @@ def _check_build(cfg: DictConfig) -> None:
 
 
 def algo_params(cls: type) -> list[str]:
-    """The keyword-only constructor parameters of `cls` and its bases, less what the trainer
-    provides: the algo.* keys a user may set (as rl_runner.config.check_algo_kwargs allows)."""
-    params: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is not None:
-            params |= {p for p, v in inspect.signature(init).parameters.items()
-                       if v.kind == v.KEYWORD_ONLY}
-    return sorted(params - PROVIDED - set(getattr(cls, "fixed_keys", ())))
+    """The algo.* keys a user may set (rl_runner.config.algo_keys), sorted."""
+    return sorted(algo_keys(cls))
 
 
 # ---- keys --------------------------------------------------------------------------------------
