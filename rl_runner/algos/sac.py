@@ -20,6 +20,8 @@ from torch import nn
 
 from rl_runner.algos import image_nets
 from rl_runner.algos.base import OffPolicyAlgorithm
+from rl_runner.algos.mlp_grad import FlushDenormals
+from rl_runner.algos.sac_grad import BoxStep
 from rl_runner.algos.sac_math import LOG_STD_MAX, LOG_STD_MIN, METRICS, squashed_gaussian
 from rl_runner.algos.twin_critic import CriticEncoder, TwinCritic, cached_layers, mlp_forward
 from rl_runner.batches import ReplayBatch
@@ -97,6 +99,12 @@ class SAC(OffPolicyAlgorithm):
             raise UserError(f"algo.compile=true: {self.name}'s compiled step takes vector "
                             "observations and no critic penalty; use algo.compile=false")
         self.compile, self.compiled_step = compile, None  # the step: built at first update
+        # Box actions on vector observations on the CPU, no critic penalty: gradients by hand
+        # (sac_grad.py); else autograd (_box_step, _discrete_step). Tests may set it False.
+        self.manual_grad = (not self.discrete and self.encoder is None and self.on_cpu
+                            and not compile
+                            and type(self).critic_penalty is SAC.critic_penalty)
+        self.box_step = BoxStep(self) if self.manual_grad else None
 
     def preferred_threads(self, cores: int) -> int:
         if self.encoder is not None:  # a CNN: one thread (Algorithm.preferred_threads)
@@ -215,9 +223,14 @@ class SAC(OffPolicyAlgorithm):
         if self.compile:  # the plain-autograd step of sac_compiled, through torch.compile
             from rl_runner.algos.sac_compiled import compiled_update
             return compiled_update(self, obs, actions, rewards, discount_GB, next_obs, lr)
-        step = self._discrete_step if self.discrete else self._box_step
-        results = [step(obs[g], actions[g], rewards[g], discount_GB[g], next_obs[g])
-                   for g in range(len(rewards))]
+        if self.manual_grad:  # no autograd; Adam's moments of dead units kept off denormals
+            with torch.no_grad(), FlushDenormals():
+                results = [(self.box_step(obs[g], actions[g], rewards[g], discount_GB[g],
+                                          next_obs[g]), {}) for g in range(len(rewards))]
+        else:
+            step = self._discrete_step if self.discrete else self._box_step
+            results = [step(obs[g], actions[g], rewards[g], discount_GB[g], next_obs[g])
+                       for g in range(len(rewards))]
         means = torch.stack([torch.stack(r) for r, _ in results]).mean(0).tolist()
         metrics = dict(zip(METRICS, means))
         if not self.learn_alpha:
