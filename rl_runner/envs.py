@@ -11,6 +11,7 @@ import numpy as np
 from gymnasium.error import DependencyNotInstalled
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
+from rl_runner import envpool_env
 from rl_runner.atari import base_kwargs, is_ale, looks_atari, wrap_atari
 from rl_runner.config import atari_options, to_plain
 from rl_runner.errors import UserError, one_line
@@ -102,15 +103,21 @@ class _EnvFn:
 
 def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
                  vectorization: str = "sync", atari: dict | None = None,
-                 training: bool = False) -> gym.vector.VectorEnv:
+                 training: bool = False, threads: int = 1) -> gym.vector.VectorEnv:
     """n copies of an env; finished episodes reset in the same step (final obs in info).
-    `atari`, `training`: see make_one (the trainer's envs train, the Evaluator's do not)."""
+    `atari`, `training`: see make_one (the trainer's envs train, the Evaluator's do not).
+    vectorization: sync, async (a process per env), envpool (C++ threads, `threads` of them at
+    most) or auto (envpool where it is installed and has the id, else sync)."""
     check_env_id(env_id)
     kwargs = dict(kwargs or {})
+    backend = envpool_env.resolve(vectorization, env_id, atari_options(atari))
+    if backend == "envpool" and envpool_env.twin(env_id, atari_options(atari)) is None:
+        raise envpool_env.no_twin(env_id)
     try:  # surface bad kwargs as one line, not a worker crash (some fail at the first reset)
         probe = make_one(env_id, kwargs, atari, training)
         try:
             probe.reset(seed=0)
+            spaces = probe.observation_space, probe.action_space
         finally:
             probe.close()
     except TypeError as e:
@@ -125,13 +132,14 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
         raise UserError(f"env.id={env_id} cannot be made here ({type(e).__name__}: "
                         f"{one_line(e, 200)})") from None
     fns = [_EnvFn(env_id, kwargs, atari, training) for _ in range(n_envs)]
-    if vectorization == "async":
+    if backend == "envpool":
+        envs = envpool_env.EnvPoolVectorEnv(env_id, n_envs, kwargs, atari_options(atari),
+                                            training, *spaces, threads=threads)
+    elif backend == "async":
         envs = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
-    elif vectorization == "sync":
+    else:
         # copy=False: the feeder copies observations into its own buffers anyway
         envs = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
-    else:
-        raise UserError(f"env.vectorization={vectorization!r} is not known; allowed: sync, async")
     envs.whole_games = atari is not None  # game_ends below
     return envs
 

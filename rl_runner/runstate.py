@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from rl_runner.checkpoint import (cuda_rng_misfit, misfit, nonfinite_paths, portable_rng,
                                   rng_state, save_checkpoint, set_rng_state)
+from rl_runner.envpool_env import EnvPoolVectorEnv
 from rl_runner.envstate import env_state, restore_env_state
 from rl_runner.errors import UserError
 
@@ -134,6 +135,9 @@ def restore(t, ckpt: dict) -> None:
         t.feeder.restart_episodes(t.cfg.seed + t.env_steps)
         why = ("was saved by an earlier rl-runner, whose env state is not loaded (it was a "
                "pickle)" if isinstance(saved_envs, bytes) else
+               "holds no env state (EnvPool cannot save its envs mid-episode; "
+               "env.vectorization=sync resumes exactly where the env allows it)"
+               if isinstance(t.envs, EnvPoolVectorEnv) else
                f"holds no env state ({t.cfg.env.id} keeps it in objects that cannot be saved "
                "as plain data)")
         log.warning("%s %s: the episodes in progress restart on resume, so numbers will differ "

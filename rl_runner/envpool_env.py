@@ -1,0 +1,231 @@
+"""env.vectorization=envpool: EnvPool (pip package `envpool`) steps the envs in C++ threads.
+
+EnvPoolVectorEnv gives the feeders what gymnasium's SyncVectorEnv gives them with
+AutoresetMode.SAME_STEP: an episode that ends is reset in the same step, its final observation
+in info["final_obs"], terminated and truncated apart. EnvPool itself resets an env on the step
+after its episode ended (the action is ignored then); here the ended envs are reset at once
+(EnvPool's reset of a subset of envs), so no step is spent on it.
+
+The spaces are gymnasium's own (the Evaluator scores on gymnasium's env, and checkpoints fit
+either backend); EnvPool's must have the same shapes. Env i is seeded with seed + i.
+
+Atari: EnvPool's own preprocessing does the frame work (no-op starts, frame skip with the max of
+the last two frames, 84x84 grey, the frame stack, FIRE after a reset); a lost life ending the
+training episode, reward clipping and the whole-game score are done here, from EnvPool's lives
+counter and its unclipped rewards, because EnvPool's reset of an env restarts its game.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from rl_runner.errors import UserError
+
+BACKENDS = ("sync", "async", "envpool", "auto")
+# EnvPool's own settings of the pool, not of the env: never taken from env.kwargs
+POOL_KEYS = {"num_envs", "batch_size", "num_threads", "max_num_players", "thread_affinity_offset",
+             "base_path", "seed", "env_seed", "gym_reset_return_info"}
+
+
+@functools.lru_cache(maxsize=1)
+def installed() -> bool:
+    try:
+        importlib.import_module("envpool")
+    except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _all_ids() -> frozenset[str]:
+    import envpool
+
+    return frozenset(envpool.list_all_envs())
+
+
+def atari_task(env_id: str) -> tuple[str, dict] | None:
+    """EnvPool's Atari id for an ale-py id (BreakoutNoFrameskip-v4, ALE/Breakout-v5: Breakout-v5)
+    and the ale-py settings it must keep (sticky actions, action set, episode length in frames)."""
+    spec = gym.spec(env_id)
+    game = spec.kwargs.get("game")
+    if not isinstance(game, str):
+        return None
+    name = "".join(part.capitalize() for part in game.split("_")) + "-v5"
+    settings = {"repeat_action_probability": float(spec.kwargs.get("repeat_action_probability",
+                                                                   0.0)),
+                "full_action_space": bool(spec.kwargs.get("full_action_space", False))}
+    frames = spec.max_episode_steps or spec.kwargs.get("max_num_frames_per_episode")
+    return name, {**settings, "frames": frames}
+
+
+def twin(env_id: str, atari: dict | None) -> str | None:
+    """The EnvPool id that steps `env_id` (a registered gymnasium id), or None: a user's own env
+    (module:Id), an id EnvPool lacks, an Atari game without env.atari (EnvPool preprocesses)."""
+    if ":" in env_id or not installed():
+        return None
+    if atari is not None:
+        task = atari_task(env_id)
+        return task[0] if task is not None and task[0] in _all_ids() else None
+    if str(gym.spec(env_id).entry_point).startswith("ale_py"):
+        return None  # raw ALE frames: EnvPool always preprocesses
+    return env_id if env_id in _all_ids() else None
+
+
+def no_twin(env_id: str) -> UserError:
+    why = "envpool is not installed here (pip install 'rl-runner[envpool]')" if not installed() \
+        else f"EnvPool has no twin of env.id={env_id}"
+    return UserError(f"env.vectorization=envpool: {why}; backends that work for it: sync, async")
+
+
+def resolve(vectorization: str, env_id: str, atari: dict | None) -> str:
+    """The backend to build: auto is envpool where it is installed and has the id, else sync."""
+    if vectorization not in BACKENDS:
+        raise UserError(f"env.vectorization={vectorization!r} is not known; allowed: "
+                        f"{', '.join(BACKENDS)}")
+    if vectorization == "auto":
+        return "envpool" if twin(env_id, atari) is not None else "sync"
+    return vectorization
+
+
+def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None, training: bool) -> dict:
+    """envpool.make's settings for `env_id`: env.kwargs where EnvPool has the same key, the
+    episode length of gymnasium's registration, env.atari's preprocessing."""
+    import envpool
+
+    name = twin(env_id, atari)
+    known = set(envpool.make_spec(name).config._fields) - POOL_KEYS
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise UserError(f"env.kwargs {unknown} have no EnvPool equivalent for {env_id} (EnvPool "
+                        f"takes: {', '.join(sorted(known))}); or use env.vectorization=sync")
+    out = dict(kwargs)
+    if atari is None:
+        steps = gym.spec(env_id).max_episode_steps
+        if steps is not None and "max_episode_steps" in known:
+            out.setdefault("max_episode_steps", int(steps))
+        return out
+    _, settings = atari_task(env_id)
+    frames = settings.pop("frames")
+    out.update(settings, noop_max=atari["noop_max"], frame_skip=atari["frame_skip"],
+               img_height=atari["screen_size"], img_width=atari["screen_size"],
+               gray_scale=atari["grayscale"], stack_num=atari["frame_stack"],
+               use_fire_reset=atari["fire_reset"], episodic_life=False, reward_clip=False)
+    if frames:
+        out["max_episode_steps"] = max(1, int(frames) // atari["frame_skip"])
+    return out
+
+
+class EnvPoolVectorEnv(gym.vector.VectorEnv):
+    """n EnvPool envs behind gymnasium's VectorEnv API with SAME_STEP autoreset (module doc)."""
+
+    def __init__(self, env_id: str, n_envs: int, kwargs: dict, atari: dict | None,
+                 training: bool, observation_space: gym.Space, action_space: gym.Space,
+                 threads: int):
+        self.env_id, self.num_envs, self.threads = env_id, n_envs, max(1, min(threads, n_envs))
+        self.name = twin(env_id, atari)
+        self.settings = pool_kwargs(env_id, kwargs, atari, training)
+        self.single_observation_space, self.single_action_space = observation_space, action_space
+        self.observation_space = gym.vector.utils.batch_space(observation_space, n_envs)
+        self.action_space = gym.vector.utils.batch_space(action_space, n_envs)
+        self.atari = atari
+        self.life_ends = atari is not None and training and atari["episodic_life"]
+        self.clip = atari is not None and training and atari["clip_reward"]
+        self.whole_games = atari is not None  # envs.game_ends reads final_info["episode"]
+        self.metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+        self.pool, self.seed_used = None, None
+        with warnings.catch_warnings():  # EnvPool's Box spaces have float64 bounds
+            warnings.simplefilter("ignore", UserWarning)
+            self._build(0)
+            self._check_spaces()
+
+    def _build(self, seed: int) -> None:
+        import envpool
+
+        if self.pool is not None:
+            self.pool.close()
+        self.pool = envpool.make(self.name, env_type="gymnasium", num_envs=self.num_envs,
+                                 num_threads=self.threads, seed=int(seed), **self.settings)
+        self.seed_used = seed
+        self.act_dtype = self.pool.action_space.dtype
+        self.lives = np.zeros(self.num_envs, np.int64)
+        self.game_return = np.zeros(self.num_envs, np.float64)
+        self.game_length = np.zeros(self.num_envs, np.int64)
+
+    def _check_spaces(self) -> None:
+        got, want = self.pool.observation_space, self.single_observation_space
+        if got.shape != want.shape:
+            raise UserError(f"env.vectorization=envpool: EnvPool's {self.name} observes "
+                            f"{got.shape}, gymnasium's {self.env_id} {want.shape}; use "
+                            "env.vectorization=sync")
+        a, b = self.pool.action_space, self.single_action_space
+        if type(a) is not type(b) or getattr(a, "n", None) != getattr(b, "n", None) or \
+                a.shape != b.shape:
+            raise UserError(f"env.vectorization=envpool: EnvPool's {self.name} acts in {a}, "
+                            f"gymnasium's {self.env_id} in {b}; use env.vectorization=sync")
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """A fresh start of every env; env i seeded with seed + i (a new seed builds the pool
+        again: EnvPool takes seeds only when it is made)."""
+        if seed is not None and seed != self.seed_used:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self._build(seed)
+        obs, info = self.pool.reset()
+        self.lives[:] = info["lives"] if self.atari is not None else 0
+        self.game_return[:] = 0.0
+        self.game_length[:] = 0
+        return obs, {}
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, info = self.pool.step(
+            np.asarray(actions, self.act_dtype))
+        rewards = np.asarray(rewards, np.float64)
+        out: dict[str, Any] = {}
+        if self.atari is not None:
+            rewards, terminated = self._atari(rewards, terminated, truncated, info, out)
+        over = terminated | truncated  # the envs to reset at once
+        if self.life_ends:  # a lost life ends the episode, not the game: no reset
+            over = over & out.pop("game_over")
+        done = terminated | truncated
+        if done.any():
+            final = np.empty(self.num_envs, object)
+            for i in np.flatnonzero(done):
+                final[i] = obs[i].copy()
+            out["final_obs"], out["_final_obs"] = final, done
+            if over.any():
+                ids = np.flatnonzero(over)
+                first, reset_info = self.pool.reset(ids.astype(np.int32))
+                obs = np.array(obs)  # EnvPool's arrays may be reused: ours to write
+                obs[ids] = first
+                if self.atari is not None:
+                    self.lives[ids] = reset_info["lives"]
+        return obs, rewards, terminated, truncated, out
+
+    def _atari(self, rewards, terminated, truncated, info, out):
+        """Whole-game score and length; lost lives end training episodes; clipped rewards."""
+        self.game_return += rewards
+        self.game_length += 1
+        lives = np.asarray(info["lives"], np.int64)
+        game_over = terminated | truncated
+        if game_over.any():
+            ids = np.flatnonzero(game_over)
+            out["final_info"] = {"episode": {"r": self.game_return.copy(),
+                                             "l": self.game_length.copy()},
+                                 "_episode": game_over.copy()}
+            self.game_return[ids] = 0.0
+            self.game_length[ids] = 0
+        if self.life_ends:
+            terminated = terminated | ((lives < self.lives) & ~game_over)
+            out["game_over"] = game_over
+        self.lives = lives
+        return (np.sign(rewards) if self.clip else rewards), terminated
+
+    def close(self, **kwargs) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None

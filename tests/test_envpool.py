@@ -1,0 +1,137 @@
+"""env.vectorization=envpool: EnvPool's envs with the semantics of SyncVectorEnv's SAME_STEP
+autoreset (final observations, terminated vs truncated, seeds), and its refusals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rl_runner import envpool_env
+from rl_runner.envs import make_vec_env
+from rl_runner.errors import UserError
+from tests.conftest import FAST, REPO, error_line, read_results, run_cli
+from tests.helpers.plain_env import MODULE_ENV_ID
+
+pytest.importorskip("envpool")
+
+
+def run_until_done(envs, steps: int = 600, action=None):
+    """Step with `action` (or samples) until some env's episode ends; that step's results."""
+    for _ in range(steps):
+        a = envs.action_space.sample() if action is None else action
+        out = envs.step(a)
+        if (out[2] | out[3]).any():
+            return out
+    raise AssertionError(f"no episode ended in {steps} steps")
+
+
+def test_ended_episodes_restart_in_the_same_step():
+    envs = make_vec_env("CartPole-v1", 4, vectorization="envpool", threads=1)
+    envs.reset(seed=0)
+    obs, rewards, terminated, truncated, info = run_until_done(envs, action=np.ones(4, int))
+    ended = np.flatnonzero(terminated)
+    assert len(ended) and not truncated.any()
+    for i in ended:
+        final = info["final_obs"][i]
+        # the final state is past CartPole's limits; the returned one starts an episode
+        assert abs(final[0]) > 2.4 or abs(final[2]) > 0.2095, final
+        assert np.all(np.abs(obs[i]) <= 0.05), obs[i]
+    assert info["_final_obs"].tolist() == terminated.tolist()
+    envs.close()
+
+
+def test_time_limit_truncates_and_keeps_the_final_observation():
+    envs = make_vec_env("Pendulum-v1", 2, vectorization="envpool", threads=1)
+    obs, _ = envs.reset(seed=1)
+    for t in range(200):
+        obs, _, terminated, truncated, info = envs.step(np.zeros((2, 1), np.float32))
+        if t < 199:
+            assert not truncated.any()
+    assert truncated.all() and not terminated.any()
+    assert np.stack(list(info["final_obs"])).shape == (2, 3)
+    envs.close()
+
+
+def test_seeds_decide_the_episodes():
+    def first(seed):
+        envs = make_vec_env("CartPole-v1", 3, vectorization="envpool", threads=1)
+        obs, _ = envs.reset(seed=seed)
+        again, _ = envs.reset(seed=seed + 1)  # a new seed: a new pool, other starts
+        envs.close()
+        return obs, again
+
+    a, a_next = first(5)
+    b, _ = first(5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, a_next)
+    assert not np.array_equal(a[0], a[1])  # env i gets seed + i
+
+
+def test_spaces_are_gymnasiums():
+    envs = make_vec_env("LunarLander-v3", 2, vectorization="envpool", threads=1)
+    sync = make_vec_env("LunarLander-v3", 2)
+    assert envs.single_observation_space == sync.single_observation_space
+    assert envs.single_action_space == sync.single_action_space
+    envs.close()
+    sync.close()
+
+
+def test_auto_picks_envpool_where_it_has_the_id():
+    assert envpool_env.resolve("auto", "CartPole-v1", None) == "envpool"
+    assert envpool_env.resolve("auto", MODULE_ENV_ID, None) == "sync"
+    assert envpool_env.resolve("sync", "CartPole-v1", None) == "sync"
+    with pytest.raises(UserError, match="allowed: sync, async, envpool, auto"):
+        envpool_env.resolve("threads", "CartPole-v1", None)
+
+
+def test_kwargs_without_an_envpool_twin_are_refused():
+    with pytest.raises(UserError, match="enable_wind.*no EnvPool equivalent"):
+        make_vec_env("LunarLander-v3", 2, {"enable_wind": True}, vectorization="envpool")
+
+
+def test_atari_whole_games_and_lives():
+    atari = {"noop_max": 30, "frame_skip": 4, "screen_size": 84, "grayscale": True,
+             "frame_stack": 4, "episodic_life": True, "fire_reset": True, "clip_reward": True}
+    envs = make_vec_env("BreakoutNoFrameskip-v4", 2, vectorization="envpool", atari=atari,
+                        training=True, threads=1)
+    obs, _ = envs.reset(seed=0)
+    assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
+    lives_ended = games = 0
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        obs, rewards, terminated, truncated, info = envs.step(rng.integers(0, 4, 2))
+        assert set(np.unique(rewards)) <= {0.0, 1.0}  # clipped
+        final = info.get("final_info")
+        games += 0 if final is None else int(final["_episode"].sum())
+        lives_ended += int(terminated.sum())
+        if games:
+            break
+    assert games >= 1 and lives_ended >= 5  # a game of Breakout has 5 lives
+    assert final["episode"]["l"][final["_episode"]].min() > 0
+    envs.close()
+
+
+def test_unknown_id_names_the_backends_that_work(tmp_path):
+    proc = run_cli(["algo=ppo", "env=gym", f"env.id={MODULE_ENV_ID}", "env.vectorization=envpool",
+                    *FAST], tmp_path, pythonpath=REPO)
+    line = error_line(proc)
+    assert "EnvPool has no twin" in line and "sync, async" in line, line
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_ppo_trains_on_envpool_and_evaluates_on_gymnasium(tmp_path):
+    proc = run_cli(["algo=ppo", "env=cartpole", "env.vectorization=envpool", "seed=0",
+                    "trainer.total_steps=2048", *FAST], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = read_results(tmp_path / "run")
+    assert results["env_steps"] == 2048 and results["eval_episodes"] == 2
+
+
+def test_resume_says_the_episodes_restart_and_trains_on(tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_cli(["algo=ppo", "env=cartpole", "env.vectorization=envpool", *FAST,
+                     "trainer.total_steps=2048"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    more = run_cli([f"resume={run_dir}", "trainer.total_steps=4096"], tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert "EnvPool cannot save its envs mid-episode" in more.stdout + more.stderr
+    assert read_results(run_dir)["env_steps"] == 4096
