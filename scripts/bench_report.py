@@ -119,7 +119,10 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
              f"- Command: `{command}`",
              f"- rl-runner runs: `rl-run algo={algo} env={task.env} seed=<seed> "
              f"trainer.total_steps=<env steps> trainer.device={device} trainer.progress=false "
-             "hydra.run.dir=<tmp>`",
+             "hydra.run.dir=<tmp>`" + ("; \"rl-runner (<backend>)\" rows add "
+                                       "env.vectorization=<backend>" if any(
+                                           r["runner"].startswith("rl-runner (") for r in rows)
+                                       else ""),
              f"- {peer} runs (\"sb3\" below): {peer_description(task)} with "
              f"device=\"{device}\", then `model.learn(<env steps>)`", ""]
     if any(k in os.environ for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
@@ -144,20 +147,23 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
               "speed ratio (rl-runner / SB3) | rl-runner return | SB3 return | "
               "return difference (rl-runner − SB3) |",
               "|---|---|---|---|---|---|---|---|"]
-    for name in plan:
-        mine = [r for r in ok if r["task"] == name and r["runner"] == "rl-runner"]
-        for label, _ in runners[1:]:
-            theirs = [r for r in ok if r["task"] == name and r["runner"] == label]
-            if not mine or not theirs:
-                lines.append(f"| {name} | {label} | | | | | | (missing runs) |")
-                continue
-            sps_a = statistics.mean(r["sps"] for r in mine)
-            sps_b = statistics.mean(r["sps"] for r in theirs)
-            ret_a = [r["eval_return_mean"] for r in mine]
-            ret_b = [r["eval_return_mean"] for r in theirs]
-            lines.append(f"| {name} | {label} | {sps_a:.0f} | {sps_b:.0f} | {sps_a / sps_b:.2f} | "
-                         f"{mean_std(ret_a)} | {mean_std(ret_b)} | "
-                         f"{statistics.mean(ret_a) - statistics.mean(ret_b):+.1f} |")
+    ours = [label for label, _ in runners if label.startswith("rl-runner")]
+    peers = [label for label, _ in runners if not label.startswith("rl-runner")]
+    pairs = [(name, own, label) for name in plan for own in ours for label in peers]
+    for name, own, label in pairs:
+        mine = [r for r in ok if r["task"] == name and r["runner"] == own]
+        theirs = [r for r in ok if r["task"] == name and r["runner"] == label]
+        compared = label if len(ours) == 1 else f"{own} vs {label}"
+        if not mine or not theirs:
+            lines.append(f"| {name} | {compared} | | | | | | (missing runs) |")
+            continue
+        sps_a = statistics.mean(r["sps"] for r in mine)
+        sps_b = statistics.mean(r["sps"] for r in theirs)
+        ret_a = [r["eval_return_mean"] for r in mine]
+        ret_b = [r["eval_return_mean"] for r in theirs]
+        lines.append(f"| {name} | {compared} | {sps_a:.0f} | {sps_b:.0f} | {sps_a / sps_b:.2f} | "
+                     f"{mean_std(ret_a)} | {mean_std(ret_b)} | "
+                     f"{statistics.mean(ret_a) - statistics.mean(ret_b):+.1f} |")
     lines += ["", f"Hyperparameters (RL Zoo `hyperparams/{algo}.yml` unless the line says "
               "otherwise; the same for both libraries; checked against rl-runner's composed "
               "config before and after each run):", ""]

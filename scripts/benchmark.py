@@ -49,11 +49,25 @@ def rl_run_command() -> list[str]:
 
 
 def rl_run_overrides(task: Task, seed: int, steps: int, device: str = "cpu",
-                     extra: tuple[str, ...] = ()) -> list[str]:
-    """`extra`: trainer.* overrides of a caller that times a part only (gpu_check.py)."""
+                     extra: tuple[str, ...] = (), backend: str = "sync") -> list[str]:
+    """`extra`: trainer.* overrides of a caller that times a part only (gpu_check.py);
+    `backend`: env.vectorization (the preset's sync is not repeated on the command line)."""
     return [f"algo={task.algo_name}", f"env={task.env}", f"seed={seed}",
             f"trainer.total_steps={steps}", f"trainer.device={device}",
-            "trainer.progress=false", *extra]
+            "trainer.progress=false", *extra,
+            *([] if backend == "sync" else [f"env.vectorization={backend}"])]
+
+
+def backend_of(runner: str) -> str | None:
+    """env.vectorization of an rl-runner runner's label ('rl-runner': sync, 'rl-runner
+    (envpool)': envpool); None for the peer library's runners."""
+    if not runner.startswith("rl-runner"):
+        return None
+    return runner[len("rl-runner ("):-1] if runner.endswith(")") else "sync"
+
+
+def runner_label(backend: str) -> str:
+    return "rl-runner" if backend == "sync" else f"rl-runner ({backend})"
 
 
 def rl_runner_config(task: Task, steps: int) -> dict:
@@ -68,9 +82,9 @@ def rl_runner_config(task: Task, steps: int) -> dict:
     return yaml.safe_load(proc.stdout)
 
 
-def config_mismatches(task: Task, cfg: dict) -> list[str]:
+def config_mismatches(task: Task, cfg: dict, backend: str = "sync") -> list[str]:
     """Where rl-runner's composed config differs from the hyperparameters SB3 is given."""
-    expected = {"env.id": task.env_id, "env.n_envs": task.n_envs, "env.vectorization": "sync",
+    expected = {"env.id": task.env_id, "env.n_envs": task.n_envs, "env.vectorization": backend,
                 **{f"env.{k}": v for k, v in task.env_cfg.items()},
                 "algo._target_": TARGETS[task.algo_name],
                 **{f"algo.{k}": v for k, v in task.algo.items()}}
@@ -84,24 +98,25 @@ def config_mismatches(task: Task, cfg: dict) -> list[str]:
     return out
 
 
-def rl_runner_dir(task: Task, seed: int, work: Path) -> Path:
-    return work / f"rl-runner_{task.key}_s{seed}"
+def rl_runner_dir(task: Task, seed: int, work: Path, backend: str = "sync") -> Path:
+    return work / f"rl-runner{'' if backend == 'sync' else '-' + backend}_{task.key}_s{seed}"
 
 
 def run_rl_runner(task: Task, seed: int, steps: int, work: Path, device: str = "cpu",
-                  extra: tuple[str, ...] = ()) -> dict:
-    run_dir = rl_runner_dir(task, seed, work)
-    log = work / f"rl-runner_{task.key}_s{seed}.log"
-    cmd = [*rl_run_command(), *rl_run_overrides(task, seed, steps, device, extra),
+                  extra: tuple[str, ...] = (), backend: str = "sync") -> dict:
+    run_dir = rl_runner_dir(task, seed, work, backend)
+    log = work / f"{run_dir.name}.log"
+    cmd = [*rl_run_command(), *rl_run_overrides(task, seed, steps, device, extra, backend),
            f"hydra.run.dir={run_dir}"]
     proc_seconds, error = run_logged(cmd, log, work)
     if error or not (run_dir / "results.json").exists():
         return {"status": "failed", "error": error or "no results.json", "process_seconds":
                 proc_seconds}
-    return read_rl_runner(task, run_dir, proc_seconds)
+    return read_rl_runner(task, run_dir, proc_seconds, backend)
 
 
-def read_rl_runner(task: Task, run_dir: Path, proc_seconds: float | None) -> dict:
+def read_rl_runner(task: Task, run_dir: Path, proc_seconds: float | None,
+                   backend: str = "sync") -> dict:
     res = json.loads((run_dir / "results.json").read_text())
     import yaml
 
@@ -112,7 +127,8 @@ def read_rl_runner(task: Task, run_dir: Path, proc_seconds: float | None) -> dic
             "eval_episodes": res["eval_episodes"],
             "torch_threads": res.get("torch_threads", cfg["trainer"]["torch_threads"]),
             "device": res.get("device", cfg["trainer"]["device"]),
-            "process_seconds": proc_seconds, "mismatches": config_mismatches(task, cfg)}
+            "process_seconds": proc_seconds,
+            "mismatches": config_mismatches(task, cfg, backend)}
 
 
 # ---- stable-baselines3 -------------------------------------------------------------------------
@@ -185,8 +201,9 @@ def sb3_child(spec: dict) -> None:
 
 def kept_run(task: Task, seed: int, runner: str, threads: int | None, work: Path) -> dict | None:
     """A completed run of this task, seed and runner already in `work` (--reuse), else None."""
-    if runner == "rl-runner":
-        where = rl_runner_dir(task, seed, work) / "results.json"
+    backend = backend_of(runner)
+    if backend is not None:
+        where = rl_runner_dir(task, seed, work, backend) / "results.json"
     else:
         where = sb3_result(task, seed, threads, work)
     if not where.exists():
@@ -194,8 +211,8 @@ def kept_run(task: Task, seed: int, runner: str, threads: int | None, work: Path
     row = row_file(task, seed, runner, work)
     if row.exists():  # written by the benchmark that ran it: has its load and process time
         r = json.loads(row.read_text())
-    elif runner == "rl-runner":
-        r = read_rl_runner(task, where.parent, None)
+    elif backend is not None:
+        r = read_rl_runner(task, where.parent, None, backend)
     else:
         r = {**json.loads(where.read_text()), "process_seconds": None}
     if r["status"] != "completed":
@@ -225,6 +242,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sb3-one-thread", action="store_true",
                    help="add a third runner, SB3 with torch.set_num_threads(1) (rl-runner "
                         "uses one thread for all but sac's big matmuls)")
+    p.add_argument("--backends", default="sync",
+                   help="comma list of rl-runner's env.vectorization backends to run, each a "
+                   "runner of its own: sync, async, envpool (default: %(default)s)")
     p.add_argument("--device", default="cpu",
                    help="where both libraries train: cpu, cuda or cuda:N (rl-runner's "
                    "trainer.device, SB3's device; default: %(default)s)")
@@ -252,6 +272,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--steps-scale must be positive")
     if args.reuse and args.runs_dir is None:
         p.error("--reuse needs --runs-dir (the directory with the earlier runs)")
+    args.backend_list = [b.strip() for b in args.backends.split(",") if b.strip()]
+    bad = [b for b in args.backend_list if b not in ("sync", "async", "envpool")]
+    if bad or not args.backend_list:
+        p.error(f"--backends {args.backends!r}: allowed: sync, async, envpool")
     if args.sb3_threads is not None and args.sb3_threads < 1:
         p.error("--sb3-threads must be at least 1")
     if args.device != "cpu":
@@ -277,7 +301,8 @@ def main(argv: list[str]) -> int:
                      "-e '.[bench]' (or make bench)")
     label = f"sb3 ({args.sb3_threads} thread{'s' * (args.sb3_threads != 1)})" \
         if args.sb3_threads else "sb3"
-    runners: list[tuple[str, int | None]] = [("rl-runner", None), (label, args.sb3_threads)]
+    runners: list[tuple[str, int | None]] = [(runner_label(b), None) for b in args.backend_list]
+    runners.append((label, args.sb3_threads))
     if args.sb3_one_thread and args.sb3_threads != 1:
         runners.append(("sb3 (1 thread)", 1))
 
@@ -318,8 +343,9 @@ def main(argv: list[str]) -> int:
                         if args.reuse else None
                     if kept:
                         r = kept
-                    elif runner == "rl-runner":
-                        r = run_rl_runner(TASKS[name], seed, steps, work, args.device)
+                    elif backend_of(runner) is not None:
+                        r = run_rl_runner(TASKS[name], seed, steps, work, args.device,
+                                          backend=backend_of(runner))
                     else:
                         r = run_sb3(TASKS[name], seed, steps, threads, eval_every, eval_episodes,
                                     work, args.device)
