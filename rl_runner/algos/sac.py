@@ -105,6 +105,10 @@ class SAC(OffPolicyAlgorithm):
                             and not compile
                             and type(self).critic_penalty is SAC.critic_penalty)
         self.box_step = BoxStep(self) if self.manual_grad else None
+        # vector observations on the CPU: acting is a numpy forward of the actor through views
+        # of its weights (they stay valid: steps and loads write the flat buffer in place)
+        self.host_actor = None if self.encoder is not None or not self.on_cpu else [
+            (w.detach()[0].numpy(), b.detach()[0, 0].numpy()) for w, b in self.actor_layers]
 
     def preferred_threads(self, cores: int) -> int:
         if self.encoder is not None:  # a CNN: one thread (Algorithm.preferred_threads)
@@ -135,21 +139,52 @@ class SAC(OffPolicyAlgorithm):
         x = draw(shape, generator=self.gen)
         return x if self.on_cpu else x.to(self.device)
 
-    @torch.no_grad()
-    def explore(self, obs: np.ndarray) -> np.ndarray:
-        out, log_std = self._actor_out(self._obs(obs))
-        if self.discrete:  # Gumbel-max: a sample of softmax(logits)
-            u = self._noise(torch.rand, out.shape).clamp_(min=1e-20)
-            return torch.argmax(out - torch.log(-torch.log(u)), dim=-1).cpu().numpy()
-        noise = self._noise(torch.randn, out.shape)
-        return torch.tanh(out + noise * log_std.exp()).cpu().numpy()
+    def _host_out(self, obs: np.ndarray) -> np.ndarray:
+        """The actor's output [B, O] for env observations, by numpy: a few microseconds per
+        layer, where torch's calls cost more than one observation's arithmetic."""
+        h = np.asarray(obs, np.float32).reshape(len(obs), -1)
+        relu = self.actor.activation == "relu"
+        for w, b in self.host_actor[:-1]:
+            h = h @ w
+            h += b
+            np.maximum(h, 0.0, out=h) if relu else np.tanh(h, out=h)
+        w, b = self.host_actor[-1]
+        return h @ w + b
 
-    @torch.no_grad()
+    def _host_explore(self, obs: np.ndarray) -> np.ndarray:
+        """explore's sample by numpy, with the noise drawn from the same generator (and stream)
+        as the torch path's."""
+        out = self._host_out(obs)
+        if self.discrete:  # Gumbel-max: a sample of softmax(logits)
+            u = torch.rand(out.shape, generator=self.gen).clamp_(min=1e-20).numpy()
+            return np.argmax(out - np.log(-np.log(u)), axis=-1)
+        a = self.action_dim
+        noise = torch.randn((len(out), a), generator=self.gen).numpy()
+        std = np.exp(np.clip(out[:, a:], LOG_STD_MIN, LOG_STD_MAX))
+        return np.tanh(out[:, :a] + noise * std)
+
+    def explore(self, obs: np.ndarray) -> np.ndarray:
+        if self.host_actor is not None:
+            return self._host_explore(obs)
+        with torch.no_grad():
+            out, log_std = self._actor_out(self._obs(obs))
+            if self.discrete:  # Gumbel-max: a sample of softmax(logits)
+                u = self._noise(torch.rand, out.shape).clamp_(min=1e-20)
+                return torch.argmax(out - torch.log(-torch.log(u)), dim=-1).cpu().numpy()
+            noise = self._noise(torch.randn, out.shape)
+            return torch.tanh(out + noise * log_std.exp()).cpu().numpy()
+
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         if not deterministic:
             return self.to_env(self.explore(obs))
-        out, _ = self._actor_out(self._obs(obs))
-        return self.to_env((out.argmax(-1) if self.discrete else torch.tanh(out)).cpu().numpy())
+        if self.host_actor is not None:
+            out = self._host_out(obs)
+            return self.to_env(out.argmax(-1) if self.discrete else
+                               np.tanh(out[:, :self.action_dim]))
+        with torch.no_grad():
+            out, _ = self._actor_out(self._obs(obs))
+            return self.to_env((out.argmax(-1) if self.discrete else torch.tanh(out)).cpu()
+                               .numpy())
 
     def sample_actions(self, obs_BD: torch.Tensor,
                        n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
