@@ -163,8 +163,9 @@ def check_trainer(cfg: DictConfig) -> None:
     if cfg.env.n_envs > MAX_ENVS:
         raise UserError(f"env.n_envs={cfg.env.n_envs} is more than {MAX_ENVS} envs")
     check_value("env.id", cfg.env.id, str)
+    check_value("env.vectorization", cfg.env.get("vectorization", "sync"), str)
+    check_value("env.envpool_async", cfg.env.get("envpool_async", False), bool)
     if cfg.env.get("atari") is not None:  # absent in configs saved before env.atari existed
-
         atari_options(to_plain(cfg.env.atari))
     if not DEVICE_PATTERN.match(str(cfg.trainer.device)):
         raise UserError(f"trainer.device={cfg.trainer.device!r} is not known; allowed: auto, cpu, "

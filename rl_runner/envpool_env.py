@@ -125,8 +125,9 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
 
     def __init__(self, env_id: str, n_envs: int, kwargs: dict, atari: dict | None,
                  training: bool, observation_space: gym.Space, action_space: gym.Space,
-                 threads: int):
+                 threads: int, seed_offset: int = 0):
         self.env_id, self.num_envs, self.threads = env_id, n_envs, max(1, min(threads, n_envs))
+        self.seed_offset = seed_offset  # env i is seeded with seed + seed_offset + i
         self.name = twin(env_id, atari)
         self.settings = pool_kwargs(env_id, kwargs, atari, training)
         self.single_observation_space, self.single_action_space = observation_space, action_space
@@ -149,7 +150,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         if self.pool is not None:
             self.pool.close()
         self.pool = envpool.make(self.name, env_type="gymnasium", num_envs=self.num_envs,
-                                 num_threads=self.threads, seed=int(seed), **self.settings)
+                                 num_threads=self.threads, seed=int(seed) + self.seed_offset,
+                                 **self.settings)
         self.seed_used = seed
         self.act_dtype = self.pool.action_space.dtype
         self.lives = np.zeros(self.num_envs, np.int64)
@@ -182,8 +184,15 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         return obs, {}
 
     def step(self, actions):
-        obs, rewards, terminated, truncated, info = self.pool.step(
-            np.asarray(actions, self.act_dtype))
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions) -> None:
+        """Hand the actions to EnvPool's threads and return at once (step_wait: the results)."""
+        self.pool.send(np.asarray(actions, self.act_dtype))
+
+    def step_wait(self, **kwargs):
+        obs, rewards, terminated, truncated, info = self.pool.recv(reset=False)
         rewards = np.asarray(rewards, np.float64)
         out: dict[str, Any] = {}
         if self.atari is not None:
@@ -229,3 +238,64 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+
+
+class EnvPoolHalves(gym.vector.VectorEnv):
+    """env.envpool_async: the envs as two EnvPool pools, so that the on-policy feeder acts on
+    one half while EnvPool steps the other (RolloutCollector); to everything else, one vector
+    env of all of them (env i seeded with seed + i, as in one pool)."""
+
+    def __init__(self, env_id: str, n_envs: int, kwargs: dict, atari: dict | None,
+                 training: bool, observation_space: gym.Space, action_space: gym.Space,
+                 threads: int):
+        if n_envs < 2:
+            raise UserError(f"env.envpool_async=true needs env.n_envs >= 2 (two halves that "
+                            f"step in turn); got {n_envs}")
+        first = n_envs // 2
+        self.parts = [EnvPoolVectorEnv(env_id, n, kwargs, atari, training, observation_space,
+                                       action_space, max(1, threads // 2), seed_offset=offset)
+                      for n, offset in ((first, 0), (n_envs - first, first))]
+        self.halves = [(slice(0, first), self.parts[0]), (slice(first, n_envs), self.parts[1])]
+        self.num_envs = n_envs
+        self.single_observation_space, self.single_action_space = observation_space, action_space
+        self.observation_space = gym.vector.utils.batch_space(observation_space, n_envs)
+        self.action_space = gym.vector.utils.batch_space(action_space, n_envs)
+        self.whole_games = atari is not None
+        self.metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        return np.concatenate([p.reset(seed=seed)[0] for p in self.parts]), {}
+
+    def step(self, actions):
+        for sl, part in self.halves:
+            part.step_async(actions[sl])
+        return join_steps([part.step_wait() for part in self.parts])
+
+    def close(self, **kwargs) -> None:
+        for part in self.parts:
+            part.close()
+
+
+def join_steps(steps: list[tuple]) -> tuple:
+    """The step results of consecutive groups of envs as one vector step's."""
+    obs, rewards, terminated, truncated = (np.concatenate([s[k] for s in steps]) for k in range(4))
+    info: dict[str, Any] = {}
+    sizes = [len(s[0]) for s in steps]
+    if any("final_obs" in s[4] for s in steps):
+        final = np.empty(len(obs), object)
+        mask = np.zeros(len(obs), bool)
+        start = 0
+        for n, s in zip(sizes, steps):
+            if "final_obs" in s[4]:
+                final[start:start + n] = s[4]["final_obs"]
+                mask[start:start + n] = s[4]["_final_obs"]
+            start += n
+        info["final_obs"], info["_final_obs"] = final, mask
+    if any("final_info" in s[4] for s in steps):
+        zeros = [{"episode": {"r": np.zeros(n), "l": np.zeros(n, np.int64)},
+                  "_episode": np.zeros(n, bool)} for n in sizes]
+        parts = [s[4].get("final_info", z) for s, z in zip(steps, zeros)]
+        info["final_info"] = {
+            "episode": {k: np.concatenate([p["episode"][k] for p in parts]) for k in ("r", "l")},
+            "_episode": np.concatenate([p["_episode"] for p in parts])}
+    return obs, rewards, terminated, truncated, info

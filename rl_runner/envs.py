@@ -103,16 +103,22 @@ class _EnvFn:
 
 def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
                  vectorization: str = "sync", atari: dict | None = None,
-                 training: bool = False, threads: int = 1) -> gym.vector.VectorEnv:
+                 training: bool = False, threads: int = 1,
+                 envpool_async: bool = False) -> gym.vector.VectorEnv:
     """n copies of an env; finished episodes reset in the same step (final obs in info).
     `atari`, `training`: see make_one (the trainer's envs train, the Evaluator's do not).
     vectorization: sync, async (a process per env), envpool (C++ threads, `threads` of them at
-    most) or auto (envpool where it is installed and has the id, else sync)."""
+    most) or auto (envpool where it is installed and has the id, else sync); envpool_async:
+    two EnvPool pools that step in turn (EnvPoolHalves)."""
     check_env_id(env_id)
     kwargs = dict(kwargs or {})
     backend = envpool_env.resolve(vectorization, env_id, atari_options(atari))
     if backend == "envpool" and envpool_env.twin(env_id, atari_options(atari)) is None:
         raise envpool_env.no_twin(env_id)
+    if envpool_async and backend != "envpool":
+        raise UserError(f"env.envpool_async=true steps EnvPool's envs, and env.vectorization="
+                        f"{vectorization} gives {backend} here; allowed with it: envpool (or "
+                        "auto where EnvPool has the id)")
     try:  # surface bad kwargs as one line, not a worker crash (some fail at the first reset)
         probe = make_one(env_id, kwargs, atari, training)
         try:
@@ -133,8 +139,9 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
                         f"{one_line(e, 200)})") from None
     fns = [_EnvFn(env_id, kwargs, atari, training) for _ in range(n_envs)]
     if backend == "envpool":
-        envs = envpool_env.EnvPoolVectorEnv(env_id, n_envs, kwargs, atari_options(atari),
-                                            training, *spaces, threads=threads)
+        kind = envpool_env.EnvPoolHalves if envpool_async else envpool_env.EnvPoolVectorEnv
+        envs = kind(env_id, n_envs, kwargs, atari_options(atari), training, *spaces,
+                    threads=threads)
     elif backend == "async":
         envs = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
     else:
@@ -144,18 +151,20 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
     return envs
 
 
-def game_ends(envs: gym.vector.VectorEnv, info: dict) -> list[tuple[int, float, int]] | None:
+def game_ends(envs: gym.vector.VectorEnv, info: dict,
+              first: int = 0) -> list[tuple[int, float, int]] | None:
     """On Atari (env.atari set), the whole games that ended this step: (env index, real score,
     length in agent steps, FIRE and no-op steps of the wrappers included), from the
     RecordEpisodeStatistics under the life and reward wrappers (rl_runner/atari.py). None for
-    other envs, whose episodes are the sums of their step rewards."""
+    other envs, whose episodes are the sums of their step rewards. `first`: the index of
+    info's first env (a group of the envs stepped apart)."""
     if not getattr(envs, "whole_games", False):
         return None
     final = info.get("final_info", {})  # SAME_STEP autoreset: the ended episodes' infos
     if "episode" not in final:
         return []
     stats = final["episode"]
-    return [(int(i), float(stats["r"][i]), int(stats["l"][i]))
+    return [(first + int(i), float(stats["r"][i]), int(stats["l"][i]))
             for i in np.flatnonzero(final["_episode"])]
 
 

@@ -85,7 +85,8 @@ class Trainer:
         env_opts = env_options(cfg.env)  # env.kwargs, env.atari
         self.envs = make_vec_env(cfg.env.id, cfg.env.n_envs,
                                  vectorization=cfg.env.get("vectorization", "sync"),
-                                 training=True, threads=self.max_threads, **env_opts)
+                                 training=True, threads=self.max_threads,
+                                 envpool_async=cfg.env.get("envpool_async", False), **env_opts)
         self.envs.action_space.seed(cfg.seed)
         self.algo = build_algo(cfg, self.envs.single_observation_space,
                                self.envs.single_action_space, str(self.tcfg.device))
