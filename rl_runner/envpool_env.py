@@ -120,6 +120,14 @@ def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None, training: bool) -
     return out
 
 
+def quietly(fn, *args):
+    """fn(*args) without the UserWarnings gymnasium gives about EnvPool's Box spaces (float64
+    bounds cast to float32): rl-runner uses gymnasium's own spaces."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return fn(*args)
+
+
 class EnvPoolVectorEnv(gym.vector.VectorEnv):
     """n EnvPool envs behind gymnasium's VectorEnv API with SAME_STEP autoreset (module doc)."""
 
@@ -139,10 +147,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         self.whole_games = atari is not None  # envs.game_ends reads final_info["episode"]
         self.metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
         self.pool, self.seed_used = None, None
-        with warnings.catch_warnings():  # EnvPool's Box spaces have float64 bounds
-            warnings.simplefilter("ignore", UserWarning)
-            self._build(0)
-            self._check_spaces()
+        quietly(self._build, 0)
+        quietly(self._check_spaces)
 
     def _build(self, seed: int) -> None:
         import envpool
@@ -174,10 +180,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         """A fresh start of every env; env i seeded with seed + i (a new seed builds the pool
         again: EnvPool takes seeds only when it is made)."""
         if seed is not None and seed != self.seed_used:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                self._build(seed)
-        obs, info = self.pool.reset()
+            quietly(self._build, seed)
+        obs, info = quietly(self.pool.reset)
         self.lives[:] = info["lives"] if self.atari is not None else 0
         self.game_return[:] = 0.0
         self.game_length[:] = 0
@@ -208,7 +212,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
             out["final_obs"], out["_final_obs"] = final, done
             if over.any():
                 ids = np.flatnonzero(over)
-                first, reset_info = self.pool.reset(ids.astype(np.int32))
+                first, reset_info = quietly(self.pool.reset, ids.astype(np.int32))
                 obs = np.array(obs)  # EnvPool's arrays may be reused: ours to write
                 obs[ids] = first
                 if self.atari is not None:
