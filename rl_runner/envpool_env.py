@@ -102,7 +102,8 @@ def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None, training: bool) -
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise UserError(f"env.kwargs {unknown} have no EnvPool equivalent for {env_id} (EnvPool "
-                        f"takes: {', '.join(sorted(known))}); or use env.vectorization=sync")
+                        f"takes: {', '.join(sorted(known))}); backends that take them: sync, "
+                        "async")
     out = dict(kwargs)
     if atari is None:
         steps = gym.spec(env_id).max_episode_steps
