@@ -68,6 +68,11 @@ def twin(env_id: str, atari: dict | None) -> str | None:
     (module:Id), an id EnvPool lacks, an Atari game without env.atari (EnvPool preprocesses)."""
     if ":" in env_id or not installed():
         return None
+    if env_id not in gym.registry:  # ale-py's ids are registered on first use
+        from rl_runner.envs import register_ale
+
+        if not (register_ale() and env_id in gym.registry):
+            return None
     if atari is not None:
         task = atari_task(env_id)
         return task[0] if task is not None and task[0] in _all_ids() else None

@@ -101,7 +101,9 @@ def mean_std(values: list[float]) -> str:
 
 
 def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, command: str,
-             started: str, loads: tuple, plan: dict) -> str:
+             started: str, loads: tuple, plan: dict, envpool_alone: float | None = None) -> str:
+    """One task's section; `envpool_alone`: EnvPool's own stepping rate for the task's envs
+    (scripts/bench_envpool.py), beside the envpool runner's loop."""
     ok = [r for r in rows if r["status"] == "completed"]
     name = next(iter(plan))
     task = TASKS[name]
@@ -164,6 +166,13 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
         lines.append(f"| {name} | {compared} | {sps_a:.0f} | {sps_b:.0f} | {sps_a / sps_b:.2f} | "
                      f"{mean_std(ret_a)} | {mean_std(ret_b)} | "
                      f"{statistics.mean(ret_a) - statistics.mean(ret_b):+.1f} |")
+    pooled = [r["sps"] for r in ok if r["runner"] == "rl-runner (envpool)"]
+    if envpool_alone and pooled:
+        loop = statistics.mean(pooled)
+        lines += ["", f"EnvPool alone on these envs (scripts/bench_envpool.py: random actions, "
+                  f"no policy, a thread per core, after the runs): {envpool_alone:.0f} env "
+                  f"steps/s; rl-runner (envpool)'s loop ran at {loop:.0f}, "
+                  f"{100 * loop / envpool_alone:.0f}% of it."]
     lines += ["", f"Hyperparameters (RL Zoo `hyperparams/{algo}.yml` unless the line says "
               "otherwise; the same for both libraries; checked against rl-runner's composed "
               "config before and after each run):", ""]

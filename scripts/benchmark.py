@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import run_logged  # noqa: E402
+from bench_envpool import envpool_alone  # noqa: E402
 from bench_report import (METHOD_SECTION, fmt_return, fmt_seconds, markdown,  # noqa: E402
                           method_section, task_section, write_section)
 from bench_peers import PEERS, peer_model  # noqa: E402
@@ -373,8 +374,13 @@ def main(argv: list[str]) -> int:
     loads = (load_start, os.getloadavg()[0])
     write_section(args.out, METHOD_SECTION, method_section())
     for name in plan:
+        ceiling = None
+        if "envpool" in args.backend_list:  # after the runs: the same host, nothing else running
+            task = TASKS[name]
+            ceiling = envpool_alone(task.env_id, task.n_envs, task.env_cfg.get("atari"))
+            print(f"benchmark: EnvPool alone on {name}'s envs: {ceiling:.0f} env steps/s")
         section = markdown([r for r in rows if r["task"] == name], runners, args, command,
-                           started, loads, {name: plan[name]})
+                           started, loads, {name: plan[name]}, ceiling)
         write_section(args.out, task_section(name), section, before=METHOD_SECTION)
         print()
         print("\n".join(section.splitlines()[1:-1]))
