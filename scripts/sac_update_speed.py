@@ -48,6 +48,7 @@ CONFIGS = {
     "sb3-2": (2, "the same on 2 threads (torch's default here)"),
     "step-auto": (0, "whole env step of `rl-run algo=sac env=pendulum`, trainer.torch_threads="
                      "auto (threads: what auto picked)"),
+    "step-1": (1, "the same with trainer.torch_threads=1"),
     "step-sb3-1": (1, "whole env step of stable-baselines3's SAC.learn, the same settings"),
     "step-sb3-2": (2, "the same on 2 threads (torch's default here)"),
 }
@@ -142,7 +143,7 @@ def step_total(steps: int) -> int:
     return WARM_STEPS + 3 * steps + 1  # the last block's end is the next step's start
 
 
-def rl_runner_step(steps: int) -> tuple[float, int]:
+def rl_runner_step(steps: int, threads: str) -> tuple[float, int]:
     """(ms per env step, torch threads at the end) of rl-run's loop on the sac pendulum preset,
     timed at the start of each of the trainer's feeder-and-update steps."""
     import tempfile
@@ -163,7 +164,8 @@ def rl_runner_step(steps: int) -> tuple[float, int]:
     with initialize_config_module(config_module="rl_runner.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
             "algo=sac", "env=pendulum", "seed=0", f"trainer.total_steps={total}",
-            f"trainer.eval_every={total}", "trainer.eval_episodes=1", "trainer.progress=false"])
+            f"trainer.eval_every={total}", "trainer.eval_episodes=1", "trainer.progress=false",
+            f"trainer.torch_threads={threads}"])
     with tempfile.TemporaryDirectory() as tmp:
         trainer.train(cfg, Path(tmp) / "run")
     return best_block(stamps, steps), torch.get_num_threads()
@@ -198,8 +200,8 @@ def measure_one(name: str, updates: int) -> tuple[float, int]:
     import numpy as np
     import torch
     from threadpoolctl import threadpool_limits
-    if name == "step-auto":
-        return rl_runner_step(updates)
+    if name in ("step-auto", "step-1"):
+        return rl_runner_step(updates, name.split("-")[1])
     threads = CONFIGS[name][0]
     torch.set_num_threads(threads)
     threadpool_limits(threads, user_api="blas")
@@ -260,20 +262,22 @@ def report(ms: dict[str, list[float]], threads: dict[str, list[int]], command: s
 def step_summary(median: dict[str, float], threads: dict[str, list[int]]) -> list[str]:
     """The floor (matmuls-N at the thread count auto picked), the whole env step, their ratio,
     and the step's speed against SB3's."""
-    if "step-auto" not in median:
-        return []
-    n = statistics.mode(threads["step-auto"])
-    floor = median.get(f"matmuls-{n}")
-    step = median["step-auto"]
-    out = ["", f"Whole env step (step-auto, auto picked {n} thread(s)): {step:.2f} ms"]
-    if floor is not None:
-        out[-1] += (f"; floor matmuls-{n} {floor:.2f} ms; step / floor {step / floor:.2f} "
-                    "(bar: <= 1.25)")
-    for sb3 in ("step-sb3-1", "step-sb3-2"):
-        if sb3 in median:
-            out[-1] += (f"; {sb3} {median[sb3]:.2f} ms, rl-runner's steps/s "
-                        f"{median[sb3] / step:.2f}x (bar: >= 2.5)")
-    out[-1] += "."
+    out = []
+    for name in ("step-auto", "step-1"):
+        if name not in median:
+            continue
+        n = statistics.mode(threads[name])
+        floor = median.get(f"matmuls-{n}")
+        step = median[name]
+        out += ["", f"Whole env step, {name} ({n} thread(s)): {step:.2f} ms"]
+        if floor is not None:
+            out[-1] += (f"; floor matmuls-{n} {floor:.2f} ms; step / floor {step / floor:.2f} "
+                        "(bar: <= 1.25)")
+        for sb3 in ("step-sb3-1", "step-sb3-2"):
+            if sb3 in median:
+                out[-1] += (f"; {sb3} {median[sb3]:.2f} ms, rl-runner's steps/s "
+                            f"{median[sb3] / step:.2f}x (bar: >= 2.5)")
+        out[-1] += "."
     return out
 
 

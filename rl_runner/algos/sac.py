@@ -21,7 +21,7 @@ from torch import nn
 from rl_runner.algos import image_nets
 from rl_runner.algos.base import OffPolicyAlgorithm
 from rl_runner.algos.mlp_grad import FlushDenormals
-from rl_runner.algos.sac_grad import BoxStep
+from rl_runner.algos.sac_grad import BoxStep, min_critic_action_grad
 from rl_runner.algos.sac_math import LOG_STD_MAX, LOG_STD_MIN, METRICS, squashed_gaussian
 from rl_runner.algos.twin_critic import CriticEncoder, TwinCritic, cached_layers, mlp_forward
 from rl_runner.batches import ReplayBatch
@@ -213,33 +213,12 @@ class SAC(OffPolicyAlgorithm):
     @torch.no_grad()
     def min_q_action_grad(self, obs_BD: torch.Tensor,
                           a_BA: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """min_j Q_j(s, a) per row and its gradient with respect to a, without autograd.
-
-        Each row's min comes from one critic, so each row is backpropagated through that critic
-        alone: half the multiply-adds of autograd's pass through both critics, which multiplies
-        the other critic's rows by zero. No graph is built and no weight gradients are made.
-        """
+        """min_j Q_j(s, a) per row and its gradient with respect to a, without autograd:
+        each row through the critic that gives its min (sac_grad.min_critic_action_grad)."""
         hidden: list[torch.Tensor] = []
-        layers = self.critics.layers
         q_KB = self.critics.q(torch.cat([obs_BD, a_BA], -1), hidden)[..., 0]
-        q_min_B, which_B = q_KB.min(0)
-        w_out = layers[-1][0]
-        # each critic's rows, padded with row 0 to one length (its results are dropped): one bmm
-        rows = [(which_B == k).nonzero()[:, 0] for k in range(w_out.shape[0])]
-        n = max(len(r) for r in rows)
-        index_KN = torch.stack([torch.cat([r, r.new_zeros(n - len(r))]) for r in rows])
-        member_K1 = torch.arange(len(rows), device=a_BA.device).unsqueeze(1)
-        g = w_out.transpose(1, 2).expand(-1, n, -1)  # dQ / d(last hidden output) [K, N, H]
-        relu = self.critics.net.activation == "relu"
-        for i in range(len(hidden) - 1, -1, -1):
-            out = hidden[i][member_K1, index_KN]
-            g = g * (out > 0) if relu else g * (1 - out * out)
-            w = layers[i][0]
-            g = torch.bmm(g, (w if i else w[:, self.feature_dim:]).transpose(1, 2))
-        grad_BA = torch.empty_like(a_BA)
-        for k, r in enumerate(rows):
-            grad_BA[r] = g[k, :len(r)]
-        return q_min_B, grad_BA
+        return min_critic_action_grad(self.critics.layers, self.critics.net.activation == "relu",
+                                      hidden, q_KB, self.feature_dim)
 
     def update(self, batch: ReplayBatch) -> dict[str, float]:
         """`gradient_steps` SAC steps, one per minibatch of `batch`; returns mean metrics."""
