@@ -228,6 +228,8 @@ class SAC(OffPolicyAlgorithm):
             self.encoder.opt.lr = lr
         self.actor_opt.lr = lr if self.actor_lr is None else self.actor_lr * self._lr_fraction(
             batch.env_steps)
+        if self.manual_grad:
+            return self._manual_update(batch, lr)
         obs, actions, next_obs = (self._tensor(x) for x in (batch.obs, batch.actions,
                                                             batch.next_obs))
         if self.encoder is None and obs.dim() > 3:  # images into the MLPs (encoder=mlp)
@@ -237,20 +239,31 @@ class SAC(OffPolicyAlgorithm):
         if self.compile:  # the plain-autograd step of sac_compiled, through torch.compile
             from rl_runner.algos.sac_compiled import compiled_update
             return compiled_update(self, obs, actions, rewards, discount_GB, next_obs, lr)
-        if self.manual_grad:  # no autograd; Adam's moments of dead units kept off denormals
-            with torch.no_grad(), FlushDenormals():
-                results = [(self.box_step(obs[g], actions[g], rewards[g], discount_GB[g],
-                                          next_obs[g]), {}) for g in range(len(rewards))]
-        else:
-            step = self._discrete_step if self.discrete else self._box_step
-            results = [step(obs[g], actions[g], rewards[g], discount_GB[g], next_obs[g])
-                       for g in range(len(rewards))]
+        step = self._discrete_step if self.discrete else self._box_step
+        results = [step(obs[g], actions[g], rewards[g], discount_GB[g], next_obs[g])
+                   for g in range(len(rewards))]
         means = torch.stack([torch.stack(r) for r, _ in results]).mean(0).tolist()
         metrics = dict(zip(METRICS, means))
         if not self.learn_alpha:
             del metrics["alpha_loss"]
         for key in results[0][1]:  # critic_penalty's metrics
             metrics[key] = sum(extra[key] for _, extra in results) / len(results)
+        metrics["learning_rate"] = lr
+        return metrics
+
+    def _manual_update(self, batch: ReplayBatch, lr: float) -> dict[str, float]:
+        """update's gradient steps through the hand-written BoxStep, on the numpy arrays;
+        denormals flushed, which keeps Adam's moments of dead units off the slow path."""
+        G, B = batch.rewards.shape
+        obs, next_obs = (np.asarray(x, np.float32).reshape(G, B, -1)
+                         for x in (batch.obs, batch.next_obs))
+        discount_GB = self.gamma * (1.0 - batch.terminated)
+        with torch.no_grad(), FlushDenormals():
+            rows = [self.box_step(obs[g], batch.actions[g], batch.rewards[g], discount_GB[g],
+                                  next_obs[g]) for g in range(G)]
+        metrics = dict(zip(METRICS, np.mean(rows, 0).tolist()))
+        if not self.learn_alpha:
+            del metrics["alpha_loss"]
         metrics["learning_rate"] = lr
         return metrics
 
