@@ -30,6 +30,16 @@ FIRE = 1  # ALE's minimal action sets put FIRE second wherever a game has it
 ATARI_FPS = 60  # the console draws 60 frames a second; videos play at that speed
 
 
+def register_ale() -> bool:
+    """Register ale-py's Atari ids with gymnasium, where ale-py is installed."""
+    try:
+        import ale_py
+    except ImportError:
+        return False
+    gym.register_envs(ale_py)
+    return True
+
+
 def is_ale(env_id: str) -> bool:
     """Whether a registered id is one of ale-py's Atari games."""
     spec = gym.spec(env_id)

@@ -17,14 +17,15 @@ counter and its unclipped rewards, because EnvPool's reset of an env restarts it
 from __future__ import annotations
 
 import functools
-import time
 import importlib
+import time
 import warnings
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from rl_runner.atari import register_ale
 from rl_runner.errors import UserError
 
 BACKENDS = ("sync", "async", "envpool", "auto")
@@ -70,8 +71,6 @@ def twin(env_id: str, atari: dict | None) -> str | None:
     if ":" in env_id or not installed():
         return None
     if env_id not in gym.registry:  # ale-py's ids are registered on first use
-        from rl_runner.envs import register_ale
-
         if not (register_ale() and env_id in gym.registry):
             return None
     if atari is not None:

@@ -12,7 +12,7 @@ from gymnasium.error import DependencyNotInstalled
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from rl_runner import envpool_env
-from rl_runner.atari import base_kwargs, is_ale, looks_atari, wrap_atari
+from rl_runner.atari import base_kwargs, is_ale, looks_atari, register_ale, wrap_atari
 from rl_runner.config import atari_options, to_plain
 from rl_runner.errors import UserError, one_line
 
@@ -25,16 +25,6 @@ def env_options(env_cfg: Any) -> dict:
     env.kwargs and env.atari (absent in configs written before it: no preprocessing)."""
     return {"kwargs": to_plain(env_cfg.get("kwargs")) or {},
             "atari": to_plain(env_cfg.get("atari"))}
-
-
-def register_ale() -> bool:
-    """Register ale-py's Atari ids with gymnasium, where ale-py is installed."""
-    try:
-        import ale_py
-    except ImportError:
-        return False
-    gym.register_envs(ale_py)
-    return True
 
 
 def check_env_id(env_id: str) -> None:
