@@ -99,3 +99,22 @@ def test_the_constructor_picks_autograd_where_the_hand_written_step_does_not_app
                                **common).manual_grad
     assert not SAC(observation_space=PENDULUM_OBS, action_space=ACT2, compile=True,
                    **common).manual_grad
+
+
+@pytest.mark.parametrize("lead", [None, 0, 1], ids=["mixed", "critic-0-everywhere",
+                                                     "critic-1-everywhere"])
+def test_min_critic_action_grad_matches_autograd_whichever_critic_gives_the_min(lead):
+    algo = pair()[1]
+    if lead is not None:  # one critic's output bias far below the other's: its rows only
+        with torch.no_grad():
+            algo.critics.net.biases[-1][lead].sub_(100.0)
+    gen = torch.Generator().manual_seed(1)
+    obs, actions = torch.randn(64, 3, generator=gen), torch.rand(64, 2, generator=gen) * 2 - 1
+    a = actions.clone().requires_grad_(True)
+    q_min = algo.critics.net(torch.cat([obs, a], -1))[..., 0].min(0)
+    q_min.values.sum().backward()
+    picked = int(q_min.indices.sum())
+    assert picked == {None: picked, 0: 0, 1: 64}[lead] and (lead is not None or 0 < picked < 64)
+    got_q, got_grad = algo.min_q_action_grad(obs, actions)
+    torch.testing.assert_close(got_q, q_min.values.detach())
+    torch.testing.assert_close(got_grad, a.grad)
