@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 from rl_runner.atari import register_ale
-from rl_runner.errors import UserError
+from rl_runner.errors import UserError, one_line
 
 BACKENDS = ("sync", "async", "envpool", "auto")
 # EnvPool's own settings of the pool, not of the env: never taken from env.kwargs
@@ -97,7 +97,7 @@ def resolve(vectorization: str, env_id: str, atari: dict | None) -> str:
     return vectorization
 
 
-def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None, training: bool) -> dict:
+def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None) -> dict:
     """envpool.make's settings for `env_id`: env.kwargs where EnvPool has the same key, the
     episode length of gymnasium's registration, env.atari's preprocessing."""
     import envpool
@@ -117,7 +117,8 @@ def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None, training: bool) -
         return out
     _, settings = atari_task(env_id)
     frames = settings.pop("frames")
-    out.update(settings, noop_max=atari["noop_max"], frame_skip=atari["frame_skip"],
+    out = {**settings, **out}  # the id's sticky actions and action set, unless env.kwargs say
+    out.update(noop_max=atari["noop_max"], frame_skip=atari["frame_skip"],
                img_height=atari["screen_size"], img_width=atari["screen_size"],
                gray_scale=atari["grayscale"], stack_num=atari["frame_stack"],
                use_fire_reset=atari["fire_reset"], episodic_life=False, reward_clip=False)
@@ -143,7 +144,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         self.env_id, self.num_envs, self.threads = env_id, n_envs, max(1, min(threads, n_envs))
         self.seed_offset = seed_offset  # env i is seeded with seed + seed_offset + i
         self.name = twin(env_id, atari)
-        self.settings = pool_kwargs(env_id, kwargs, atari, training)
+        self.settings = pool_kwargs(env_id, kwargs, atari)
         self.single_observation_space, self.single_action_space = observation_space, action_space
         self.observation_space = gym.vector.utils.batch_space(observation_space, n_envs)
         self.action_space = gym.vector.utils.batch_space(action_space, n_envs)
@@ -163,9 +164,14 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
 
         if self.pool is not None:
             self.pool.close()
-        self.pool = envpool.make(self.name, env_type="gymnasium", num_envs=self.num_envs,
-                                 num_threads=self.threads, seed=int(seed) + self.seed_offset,
-                                 **self.settings)
+        try:
+            self.pool = envpool.make(self.name, env_type="gymnasium", num_envs=self.num_envs,
+                                     num_threads=self.threads, seed=int(seed) + self.seed_offset,
+                                     **self.settings)
+        except Exception as e:  # a value gymnasium took and EnvPool does not
+            raise UserError(f"env.vectorization=envpool: EnvPool cannot make {self.name} with "
+                            f"{self.settings} ({type(e).__name__}: {one_line(e, 200)}); "
+                            "backends that may: sync, async") from None
         self.seed_used = seed
         self.act_dtype = self.pool.action_space.dtype
         self.lives = np.zeros(self.num_envs, np.int64)

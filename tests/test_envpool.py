@@ -182,3 +182,21 @@ def test_envpool_async_needs_envpool(tmp_path):
     proc = run_cli(["algo=ppo", "env=cartpole", "env.envpool_async=true", *FAST], tmp_path)
     line = error_line(proc)
     assert "env.envpool_async=true" in line and "allowed with it: envpool" in line, line
+
+
+def test_atari_keeps_the_ids_settings_unless_kwargs_say():
+    from rl_runner.config import atari_options
+
+    v5 = envpool_env.pool_kwargs("ALE/Breakout-v5", {}, atari_options({}))
+    assert v5["repeat_action_probability"] == 0.25 and v5["max_episode_steps"] == 27000
+    v4 = envpool_env.pool_kwargs("BreakoutNoFrameskip-v4", {"repeat_action_probability": 0.1},
+                                 atari_options({}))
+    assert v4["repeat_action_probability"] == 0.1
+    assert not v4["episodic_life"] and not v4["reward_clip"]  # done by the adapter
+
+
+def test_a_value_envpool_refuses_is_one_line(tmp_path):
+    proc = run_cli(["algo=ppo", "env=cartpole", "env.vectorization=envpool",
+                    "+env.kwargs.max_episode_steps=100000000000", *FAST], tmp_path)
+    line = error_line(proc)
+    assert "EnvPool cannot make CartPole-v1" in line and "sync, async" in line, line
