@@ -62,8 +62,9 @@ How it is measured:
   AtariWrapper under Monitor, whose episodes are whole games), not in rl-runner's Evaluator.
 - Differences that remain: rl-runner also writes TensorBoard events and checkpoints (last.pt, and
   best.pt on improvement, at each evaluation) inside its loop, while the SB3 runs log nothing
-  (verbose=0, no tensorboard_log); rl-runner steps a gymnasium SyncVectorEnv, SB3 a DummyVecEnv of
-  Monitor-wrapped envs (both in one process); linear schedules are evaluated one rollout apart
+  (verbose=0, no tensorboard_log); rl-runner steps a gymnasium SyncVectorEnv ("rl-runner
+  (envpool)" rows: EnvPool's C++ envs, env.vectorization=envpool; evaluation stays on gymnasium's
+  env), SB3 a DummyVecEnv of Monitor-wrapped envs (both in one process); linear schedules are evaluated one rollout apart
   (rl-runner at the progress before the rollout just collected, SB3 after it); rl-runner uses
   trainer.torch_threads (default auto: 1, or every usable core for sac's big matmuls; it also
   caps numpy's BLAS threads),
