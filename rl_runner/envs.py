@@ -99,7 +99,7 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
     `atari`, `training`: see make_one (the trainer's envs train, the Evaluator's do not).
     vectorization: sync, async (a process per env), envpool (C++ threads, `threads` of them at
     most) or auto (envpool where it is installed and has the id, else sync); envpool_async:
-    two EnvPool pools that step in turn (EnvPoolHalves)."""
+    only checked here (it needs envpool; the on-policy feeder overlaps stepping and learning)."""
     check_env_id(env_id)
     kwargs = dict(kwargs or {})
     backend = envpool_env.resolve(vectorization, env_id, atari_options(atari))
@@ -129,9 +129,8 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
                         f"{one_line(e, 200)})") from None
     fns = [_EnvFn(env_id, kwargs, atari, training) for _ in range(n_envs)]
     if backend == "envpool":
-        kind = envpool_env.EnvPoolHalves if envpool_async else envpool_env.EnvPoolVectorEnv
-        envs = kind(env_id, n_envs, kwargs, atari_options(atari), training, *spaces,
-                    threads=threads)
+        envs = envpool_env.EnvPoolVectorEnv(env_id, n_envs, kwargs, atari_options(atari),
+                                            training, *spaces, threads=threads)
     elif backend == "async":
         envs = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
     else:
@@ -141,20 +140,18 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
     return envs
 
 
-def game_ends(envs: gym.vector.VectorEnv, info: dict,
-              first: int = 0) -> list[tuple[int, float, int]] | None:
+def game_ends(envs: gym.vector.VectorEnv, info: dict) -> list[tuple[int, float, int]] | None:
     """On Atari (env.atari set), the whole games that ended this step: (env index, real score,
     length in agent steps, FIRE and no-op steps of the wrappers included), from the
     RecordEpisodeStatistics under the life and reward wrappers (rl_runner/atari.py). None for
-    other envs, whose episodes are the sums of their step rewards. `first`: the index of
-    info's first env (a group of the envs stepped apart)."""
+    other envs, whose episodes are the sums of their step rewards."""
     if not getattr(envs, "whole_games", False):
         return None
     final = info.get("final_info", {})  # SAME_STEP autoreset: the ended episodes' infos
     if "episode" not in final:
         return []
     stats = final["episode"]
-    return [(first + int(i), float(stats["r"][i]), int(stats["l"][i]))
+    return [(int(i), float(stats["r"][i]), int(stats["l"][i]))
             for i in np.flatnonzero(final["_episode"])]
 
 

@@ -24,6 +24,9 @@ class Feeder(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict) -> None: ...
 
+    def close(self) -> None:
+        """Stop background work (a rollout collected while the update runs)."""
+
     def restart_episodes(self, seed: int) -> None:
         """Start fresh episodes: a resume whose env state could not be saved as plain data."""
 

@@ -34,6 +34,7 @@ from rl_runner.replay import ReplayFeeder
 from rl_runner.results import write_results
 from rl_runner.resume import resume_value
 from rl_runner.rollout import RolloutCollector
+from rl_runner.rollout_overlap import OverlappedCollector
 from rl_runner.runstate import next_multiple
 from rl_runner.threads import choose_threads, keep_freed_memory, usable_cores
 
@@ -50,10 +51,20 @@ PROGRESS_LINE_SECONDS = 30.0  # parallel sweep jobs: a progress line this often
 
 def make_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo: Algorithm) -> Feeder:
     """The feeder of the algorithm's family; imitation algorithms get the demonstrations first."""
+    overlap = cfg.env.get("envpool_async", False)  # absent in configs saved before it
+    if overlap and (algo.family != "on_policy" or algo.uses_demonstrations):
+        why = "learns from demonstrations" if algo.uses_demonstrations else \
+            "is " + algo.family.replace("_", "-")
+        raise UserError(f"env.envpool_async=true overlaps an on-policy rollout with the update, "
+                        f"and {algo_name(type(algo))} {why}; algorithms allowed with it: pg, "
+                        "ppo, trpo, a2c")
     if algo.family == "offline":
         return offline_feeder(cfg, envs, algo)
     if algo.family == "off_policy":
         feeder: Feeder = ReplayFeeder(envs, algo, cfg.seed)
+    elif overlap:
+        OverlappedCollector.check(algo)
+        feeder = OverlappedCollector(envs, algo.n_steps, cfg.seed)
     else:
         feeder = RolloutCollector(envs, algo.n_steps, cfg.seed)
     if algo.uses_demonstrations:
@@ -224,6 +235,7 @@ class Trainer:
             if error is None:
                 raise
         finally:
+            self.feeder.close()  # background work first: it may be stepping the envs
             self.envs.close()
             self.evaluator.close()
         return results

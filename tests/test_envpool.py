@@ -137,47 +137,6 @@ def test_resume_says_the_episodes_restart_and_trains_on(tmp_path):
     assert read_results(run_dir)["env_steps"] == 4096
 
 
-def test_halves_give_each_env_the_trajectory_of_one_pool():
-    """EnvPoolHalves' envs are seeded as one pool's: the same actions, the same steps."""
-    one = make_vec_env("CartPole-v1", 4, vectorization="envpool", threads=1)
-    two = make_vec_env("CartPole-v1", 4, vectorization="envpool", threads=1, envpool_async=True)
-    np.testing.assert_array_equal(one.reset(seed=2)[0], two.reset(seed=2)[0])
-    rng = np.random.default_rng(0)
-    for _ in range(60):
-        a = rng.integers(0, 2, 4)
-        x, y = one.step(a), two.step(a)
-        for k in range(4):
-            np.testing.assert_array_equal(x[k], y[k])
-        if "final_obs" in x[4]:
-            assert x[4]["_final_obs"].tolist() == y[4]["_final_obs"].tolist()
-    one.close()
-    two.close()
-
-
-def test_async_rollouts_keep_each_envs_trajectory(tmp_path):
-    """The pipelined collector (policy on one half while the other steps) stores, for every
-    env, observations that follow from its own actions: replaying them on a fresh pool of the
-    same seed gives the same observations, rewards and ends."""
-    from rl_runner.algos.build import build_algo
-    from rl_runner.rollout import RolloutCollector
-    from tests.conftest import compose
-
-    cfg = compose(["algo=ppo", "env=cartpole", "algo.n_steps=64"])
-    envs = make_vec_env("CartPole-v1", 4, vectorization="envpool", threads=1, envpool_async=True)
-    algo = build_algo(cfg, envs.single_observation_space, envs.single_action_space, "cpu")
-    rollout, _ = RolloutCollector(envs, 64, seed=7).collect(algo)
-    replay = make_vec_env("CartPole-v1", 4, vectorization="envpool", threads=1)
-    obs, _ = replay.reset(seed=7)
-    for t in range(64):
-        np.testing.assert_allclose(rollout.obs[t], obs)
-        obs, rewards, terminated, truncated, _ = replay.step(rollout.actions[t])
-        np.testing.assert_array_equal(rollout.rewards[t], rewards)
-        np.testing.assert_array_equal(rollout.dones[t], terminated | truncated)
-    assert rollout.dones.any()  # episodes ended and restarted within the rollout
-    envs.close()
-    replay.close()
-
-
 def test_envpool_async_needs_envpool(tmp_path):
     proc = run_cli(["algo=ppo", "env=cartpole", "env.envpool_async=true", *FAST], tmp_path)
     line = error_line(proc)

@@ -1,0 +1,106 @@
+"""env.envpool_async: the next rollout is collected while the update runs, acted by the policy
+from before the update, with every env's trajectory whole and the results independent of thread
+timing."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from rl_runner.algos.build import build_algo
+from rl_runner.checkpoint import seed_everything
+from rl_runner.envs import make_vec_env
+from rl_runner.rollout_overlap import OverlappedCollector
+from tests.conftest import FAST, compose, error_line, read_results, run_cli
+
+pytest.importorskip("envpool")
+N_STEPS = 32
+
+
+def setup(seed: int = 7):
+    seed_everything(0)  # the same initial weights every time
+    cfg = compose(["algo=ppo", "env=cartpole", f"algo.n_steps={N_STEPS}"])
+    envs = make_vec_env("CartPole-v1", 4, vectorization="envpool", threads=1)
+    algo = build_algo(cfg, envs.single_observation_space, envs.single_action_space, "cpu")
+    return envs, algo, OverlappedCollector(envs, N_STEPS, seed)
+
+
+def nudge(algo, amount: float) -> None:
+    """Stands in for an update: every parameter moves."""
+    with torch.no_grad():
+        for p in algo.net.parameters():
+            p.add_(amount)
+
+
+def collect_three(seed: int = 7):
+    """Rollouts 0, 1, 2 with the policy nudged after each, as updates would."""
+    envs, algo, feeder = setup(seed)
+    policies, rollouts = [], []
+    for k in range(3):
+        policies.append(copy.deepcopy(algo))
+        rollouts.append(feeder.collect(algo)[0])
+        rollouts[-1] = {f: np.array(getattr(rollouts[-1], f)) for f in
+                        ("obs", "actions", "log_probs", "rewards", "dones")}
+        nudge(algo, 0.05 * (k + 1))
+    feeder.close()
+    envs.close()
+    return policies, rollouts
+
+
+def log_probs(policy, rollout) -> np.ndarray:
+    obs, actions = rollout["obs"], rollout["actions"]
+    out, _ = policy.outputs(policy.policy_obs(obs.reshape(-1, obs.shape[-1])))
+    logits = out - out.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return np.take_along_axis(logp, actions.reshape(-1, 1).astype(int), 1).reshape(
+        actions.shape[:2])
+
+
+def test_each_rollout_is_acted_by_the_policy_before_the_last_update():
+    policies, rollouts = collect_three()
+    # rollout 0 now, with the first policy; rollout k + 1 in the background while update k ran
+    for k, acting in ((0, 0), (1, 0), (2, 1)):
+        np.testing.assert_allclose(rollouts[k]["log_probs"],
+                                   log_probs(policies[acting], rollouts[k]), atol=1e-5)
+    assert not np.allclose(rollouts[2]["log_probs"], log_probs(policies[2], rollouts[2]),
+                           atol=1e-3)
+
+
+def test_trajectories_are_whole_and_the_same_every_time():
+    _, first = collect_three()
+    _, again = collect_three()
+    for a, b in zip(first, again):
+        for field in a:
+            np.testing.assert_array_equal(a[field], b[field])
+    replay = make_vec_env("CartPole-v1", 4, vectorization="envpool", threads=1)
+    obs, _ = replay.reset(seed=7)
+    for rollout in first:  # one continuous stream per env across the three rollouts
+        for t in range(N_STEPS):
+            np.testing.assert_allclose(rollout["obs"][t], obs)
+            obs, rewards, terminated, truncated, _ = replay.step(rollout["actions"][t])
+            np.testing.assert_array_equal(rollout["rewards"][t], rewards)
+            np.testing.assert_array_equal(rollout["dones"][t], terminated | truncated)
+    replay.close()
+
+
+def test_ppo_trains_with_overlap_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["algo=ppo", "env=cartpole", "env.vectorization=envpool", "env.envpool_async=true",
+            *FAST]
+    first = run_cli([*args, "trainer.total_steps=2048"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    more = run_cli([f"resume={run_dir}", "trainer.total_steps=4096"], tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert read_results(run_dir)["env_steps"] == 4096
+
+
+@pytest.mark.parametrize("args, words", [
+    (["algo=sac", "env=pendulum"], "sac is off-policy"),
+    (["algo=ppo", "env=cartpole", "algo.normalize_obs=true"], "algo.normalize_obs=false")])
+def test_what_cannot_overlap_is_one_line(tmp_path, args, words):
+    proc = run_cli([*args, "env.vectorization=envpool", "env.envpool_async=true", *FAST],
+                   tmp_path)
+    line = error_line(proc)
+    assert words in line and "env.envpool_async=true" in line, line
