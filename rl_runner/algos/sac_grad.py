@@ -19,15 +19,17 @@ from rl_runner.nets import LOG_2PI
 
 
 class Buffers:
-    """Tensors kept between steps, by name; made again where the shape changes."""
+    """Tensors kept between steps on one device, by name; made again where the shape
+    changes."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device = torch.device("cpu")):
+        self.device = device
         self.kept: dict[str, torch.Tensor] = {}
 
     def get(self, name: str, *shape: int) -> torch.Tensor:
         t = self.kept.get(name)
         if t is None or t.shape != shape:
-            t = self.kept[name] = torch.empty(shape)
+            t = self.kept[name] = torch.empty(shape, device=self.device)
         return t
 
     def hidden(self, name: str, layers: list, rows: int) -> list[torch.Tensor]:
@@ -98,7 +100,7 @@ def min_critic_action_grad(layers: list, relu: bool, hidden: list[torch.Tensor],
     the multiply-adds of a pass through both critics. No weight gradients are made. `bufs`:
     where the [B, H] intermediates are kept between calls.
     """
-    bufs = bufs or Buffers()
+    bufs = bufs or Buffers(q_KB.device)
     K, B = q_KB.shape
     q_min_B, which_B = q_KB.min(0)
     order_B = torch.argsort(which_B, stable=True)  # critic 0's rows, then critic 1's, ...
