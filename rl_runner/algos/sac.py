@@ -20,9 +20,9 @@ from torch import nn
 
 from rl_runner.algos import image_nets
 from rl_runner.algos.base import OffPolicyAlgorithm
-from rl_runner.algos.mlp_grad import FlushDenormals
 from rl_runner.algos.sac_grad import BoxStep, min_critic_action_grad
-from rl_runner.algos.sac_math import LOG_STD_MAX, LOG_STD_MIN, METRICS, squashed_gaussian
+from rl_runner.algos.sac_math import (LOG_STD_MAX, LOG_STD_MIN, METRICS, HostActor,
+                                      squashed_gaussian)
 from rl_runner.algos.twin_critic import CriticEncoder, TwinCritic, cached_layers, mlp_forward
 from rl_runner.batches import ReplayBatch
 from rl_runner.encoders import EncoderKind, make_cnn
@@ -105,10 +105,9 @@ class SAC(OffPolicyAlgorithm):
                             and not compile
                             and type(self).critic_penalty is SAC.critic_penalty)
         self.box_step = BoxStep(self) if self.manual_grad else None
-        # vector observations on the CPU: acting is a numpy forward of the actor through views
-        # of its weights (they stay valid: steps and loads write the flat buffer in place)
-        self.host_actor = None if self.encoder is not None or not self.on_cpu else [
-            (w.detach()[0].numpy(), b.detach()[0, 0].numpy()) for w, b in self.actor_layers]
+        # vector observations on the CPU: acting is a numpy forward of the actor
+        self.host_actor = None if self.encoder is not None or not self.on_cpu else HostActor(
+            self.actor_layers, activation == "relu", None if self.discrete else self.action_dim)
 
     def preferred_threads(self, cores: int) -> int:
         if self.encoder is not None:  # a CNN: one thread (Algorithm.preferred_threads)
@@ -139,33 +138,9 @@ class SAC(OffPolicyAlgorithm):
         x = draw(shape, generator=self.gen)
         return x if self.on_cpu else x.to(self.device)
 
-    def _host_out(self, obs: np.ndarray) -> np.ndarray:
-        """The actor's output [B, O] for env observations, by numpy: a few microseconds per
-        layer, where torch's calls cost more than one observation's arithmetic."""
-        h = np.asarray(obs, np.float32).reshape(len(obs), -1)
-        relu = self.actor.activation == "relu"
-        for w, b in self.host_actor[:-1]:
-            h = h @ w
-            h += b
-            np.maximum(h, 0.0, out=h) if relu else np.tanh(h, out=h)
-        w, b = self.host_actor[-1]
-        return h @ w + b
-
-    def _host_explore(self, obs: np.ndarray) -> np.ndarray:
-        """explore's sample by numpy, with the noise drawn from the same generator (and stream)
-        as the torch path's."""
-        out = self._host_out(obs)
-        if self.discrete:  # Gumbel-max: a sample of softmax(logits)
-            u = torch.rand(out.shape, generator=self.gen).clamp_(min=1e-20).numpy()
-            return np.argmax(out - np.log(-np.log(u)), axis=-1)
-        a = self.action_dim
-        noise = torch.randn((len(out), a), generator=self.gen).numpy()
-        std = np.exp(np.clip(out[:, a:], LOG_STD_MIN, LOG_STD_MAX))
-        return np.tanh(out[:, :a] + noise * std)
-
     def explore(self, obs: np.ndarray) -> np.ndarray:
         if self.host_actor is not None:
-            return self._host_explore(obs)
+            return self.host_actor.sample(obs, self.gen)
         with torch.no_grad():
             out, log_std = self._actor_out(self._obs(obs))
             if self.discrete:  # Gumbel-max: a sample of softmax(logits)
@@ -178,9 +153,7 @@ class SAC(OffPolicyAlgorithm):
         if not deterministic:
             return self.to_env(self.explore(obs))
         if self.host_actor is not None:
-            out = self._host_out(obs)
-            return self.to_env(out.argmax(-1) if self.discrete else
-                               np.tanh(out[:, :self.action_dim]))
+            return self.to_env(self.host_actor.mode(obs))
         with torch.no_grad():
             out, _ = self._actor_out(self._obs(obs))
             return self.to_env((out.argmax(-1) if self.discrete else torch.tanh(out)).cpu()
@@ -229,7 +202,7 @@ class SAC(OffPolicyAlgorithm):
         self.actor_opt.lr = lr if self.actor_lr is None else self.actor_lr * self._lr_fraction(
             batch.env_steps)
         if self.manual_grad:
-            return self._manual_update(batch, lr)
+            return self.box_step.update(batch, lr)
         obs, actions, next_obs = (self._tensor(x) for x in (batch.obs, batch.actions,
                                                             batch.next_obs))
         if self.encoder is None and obs.dim() > 3:  # images into the MLPs (encoder=mlp)
@@ -248,22 +221,6 @@ class SAC(OffPolicyAlgorithm):
             del metrics["alpha_loss"]
         for key in results[0][1]:  # critic_penalty's metrics
             metrics[key] = sum(extra[key] for _, extra in results) / len(results)
-        metrics["learning_rate"] = lr
-        return metrics
-
-    def _manual_update(self, batch: ReplayBatch, lr: float) -> dict[str, float]:
-        """update's gradient steps through the hand-written BoxStep, on the numpy arrays;
-        denormals flushed, which keeps Adam's moments of dead units off the slow path."""
-        G, B = batch.rewards.shape
-        obs, next_obs = (np.asarray(x, np.float32).reshape(G, B, -1)
-                         for x in (batch.obs, batch.next_obs))
-        discount_GB = self.gamma * (1.0 - batch.terminated)
-        with torch.no_grad(), FlushDenormals():
-            rows = [self.box_step(obs[g], batch.actions[g], batch.rewards[g], discount_GB[g],
-                                  next_obs[g]) for g in range(G)]
-        metrics = dict(zip(METRICS, np.mean(rows, 0).tolist()))
-        if not self.learn_alpha:
-            del metrics["alpha_loss"]
         metrics["learning_rate"] = lr
         return metrics
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rl_runner.algos.sac_math import LOG_2, LOG_STD_MAX, LOG_STD_MIN
+from rl_runner.algos.mlp_grad import FlushDenormals
+from rl_runner.algos.sac_math import LOG_2, LOG_STD_MAX, LOG_STD_MIN, METRICS
 from rl_runner.algos.twin_critic import NARROW
 from rl_runner.nets import LOG_2PI
 
@@ -141,6 +142,22 @@ class BoxStep:
         # log alpha and its gradient as numpy views (parameter and gradient live in alpha_opt)
         self.log_alpha, self.alpha_grad = sac.alpha_opt.flat.numpy(), sac.alpha_opt.grad.numpy()
         self.bufs = Buffers()
+
+    def update(self, batch, lr: float) -> dict[str, float]:
+        """SAC.update's gradient steps, one per minibatch of the batch's numpy arrays; its mean
+        metrics. Denormals are flushed: Adam's moments of dead units stay off the slow path."""
+        G, B = batch.rewards.shape
+        obs, next_obs = (np.asarray(x, np.float32).reshape(G, B, -1)
+                         for x in (batch.obs, batch.next_obs))
+        discount_GB = self.sac.gamma * (1.0 - batch.terminated)
+        with torch.no_grad(), FlushDenormals():
+            rows = [self(obs[g], batch.actions[g], batch.rewards[g], discount_GB[g], next_obs[g])
+                    for g in range(G)]
+        metrics = dict(zip(METRICS, np.mean(rows, 0).tolist()))
+        if not self.sac.learn_alpha:
+            del metrics["alpha_loss"]
+        metrics["learning_rate"] = lr
+        return metrics
 
     def _noise(self, rows: int) -> np.ndarray:
         """Noise for the actions at s (rows :B) and at s' (rows B:), drawn as two [B, A] draws

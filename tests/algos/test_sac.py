@@ -307,29 +307,6 @@ def test_deterministic_actions():
     assert sampled.dtype.kind == "i" and set(sampled.tolist()) <= {0, 1, 2}
 
 
-@pytest.mark.parametrize("space", [gym.spaces.Box(-2, 2, (2,), np.float32),
-                                   gym.spaces.Discrete(3)], ids=["box", "discrete"])
-@pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_numpy_acting_draws_what_the_torch_path_draws(space, activation):
-    """The numpy forward (vector observations on the CPU) samples from the same distribution
-    with the same generator stream as the torch path it replaces."""
-    algo = make_sac(space, activation=activation)
-    obs = np.random.default_rng(2).normal(size=(256, 3)).astype(np.float32)
-    with torch.no_grad():
-        algo.actor.biases[-1].normal_()  # log-stds and logits away from their start
-    host, start = algo.host_actor, algo.gen.get_state()
-    assert host is not None
-    got = [algo.explore(obs), algo.act(obs), algo.act(obs, deterministic=True)]
-    algo.host_actor, numpy_state = None, algo.gen.get_state()
-    algo.gen.set_state(start)
-    want = [algo.explore(obs), algo.act(obs), algo.act(obs, deterministic=True)]
-    assert torch.equal(algo.gen.get_state(), numpy_state)  # the same draws from the stream
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-    assert not np.array_equal(got[0], got[1])  # samples, not the mode
-
-
 def test_bad_settings_fail_with_one_clear_line():
     with pytest.raises(UserError, match="RescaleAction"):
         make_sac(gym.spaces.Box(-np.inf, np.inf, (1,), np.float32))

@@ -1,7 +1,8 @@
-"""SAC's hand-written Box step (sac_grad.BoxStep) against its autograd path (SAC._box_step):
-from the same weights on the same minibatches and noise, the critics, their targets, the actor,
-the temperature and every Adam moment agree after many gradient steps; and the constructor picks
-autograd for what the hand-written step does not cover."""
+"""SAC's CPU fast paths against the torch paths they replace. The hand-written Box step
+(sac_grad.BoxStep) against autograd (SAC._box_step): from the same weights on the same
+minibatches and noise, the critics, their targets, the actor, the temperature and every Adam
+moment agree after many gradient steps, and the constructor picks autograd for what the
+hand-written step does not cover. Acting in numpy (sac_math.HostActor) against torch."""
 from __future__ import annotations
 
 import gymnasium as gym
@@ -118,3 +119,28 @@ def test_min_critic_action_grad_matches_autograd_whichever_critic_gives_the_min(
     got_q, got_grad = algo.min_q_action_grad(obs, actions)
     torch.testing.assert_close(got_q, q_min.values.detach())
     torch.testing.assert_close(got_grad, a.grad)
+
+
+@pytest.mark.parametrize("space", [gym.spaces.Box(-2, 2, (2,), np.float32),
+                                   gym.spaces.Discrete(3)], ids=["box", "discrete"])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_numpy_acting_draws_what_the_torch_path_draws(space, activation):
+    """The numpy forward (vector observations on the CPU) samples from the same distribution
+    with the same generator stream as the torch path it replaces."""
+    torch.manual_seed(0)
+    algo = SAC(observation_space=PENDULUM_OBS, action_space=space, n_envs=1, total_steps=1000,
+               hidden_sizes=[32, 32], activation=activation)
+    obs = np.random.default_rng(2).normal(size=(256, 3)).astype(np.float32)
+    with torch.no_grad():
+        algo.actor.biases[-1].normal_()  # log-stds and logits away from their start
+    host, start = algo.host_actor, algo.gen.get_state()
+    assert host is not None
+    got = [algo.explore(obs), algo.act(obs), algo.act(obs, deterministic=True)]
+    algo.host_actor, numpy_state = None, algo.gen.get_state()
+    algo.gen.set_state(start)
+    want = [algo.explore(obs), algo.act(obs), algo.act(obs, deterministic=True)]
+    assert torch.equal(algo.gen.get_state(), numpy_state)  # the same draws from the stream
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(got[0], got[1])  # samples, not the mode
