@@ -104,3 +104,19 @@ def test_what_cannot_overlap_is_one_line(tmp_path, args, words):
                    tmp_path)
     line = error_line(proc)
     assert words in line and "env.envpool_async=true" in line, line
+
+
+def test_a_failure_while_collecting_reaches_the_trainer_and_close_still_closes():
+    def broken(obs):
+        raise RuntimeError("acting failed")
+
+    for take_it in (True, False):
+        envs, algo, feeder = setup()
+        feeder.collect(algo)  # rollout 0 now, rollout 1 in the background
+        algo.explore = broken  # the acting copy of rollout 2 inherits it
+        feeder.collect(algo)  # rollout 1 back; rollout 2 starts and fails
+        if take_it:
+            with pytest.raises(RuntimeError, match="acting failed"):
+                feeder.collect(algo)
+        feeder.close()  # the trainer's own outcome stands: close does not raise it
+        envs.close()
