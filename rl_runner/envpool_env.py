@@ -81,20 +81,21 @@ def twin(env_id: str, atari: dict | None) -> str | None:
     return env_id if env_id in _all_ids() else None
 
 
-def no_twin(env_id: str) -> UserError:
-    why = "envpool is not installed here (pip install 'rl-runner[envpool]')" if not installed() \
-        else f"EnvPool has no twin of env.id={env_id}"
-    return UserError(f"env.vectorization=envpool: {why}; backends that work for it: sync, async")
-
-
 def resolve(vectorization: str, env_id: str, atari: dict | None) -> str:
-    """The backend to build: auto is envpool where it is installed and has the id, else sync."""
+    """The backend to build: auto is envpool where it is installed and has the id, else sync;
+    envpool where it cannot step `env_id` is one line naming the backends that can."""
     if vectorization not in BACKENDS:
         raise UserError(f"env.vectorization={vectorization!r} is not known; allowed: "
                         f"{', '.join(BACKENDS)}")
+    if vectorization not in ("auto", "envpool"):
+        return vectorization
+    if twin(env_id, atari) is not None:
+        return "envpool"
     if vectorization == "auto":
-        return "envpool" if twin(env_id, atari) is not None else "sync"
-    return vectorization
+        return "sync"
+    why = "envpool is not installed here (pip install 'rl-runner[envpool]')" if not installed() \
+        else f"EnvPool has no twin of env.id={env_id}"
+    raise UserError(f"env.vectorization=envpool: {why}; backends that work for it: sync, async")
 
 
 def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None) -> dict:
@@ -140,9 +141,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
 
     def __init__(self, env_id: str, n_envs: int, kwargs: dict, atari: dict | None,
                  training: bool, observation_space: gym.Space, action_space: gym.Space,
-                 threads: int, seed_offset: int = 0):
+                 threads: int):
         self.env_id, self.num_envs, self.threads = env_id, n_envs, max(1, min(threads, n_envs))
-        self.seed_offset = seed_offset  # env i is seeded with seed + seed_offset + i
         self.name = twin(env_id, atari)
         self.settings = pool_kwargs(env_id, kwargs, atari)
         self.single_observation_space, self.single_action_space = observation_space, action_space
@@ -166,7 +166,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
             self.pool.close()
         try:
             self.pool = envpool.make(self.name, env_type="gymnasium", num_envs=self.num_envs,
-                                     num_threads=self.threads, seed=int(seed) + self.seed_offset,
+                                     num_threads=self.threads, seed=int(seed),
                                      **self.settings)
         except Exception as e:  # a value gymnasium took and EnvPool does not
             raise UserError(f"env.vectorization=envpool: EnvPool cannot make {self.name} with "
@@ -220,22 +220,13 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         return obs, {}
 
     def step(self, actions):
-        self.step_async(actions)
-        return self.step_wait()
-
-    def step_async(self, actions) -> None:
-        """Hand the actions to EnvPool's threads and return at once (step_wait: the results)."""
-        self.pool.send(np.asarray(actions, self.act_dtype))
-
-    def step_wait(self, **kwargs):
-        obs, rewards, terminated, truncated, info = self.pool.recv(reset=False)
+        obs, rewards, terminated, truncated, info = self.pool.step(
+            np.asarray(actions, self.act_dtype))
         rewards = np.asarray(rewards, np.float64)
         out: dict[str, Any] = {}
-        if self.atari is not None:
-            rewards, terminated = self._atari(rewards, terminated, truncated, info, out)
-        over = terminated | truncated  # the envs to reset at once
-        if self.life_ends:  # a lost life ends the episode, not the game: no reset
-            over = over & out.pop("game_over")
+        over = terminated | truncated  # EnvPool's episode (an Atari game) ended: reset at once
+        if self.atari is not None:  # a lost life may end a training episode, not the game
+            rewards, terminated = self._atari(rewards, terminated, over, info, out)
         done = terminated | truncated
         if done.any():
             final = np.empty(self.num_envs, object)
@@ -251,12 +242,11 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
                     self.lives[ids] = reset_info["lives"]
         return obs, rewards, terminated, truncated, out
 
-    def _atari(self, rewards, terminated, truncated, info, out):
+    def _atari(self, rewards, terminated, game_over, info, out):
         """Whole-game score and length; lost lives end training episodes; clipped rewards."""
         self.game_return += rewards
         self.game_length += 1
         lives = np.asarray(info["lives"], np.int64)
-        game_over = terminated | truncated
         if game_over.any():
             ids = np.flatnonzero(game_over)
             out["final_info"] = {"episode": {"r": self.game_return.copy(),
@@ -266,7 +256,6 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
             self.game_length[ids] = 0
         if self.life_ends:
             terminated = terminated | ((lives < self.lives) & ~game_over)
-            out["game_over"] = game_over
         self.lives = lives
         return (np.sign(rewards) if self.clip else rewards), terminated
 

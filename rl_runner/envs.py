@@ -102,9 +102,8 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
     only checked here (it needs envpool; the on-policy feeder overlaps stepping and learning)."""
     check_env_id(env_id)
     kwargs = dict(kwargs or {})
-    backend = envpool_env.resolve(vectorization, env_id, atari_options(atari))
-    if backend == "envpool" and envpool_env.twin(env_id, atari_options(atari)) is None:
-        raise envpool_env.no_twin(env_id)
+    options = atari_options(atari)
+    backend = envpool_env.resolve(vectorization, env_id, options)
     if envpool_async and backend != "envpool":
         raise UserError(f"env.envpool_async=true steps EnvPool's envs, and env.vectorization="
                         f"{vectorization} gives {backend} here; allowed with it: envpool (or "
@@ -129,8 +128,8 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
                         f"{one_line(e, 200)})") from None
     fns = [_EnvFn(env_id, kwargs, atari, training) for _ in range(n_envs)]
     if backend == "envpool":
-        envs = envpool_env.EnvPoolVectorEnv(env_id, n_envs, kwargs, atari_options(atari),
-                                            training, *spaces, threads=threads)
+        envs = envpool_env.EnvPoolVectorEnv(env_id, n_envs, kwargs, options, training, *spaces,
+                                            threads=threads)
     elif backend == "async":
         envs = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
     else:
