@@ -54,11 +54,12 @@ class OverlappedCollector(RolloutCollector):
                             "acting; allowed with it: algo.normalize_obs=false")
 
     def collect(self, algo: OnPolicy):
+        actor = self._acting_copy(algo)  # the policy as it is before this update
         if self.ready is None and self.thread is None:  # nothing in flight: collect now
-            result = self._collect_with(self._acting_copy(algo))
+            result = self._collect_with(actor)
         else:
             result = self._take()
-        self._start(self._acting_copy(algo))
+        self._start(actor)
         return result
 
     def _acting_copy(self, algo: OnPolicy) -> OnPolicy:
@@ -103,7 +104,7 @@ class OverlappedCollector(RolloutCollector):
         return super().state_dict()
 
     def restart_episodes(self, seed: int) -> None:
-        if getattr(self, "thread", None) is not None or getattr(self, "ready", None) is not None:
+        if hasattr(self, "thread"):  # (not while RolloutCollector.__init__ starts the episodes)
             self._join()
             self.ready = None  # collected from the episodes being restarted: dropped
         super().restart_episodes(seed)
