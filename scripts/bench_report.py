@@ -50,14 +50,16 @@ How it is measured:
   around each run; well above the run's own thread count means another process competed for the
   CPU, and that run's speed should not be trusted.
 - Both loops include the same evaluation work and nothing is subtracted: rl-runner evaluates
-  (trainer.eval_episodes) deterministic episodes after the update that reaches each multiple of its
+  (trainer.eval_episodes) episodes after the update that reaches each multiple of its
   eval interval (trainer.eval_every; 0 = a tenth of the budget; both listed above per task). The
   SB3 runs do the same at the same steps from a callback (`_on_rollout_start`, i.e. after the
   previous update) plus once after `learn()`, with rl-runner's own `Evaluator`.
 - Eval return: the evaluation after the final update, mean ± std over its episodes on a separate
   vector env seeded seed + 10000 (`rl_runner.evaluation.Evaluator` for both; SB3 acts through
-  `model.predict(obs, deterministic=True)`, on observations normalized by its VecNormalize's
-  statistics where it trains with one). Atari: whole games at the real (unclipped) score on both
+  `model.predict(obs, deterministic=<trainer.eval_deterministic>)`, on observations normalized by
+  its VecNormalize's statistics where it trains with one). Both act as rl-runner's preset says:
+  the mode, or sampled actions on Atari (as the RL Zoo evaluates it; runs of this benchmark
+  before 2026-12-06 scored SB3's Atari model with its mode and rl-runner's with samples). Atari: whole games at the real (unclipped) score on both
   sides, the same number of games; SB3's model plays them in its own training wrappers (its
   AtariWrapper under Monitor, whose episodes are whole games), not in rl-runner's Evaluator.
 - Differences that remain: rl-runner also writes TensorBoard events and checkpoints (last.pt, and
@@ -179,12 +181,13 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
               "config before and after each run):", ""]
     base = COMMON["ppo_cnn"] if task.atari else COMMON[algo]
     common = {k: v for k, v in base.items() if k in task.algo and task.algo[k] == v}
-    for name, (steps, every, episodes) in plan.items():
+    for name, (steps, every, episodes, deterministic) in plan.items():
         t = TASKS[name]
         hp = ", ".join(f"{k} {v}" for k, v in t.algo.items() if k not in common)
         lines.append(f"- {name} ({t.env_id}): {t.n_envs} envs, {steps} env steps "
                      f"({t.total_steps} × {args.steps_scale:g}, whole updates), {hp}; "
-                     f"evaluation every {every} env steps, {episodes} episodes"
+                     f"evaluation every {every} env steps, {episodes} episodes, "
+                     f"{'the mode' if deterministic else 'sampled actions'} on both sides"
                      + (f"; not the RL Zoo's: {t.from_zoo}" if t.from_zoo else ""))
     if task.atari:
         lines.append(f"- env: env.atari {task.env_cfg['atari']} (SB3: AtariWrapper's defaults and "

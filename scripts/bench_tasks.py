@@ -171,12 +171,14 @@ def peer_description(task: Task) -> str:
             "below>, seed=<seed>, device=<device>, verbose=0)`")
 
 
-def peer_policy(task: Task, model, env):
-    """The peer model's deterministic action for a batch of observations as rl-runner's
-    Evaluator gives them (normalized with the training env's statistics where it has them)."""
+def peer_policy(task: Task, model, env, deterministic: bool = True):
+    """The peer model's actions for a batch of observations as rl-runner's Evaluator gives them
+    (normalized with the training env's statistics where it has them): its mode, or sampled
+    where rl-runner's preset evaluates with sampled actions (trainer.eval_deterministic=false,
+    Atari as the RL Zoo), so that both sides are scored alike."""
     if task.normalized and task.algo["normalize_obs"]:
-        return lambda obs: model.predict(env.normalize_obs(obs), deterministic=True)[0]
-    return lambda obs: model.predict(obs, deterministic=True)[0]
+        return lambda obs: model.predict(env.normalize_obs(obs), deterministic=deterministic)[0]
+    return lambda obs: model.predict(obs, deterministic=deterministic)[0]
 
 
 def peer_evaluator(task: Task, n_episodes: int, seed: int):

@@ -138,12 +138,13 @@ def sb3_result(task: Task, seed: int, threads: int | None, work: Path) -> Path:
 
 
 def run_sb3(task: Task, seed: int, steps: int, threads: int | None, eval_every: int,
-            eval_episodes: int, work: Path, device: str = "cpu") -> dict:
+            eval_episodes: int, work: Path, device: str = "cpu",
+            deterministic: bool = True) -> dict:
     out = sb3_result(task, seed, threads, work)
     tag = out.stem
     spec = {"task": task.key, "seed": seed, "steps": steps, "threads": threads,
             "eval_every": eval_every, "eval_episodes": eval_episodes, "out": str(out),
-            "device": device}
+            "device": device, "eval_deterministic": deterministic}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--sb3-child", json.dumps(spec)]
     proc_seconds, error = run_logged(cmd, work / f"{tag}.log", work)
     if error or not out.exists():
@@ -162,7 +163,7 @@ def sb3_child(spec: dict) -> None:
     task, seed, steps = TASKS[spec["task"]], spec["seed"], spec["steps"]
     env = peer_env(task, seed)
     model = peer_model(task, env, seed, torch, spec.get("device", "cpu"))
-    act = peer_policy(task, model, env)
+    act = peer_policy(task, model, env, spec.get("eval_deterministic", True))
     evaluator = peer_evaluator(task, spec["eval_episodes"], seed + 10_000)
     # the same schedule as rl-runner's Trainer: after the update that reaches next_eval
     state = {"next": spec["eval_every"], "last_step": -1, "last": None, "count": 0}
@@ -196,12 +197,16 @@ def sb3_child(spec: dict) -> None:
               "eval_return_mean": state["last"]["return_mean"],
               "eval_return_std": state["last"]["return_std"],
               "eval_episodes": state["last"]["episodes"], "evaluations": state["count"],
-              "torch_threads": torch.get_num_threads(), "device": str(model.device)}
+              "torch_threads": torch.get_num_threads(), "device": str(model.device),
+              "eval_deterministic": spec.get("eval_deterministic", True)}
     Path(spec["out"]).write_text(json.dumps(result, indent=2) + "\n")
 
 
-def kept_run(task: Task, seed: int, runner: str, threads: int | None, work: Path) -> dict | None:
-    """A completed run of this task, seed and runner already in `work` (--reuse), else None."""
+def kept_run(task: Task, seed: int, runner: str, threads: int | None, work: Path,
+             deterministic: bool = True) -> dict | None:
+    """A completed run of this task, seed and runner already in `work` (--reuse), else None;
+    a peer's run scored with other actions (mode vs sampled) than rl-runner's preset asks for
+    is not kept (runs written before the key was recorded were scored with the mode)."""
     backend = backend_of(runner)
     if backend is not None:
         where = rl_runner_dir(task, seed, work, backend) / "results.json"
@@ -217,6 +222,8 @@ def kept_run(task: Task, seed: int, runner: str, threads: int | None, work: Path
     else:
         r = {**json.loads(where.read_text()), "process_seconds": None}
     if r["status"] != "completed":
+        return None
+    if backend is None and r.get("eval_deterministic", True) != deterministic:
         return None
     ended = datetime.datetime.fromtimestamp(where.stat().st_mtime, datetime.timezone.utc)
     return {**r, "kept": ended.strftime("%Y-%m-%d %H:%M")}
@@ -319,7 +326,8 @@ def main(argv: list[str]) -> int:
                      f"{'; '.join(bad)}. Update conf/tuned/{task.algo_name}_{task.env}.yaml or "
                      f"TASKS in scripts/bench_tasks.py so that both sides agree.")
         eval_every = cfg["trainer"]["eval_every"] or max(1, steps // 10)
-        plan[name] = (steps, eval_every, cfg["trainer"]["eval_episodes"])
+        plan[name] = (steps, eval_every, cfg["trainer"]["eval_episodes"],
+                      bool(cfg["trainer"].get("eval_deterministic", True)))
 
     exe = os.path.relpath(sys.executable) if Path(sys.executable).is_relative_to(Path.cwd()) \
         else "python"
@@ -336,11 +344,11 @@ def main(argv: list[str]) -> int:
         if args.device != "cpu":  # --reuse never mixes runs made on different devices
             work = work / args.device.replace(":", "")
         work.mkdir(parents=True, exist_ok=True)
-        for name, (steps, eval_every, eval_episodes) in plan.items():
+        for name, (steps, eval_every, eval_episodes, deterministic) in plan.items():
             for seed in args.seed_list:
                 for runner, threads in runners:
                     load = os.getloadavg()[0]
-                    kept = kept_run(TASKS[name], seed, runner, threads, work) \
+                    kept = kept_run(TASKS[name], seed, runner, threads, work, deterministic) \
                         if args.reuse else None
                     if kept:
                         r = kept
@@ -349,7 +357,7 @@ def main(argv: list[str]) -> int:
                                           backend=backend_of(runner))
                     else:
                         r = run_sb3(TASKS[name], seed, steps, threads, eval_every, eval_episodes,
-                                    work, args.device)
+                                    work, args.device, deterministic)
                     r.update(task=name, seed=seed, runner=runner)
                     if not kept:  # a new run: its row is kept for a later --reuse
                         r.update(load=(load, os.getloadavg()[0]))

@@ -144,3 +144,31 @@ def test_sb3_plays_whole_atari_games():
     result = evaluator.run(policy)
     evaluator.close()
     assert result["episodes"] == 1 and lives[0] == 5 and min(lives) == 1
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_the_peer_acts_as_rl_runners_preset_evaluates(deterministic):
+    """Atari presets evaluate with sampled actions (as the Zoo); the peer must be scored alike."""
+    seen = []
+
+    class Model:
+        def predict(self, obs, deterministic):
+            seen.append(deterministic)
+            return obs, None
+
+    act = bench_tasks.peer_policy(bench_tasks.TASKS["ppo-breakout"], Model(), None,
+                                  deterministic)
+    act([0])
+    assert seen == [deterministic]
+
+
+def test_reuse_keeps_no_peer_run_scored_with_other_actions(tmp_path):
+    import benchmark
+
+    task = bench_tasks.TASKS["ppo-breakout"]
+    out = benchmark.sb3_result(task, 1, None, tmp_path)
+    out.write_text('{"status": "completed", "env_steps": 10}')  # before the key: the mode
+    assert benchmark.kept_run(task, 1, "sb3", None, tmp_path, deterministic=True) is not None
+    assert benchmark.kept_run(task, 1, "sb3", None, tmp_path, deterministic=False) is None
+    out.write_text('{"status": "completed", "env_steps": 10, "eval_deterministic": false}')
+    assert benchmark.kept_run(task, 1, "sb3", None, tmp_path, deterministic=False) is not None
