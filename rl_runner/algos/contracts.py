@@ -82,7 +82,8 @@ class Algorithm(ABC):
         """Torch threads for trainer.torch_threads=auto: one, fastest for small networks, and for
         a CNN on a shared CPU too: ppo breakout (8192 steps, Intel Xeon, 2 cores shared with other
         work) ran 307 env steps/s on one thread and 83 on every core (OpenMP's waiting workers
-        spin while the other core is busy; the ThreadTuner times updates, not acting)."""
+        spin while the other core is busy). An algorithm that asks for more gets the
+        ThreadTuner (the on-policy ones with a CNN, sac with big matmuls)."""
         return 1
 
     def fit_dataset(self, data: Any) -> None:
