@@ -33,7 +33,8 @@ def write_results(t, status: str, elapsed: float, start_steps: int, error: str |
         "best_eval_return_mean": t.best_eval if t.last_eval else float("nan"),
         "status": status, "versions": versions(), "run_dir": str(t.run_dir),
         "total_steps": t.tcfg.total_steps,
-        "torch_threads": t.tuner.current if t.tuner else t.threads,
+        # the count the tuner chose: a run may end inside a probe, on its one-thread updates
+        "torch_threads": t.tuner.chosen if t.tuner else t.threads,
         "device": str(t.algo.device),  # trainer.device as resolved (auto: cpu or cuda)
     }
     if error:

@@ -54,3 +54,26 @@ def test_a_busy_core_switches_to_one_thread_after_one_slow_update():
     assert tuner.current == 2
     threads.set_threads(1)
 
+
+
+def test_results_report_the_chosen_count_when_the_run_ends_inside_a_probe(tmp_path):
+    from types import SimpleNamespace
+
+    from rl_runner.results import write_results
+
+    before = torch.get_num_threads()
+    machine = Machine({1: 0.010, 2: 0.006})
+    tuner = ThreadTuner(2, clock=machine.clock)
+    try:
+        tuner.run(machine.update)  # the first probe's first update: one thread
+        assert tuner.current == 1 and tuner.chosen == 2
+        t = SimpleNamespace(
+            last_eval=None, algo_name="ppo", env_steps=8, wall_before=0.0, last_eval_step=0,
+            best_eval=None, run_dir=tmp_path, tuner=tuner, threads=2, stop_signal=None,
+            algo=SimpleNamespace(family="on_policy", step_unit="env steps", grad_steps=1,
+                                 device="cpu"),
+            cfg=SimpleNamespace(env=SimpleNamespace(name="breakout", id="Breakout"), seed=0),
+            tcfg=SimpleNamespace(total_steps=8))
+        assert write_results(t, "completed", 1.0, 0, None)["torch_threads"] == 2
+    finally:
+        threads.set_threads(before)
