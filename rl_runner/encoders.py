@@ -95,10 +95,10 @@ class NatureCNN(nn.Module):
         self.convs.to(memory_format=torch.channels_last)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs
-        if self.channels_last:
-            x = x.permute(0, 3, 1, 2)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = obs.permute(0, 3, 1, 2) if self.channels_last else obs
+        x = x.contiguous(memory_format=torch.channels_last)  # uint8 here: a quarter of the bytes
+        if x.dtype == torch.uint8:  # to float32 in [0, 1] in one pass: the division promotes
+            x = torch.div(x, 255.0)
         return torch.relu(self.linear(self.convs(x)))
 
 

@@ -16,3 +16,23 @@ from rl_runner.encoders import chw_shape
 ])
 def test_channels_are_found_where_images_keep_them(shape, chw):
     assert chw_shape(shape) == chw
+
+
+@pytest.mark.parametrize("shape", [(4, 20, 20), (20, 20, 3)])
+def test_the_cnn_sees_pixels_scaled_to_one_in_either_layout(shape):
+    """uint8 frames, channels first or last, give what float frames / 255 in channels-first
+    layout give, to the bit."""
+    import torch
+
+    from rl_runner.encoders import NatureCNN
+
+    torch.manual_seed(0)
+    cnn = NatureCNN(shape, channels=(8,), kernels=(4,), strides=(2,), features=16)
+    frames = torch.randint(0, 256, (5, *shape), dtype=torch.uint8)
+    floats = frames.float() / 255.0
+    if shape[-1] == 3:
+        floats = floats.permute(0, 3, 1, 2)
+    want = torch.relu(cnn.linear(cnn.convs(floats.contiguous(memory_format=torch.channels_last))))
+    assert torch.equal(cnn(frames), want)
+    assert float(cnn(torch.full((1, *shape), 255, dtype=torch.uint8)).sum()) == \
+        float(cnn(torch.ones(1, *shape)).sum())
