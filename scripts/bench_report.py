@@ -59,9 +59,10 @@ How it is measured:
   `model.predict(obs, deterministic=<trainer.eval_deterministic>)`, on observations normalized by
   its VecNormalize's statistics where it trains with one). Both act as rl-runner's preset says:
   the mode, or sampled actions on Atari (as the RL Zoo evaluates it; runs of this benchmark
-  before 2026-12-06 scored SB3's Atari model with its mode and rl-runner's with samples). Atari: whole games at the real (unclipped) score on both
-  sides, the same number of games; SB3's model plays them in its own training wrappers (its
-  AtariWrapper under Monitor, whose episodes are whole games), not in rl-runner's Evaluator.
+  before 2026-12-06 scored SB3's Atari model with its mode and rl-runner's with samples).
+  Atari: whole games at the real (unclipped) score on both sides, the same number of games;
+  SB3's model plays them in its own training wrappers (its AtariWrapper under Monitor, whose
+  episodes are whole games), not in rl-runner's Evaluator.
 - Differences that remain: rl-runner also writes TensorBoard events and checkpoints (last.pt, and
   best.pt on improvement, at each evaluation) inside its loop, while the SB3 runs log nothing
   (verbose=0, no tensorboard_log); rl-runner steps a gymnasium SyncVectorEnv ("rl-runner
