@@ -6,7 +6,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -43,6 +43,12 @@ def algos_supporting(action_space: gym.Space,
                      searchpath: Sequence[str] | None = None) -> list[str]:
     """The algo choices whose class can handle `action_space`; `searchpath` None: the running
     job's (a plugin algorithm's class is imported only when its user put it on the path)."""
+    return algos_where(lambda cls: cls.supports(action_space), searchpath)
+
+
+def algos_where(test: Callable[[type], bool],
+                searchpath: Sequence[str] | None = None) -> list[str]:
+    """The algo choices whose class passes `test`; `searchpath` as algos_supporting's."""
     from hydra.utils import get_class
 
     from rl_runner import searchpath as sp
@@ -50,7 +56,7 @@ def algos_supporting(action_space: gym.Space,
     able = []
     for name, target in sp.algo_targets(sp.current() if searchpath is None else searchpath).items():
         try:
-            if get_class(target).supports(action_space):
+            if test(get_class(target)):
                 able.append(name)
         except Exception:  # a plugin class that does not import: not one that can
             continue

@@ -82,7 +82,7 @@ class RolloutCollector(Feeder):
                 b["next_values"][t][cut] = algo.value(final_observations(info, cut))
             ended = self.tracker.step(rewards, dones)
             games = game_ends(self.envs, info)  # Atari: whole games, the real score
-            for i, ret, length in (ended if games is None else games):
+            for _, ret, length in (ended if games is None else games):
                 episodes.append(((t + 1) * self.n_envs, ret, length))
         b = self._buf
         nv = b["next_values"]

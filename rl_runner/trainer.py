@@ -55,9 +55,10 @@ def make_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo: Algorithm) ->
     if overlap and (algo.family != "on_policy" or algo.uses_demonstrations):
         why = "learns from demonstrations" if algo.uses_demonstrations else \
             "is " + algo.family.replace("_", "-")
+        able = config_checks.algos_where(lambda cls: cls.family == "on_policy" and not cls.uses_demonstrations)
         raise UserError(f"env.envpool_async=true overlaps an on-policy rollout with the update, "
-                        f"and {algo_name(type(algo))} {why}; algorithms allowed with it: pg, "
-                        "ppo, trpo, a2c")
+                        f"and {algo_name(type(algo))} {why}; algorithms allowed with it: "
+                        f"{', '.join(able)}")
     if algo.family == "offline":
         return offline_feeder(cfg, envs, algo)
     if algo.family == "off_policy":

@@ -98,6 +98,8 @@ def test_ppo_trains_with_overlap_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     (["algo=sac", "env=pendulum"], "sac is off-policy"),
+    (["algo=gail", "env=cartpole"],  # the list: every on-policy algorithm without demonstrations
+     "gail learns from demonstrations; algorithms allowed with it: a2c, pg, ppo, trpo"),
     (["algo=ppo", "env=cartpole", "algo.normalize_obs=true"], "algo.normalize_obs=false")])
 def test_what_cannot_overlap_is_one_line(tmp_path, args, words):
     proc = run_cli([*args, "env.vectorization=envpool", "env.envpool_async=true", *FAST],
