@@ -96,9 +96,10 @@ class NatureCNN(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.permute(0, 3, 1, 2) if self.channels_last else obs
+        # a no-op where the caller already holds channels_last frames (ppo's rollouts)
         x = x.contiguous(memory_format=torch.channels_last)  # uint8 here: a quarter of the bytes
-        if x.dtype == torch.uint8:  # to float32 in [0, 1] in one pass: the division promotes
-            x = torch.div(x, 255.0)
+        if x.dtype == torch.uint8:  # to float32 in [0, 1]: the same bits as torch.div(x, 255.0),
+            x = x.to(torch.float32).div_(255.0)  # 2x faster (mixed-dtype division is slow)
         return torch.relu(self.linear(self.convs(x)))
 
 

@@ -52,6 +52,26 @@ def test_images_take_the_cnn_on_the_torch_path(cls, envs):
     assert all(moved)
 
 
+
+@pytest.mark.parametrize("shape", [(4, 12, 12), (12, 12, 3)])
+def test_frames_reach_the_cnn_in_its_layout_with_the_same_outputs(shape):
+    """Channels-first frames go to the device with channels_last strides (once per rollout,
+    not per minibatch in the CNN); gathered minibatch rows keep them; the outputs are those of
+    the frames as they came, to the bit. Channels-last frames stay as they are (the CNN
+    permutes them)."""
+    space = gym.spaces.Box(0, 255, shape, np.uint8)
+    algo = image_algo(observation_space=space)
+    frames = np.random.default_rng(0).integers(0, 256, (16, *shape), dtype=np.uint8)
+    x = algo.obs_tensor(frames)
+    assert x.shape == (16, *shape) and torch.equal(x, torch.from_numpy(frames))
+    chw = shape[0] == 4
+    assert x.is_contiguous(memory_format=torch.channels_last) == chw
+    assert x.is_contiguous() != chw
+    assert x[torch.tensor([3, 1, 7])].is_contiguous(memory_format=torch.channels_last) == chw
+    with torch.no_grad():
+        got, want = algo.net(x), algo.net(torch.from_numpy(frames))
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
 def test_ppo_with_a_cnn_learns_to_name_the_bar(envs):
     """The frame env pays 1 where the action names the bright bar's column: chance is 1/3."""
     algo = image_algo(lr=1e-3, n_epochs=4)
