@@ -63,6 +63,12 @@ How it is measured:
   Atari: whole games at the real (unclipped) score on both sides, the same number of games;
   SB3's model plays them in its own training wrappers (its AtariWrapper under Monitor, whose
   episodes are whole games), not in rl-runner's Evaluator.
+- Final score (`--final-episodes N`; 100 on Atari by default): after the run, outside the timed
+  loop, each side's final model plays N more episodes from the same seeds (rl-runner: `rl-eval
+  checkpoint=last episodes=N`; SB3: the evaluator above), and these are the return columns. At
+  100k Breakout steps one game's score has a std of 2.2-3.2 for either library's models, so 10
+  games leave about ±0.9 on a seed's mean: runs of this benchmark before 2026-12-06 compared
+  Atari returns over 10 games.
 - Differences that remain: rl-runner also writes TensorBoard events and checkpoints (last.pt, and
   best.pt on improvement, at each evaluation) inside its loop, while the SB3 runs log nothing
   (verbose=0, no tensorboard_log); rl-runner steps a gymnasium SyncVectorEnv ("rl-runner
@@ -182,13 +188,15 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
               "config before and after each run):", ""]
     base = COMMON["ppo_cnn"] if task.atari else COMMON[algo]
     common = {k: v for k, v in base.items() if k in task.algo and task.algo[k] == v}
-    for name, (steps, every, episodes, deterministic) in plan.items():
+    for name, (steps, every, episodes, deterministic, final) in plan.items():
         t = TASKS[name]
         hp = ", ".join(f"{k} {v}" for k, v in t.algo.items() if k not in common)
         lines.append(f"- {name} ({t.env_id}): {t.n_envs} envs, {steps} env steps "
                      f"({t.total_steps} × {args.steps_scale:g}, whole updates), {hp}; "
                      f"evaluation every {every} env steps, {episodes} episodes, "
                      f"{'the mode' if deterministic else 'sampled actions'} on both sides"
+                     + (f"; the return columns: the final model scored again over {final} "
+                        "episodes after the run (the same seeds on both sides)" if final else "")
                      + (f"; not the RL Zoo's: {t.from_zoo}" if t.from_zoo else ""))
     if task.atari:
         lines.append(f"- env: env.atari {task.env_cfg['atari']} (SB3: AtariWrapper's defaults and "

@@ -37,6 +37,11 @@ from bench_tasks import (TARGETS, TASKS, Task, peer_env, peer_evaluator,  # noqa
                          peer_policy)
 
 
+# final score of an Atari task: 100 whole games (ppo breakout at 100k steps: a game's score
+# has a std of 2.2-3.2, so 10 games leave +-0.9 on the mean, as large as the gap between seeds)
+ATARI_FINAL_EPISODES = 100
+
+
 def budget(task: Task, scale: float) -> int:
     """The scaled budget rounded down to whole rollouts (at least one), as rl-runner's trainer
     does; both libraries then run exactly this many env steps."""
@@ -132,6 +137,34 @@ def read_rl_runner(task: Task, run_dir: Path, proc_seconds: float | None,
             "mismatches": config_mismatches(task, cfg, backend)}
 
 
+def rl_eval_command() -> list[str]:
+    script = Path(sys.executable).parent / "rl-eval"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rl_runner.rl_eval"]
+
+
+def final_score(r: dict, run_dir: Path, episodes: int, work: Path) -> dict:
+    """`r` with its return columns from `rl-eval` of the run's last checkpoint over `episodes`
+    episodes (the run's own seeds and actions); the run's last evaluation kept as last_eval.
+    Unchanged where episodes is 0 or the row already holds that score."""
+    if not episodes or r["status"] != "completed" or r.get("final_episodes") == episodes:
+        return r
+    cmd = [*rl_eval_command(), f"run={run_dir}", "checkpoint=last", f"episodes={episodes}"]
+    _, error = run_logged(cmd, work / f"{run_dir.name}.final.log", work)
+    if error:
+        return {**r, "status": "failed", "error": f"rl-eval: {error}"}
+    res = json.loads((run_dir / "eval.json").read_text())
+    return {**r, **scored(res["return_mean"], res["return_std"], res["episodes"]),
+            "final_episodes": episodes, "last_eval": last_eval(r)}
+
+
+def scored(mean: float, std: float, episodes: int) -> dict:
+    return {"eval_return_mean": mean, "eval_return_std": std, "eval_episodes": episodes}
+
+
+def last_eval(r: dict) -> dict:
+    return scored(r["eval_return_mean"], r["eval_return_std"], r["eval_episodes"])
+
+
 # ---- stable-baselines3 -------------------------------------------------------------------------
 def sb3_result(task: Task, seed: int, threads: int | None, work: Path) -> Path:
     return work / f"sb3{threads or ''}_{task.key}_s{seed}.json"
@@ -139,12 +172,13 @@ def sb3_result(task: Task, seed: int, threads: int | None, work: Path) -> Path:
 
 def run_sb3(task: Task, seed: int, steps: int, threads: int | None, eval_every: int,
             eval_episodes: int, work: Path, device: str = "cpu",
-            deterministic: bool = True) -> dict:
+            deterministic: bool = True, final_episodes: int = 0) -> dict:
     out = sb3_result(task, seed, threads, work)
     tag = out.stem
     spec = {"task": task.key, "seed": seed, "steps": steps, "threads": threads,
             "eval_every": eval_every, "eval_episodes": eval_episodes, "out": str(out),
-            "device": device, "eval_deterministic": deterministic}
+            "device": device, "eval_deterministic": deterministic,
+            "final_episodes": final_episodes}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--sb3-child", json.dumps(spec)]
     proc_seconds, error = run_logged(cmd, work / f"{tag}.log", work)
     if error or not out.exists():
@@ -192,21 +226,30 @@ def sb3_child(spec: dict) -> None:
         evaluate(model.num_timesteps, force=True)
     seconds = time.perf_counter() - start
     evaluator.close()
+    last = state["last"]
     result = {"status": "completed", "env_steps": int(model.num_timesteps),
               "loop_seconds": seconds, "sps": model.num_timesteps / seconds,
-              "eval_return_mean": state["last"]["return_mean"],
-              "eval_return_std": state["last"]["return_std"],
-              "eval_episodes": state["last"]["episodes"], "evaluations": state["count"],
+              **scored(last["return_mean"], last["return_std"], last["episodes"]),
+              "evaluations": state["count"],
               "torch_threads": torch.get_num_threads(), "device": str(model.device),
               "eval_deterministic": spec.get("eval_deterministic", True)}
+    final = spec.get("final_episodes", 0)
+    if final:  # after the timing: the final model again, over more episodes (as rl-eval)
+        evaluator = peer_evaluator(task, final, seed + 10_000)
+        res = evaluator.run(act)
+        evaluator.close()
+        result.update(**scored(res["return_mean"], res["return_std"], res["episodes"]),
+                      final_episodes=final, last_eval=last_eval(result))
     Path(spec["out"]).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def kept_run(task: Task, seed: int, runner: str, threads: int | None, work: Path,
-             deterministic: bool = True) -> dict | None:
+             deterministic: bool = True, final_episodes: int = 0) -> dict | None:
     """A completed run of this task, seed and runner already in `work` (--reuse), else None;
-    a peer's run scored with other actions (mode vs sampled) than rl-runner's preset asks for
-    is not kept (runs written before the key was recorded were scored with the mode)."""
+    a peer's run scored with other actions (mode vs sampled) than rl-runner's preset asks for,
+    or over another number of final episodes, is not kept (runs written before the keys were
+    recorded were scored with the mode, by their last evaluation). An rl-runner run is scored
+    again from its checkpoint instead (final_score)."""
     backend = backend_of(runner)
     if backend is not None:
         where = rl_runner_dir(task, seed, work, backend) / "results.json"
@@ -223,7 +266,8 @@ def kept_run(task: Task, seed: int, runner: str, threads: int | None, work: Path
         r = {**json.loads(where.read_text()), "process_seconds": None}
     if r["status"] != "completed":
         return None
-    if backend is None and r.get("eval_deterministic", True) != deterministic:
+    if backend is None and (r.get("eval_deterministic", True) != deterministic
+                            or r.get("final_episodes", 0) != final_episodes):
         return None
     ended = datetime.datetime.fromtimestamp(where.stat().st_mtime, datetime.timezone.utc)
     return {**r, "kept": ended.strftime("%Y-%m-%d %H:%M")}
@@ -259,6 +303,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
                    help="markdown file whose speed-<task> sections are replaced "
                    "(default: %(default)s)")
+    p.add_argument("--final-episodes", type=int, default=None,
+                   help="score each side's final model again after its run over N episodes "
+                   "(rl-eval; SB3's evaluator, the same seeds) for the return columns; default: "
+                   f"{ATARI_FINAL_EPISODES} on Atari, where one game's score varies by about 3 "
+                   "at 100k steps, 0 elsewhere (the run's own last evaluation)")
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="keep run directories and logs here (default: a temporary directory)")
     p.add_argument("--reuse", action="store_true",
@@ -284,6 +333,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bad = [b for b in args.backend_list if b not in ("sync", "async", "envpool")]
     if bad or not args.backend_list:
         p.error(f"--backends {args.backends!r}: allowed: sync, async, envpool")
+    if args.final_episodes is not None and args.final_episodes < 0:
+        p.error("--final-episodes must be 0 (the run's last evaluation) or more")
     if args.sb3_threads is not None and args.sb3_threads < 1:
         p.error("--sb3-threads must be at least 1")
     if args.device != "cpu":
@@ -326,8 +377,10 @@ def main(argv: list[str]) -> int:
                      f"{'; '.join(bad)}. Update conf/tuned/{task.algo_name}_{task.env}.yaml or "
                      f"TASKS in scripts/bench_tasks.py so that both sides agree.")
         eval_every = cfg["trainer"]["eval_every"] or max(1, steps // 10)
+        final = args.final_episodes if args.final_episodes is not None else \
+            ATARI_FINAL_EPISODES if task.atari else 0
         plan[name] = (steps, eval_every, cfg["trainer"]["eval_episodes"],
-                      bool(cfg["trainer"].get("eval_deterministic", True)))
+                      bool(cfg["trainer"].get("eval_deterministic", True)), final)
 
     exe = os.path.relpath(sys.executable) if Path(sys.executable).is_relative_to(Path.cwd()) \
         else "python"
@@ -344,12 +397,12 @@ def main(argv: list[str]) -> int:
         if args.device != "cpu":  # --reuse never mixes runs made on different devices
             work = work / args.device.replace(":", "")
         work.mkdir(parents=True, exist_ok=True)
-        for name, (steps, eval_every, eval_episodes, deterministic) in plan.items():
+        for name, (steps, eval_every, eval_episodes, deterministic, final) in plan.items():
             for seed in args.seed_list:
                 for runner, threads in runners:
                     load = os.getloadavg()[0]
-                    kept = kept_run(TASKS[name], seed, runner, threads, work, deterministic) \
-                        if args.reuse else None
+                    kept = kept_run(TASKS[name], seed, runner, threads, work, deterministic,
+                                    final) if args.reuse else None
                     if kept:
                         r = kept
                     elif backend_of(runner) is not None:
@@ -357,11 +410,19 @@ def main(argv: list[str]) -> int:
                                           backend=backend_of(runner))
                     else:
                         r = run_sb3(TASKS[name], seed, steps, threads, eval_every, eval_episodes,
-                                    work, args.device, deterministic)
+                                    work, args.device, deterministic, final)
                     r.update(task=name, seed=seed, runner=runner)
-                    if not kept:  # a new run: its row is kept for a later --reuse
+                    if not kept:
                         r.update(load=(load, os.getloadavg()[0]))
-                        row_file(TASKS[name], seed, runner, work).write_text(json.dumps(r))
+                    if backend_of(runner) is not None:
+                        scored_now = r.get("final_episodes") != final and final > 0
+                        r = final_score(r, rl_runner_dir(TASKS[name], seed, work,
+                                                         backend_of(runner)), final, work)
+                    else:
+                        scored_now = False
+                    if not kept or scored_now:  # its row is kept for a later --reuse
+                        row = {k: v for k, v in r.items() if k != "kept"}
+                        row_file(TASKS[name], seed, runner, work).write_text(json.dumps(row))
                     if r["status"] == "completed" and r["env_steps"] != steps:
                         r.update(status="failed", error=f"ran {r['env_steps']} env steps, "
                                  f"expected {steps}")

@@ -3,6 +3,7 @@ algorithm's update is deterministic, and a difference is caught), and scripts/be
 tasks composing to the hyperparameters their SB3 side gets."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -172,3 +173,43 @@ def test_reuse_keeps_no_peer_run_scored_with_other_actions(tmp_path):
     assert benchmark.kept_run(task, 1, "sb3", None, tmp_path, deterministic=False) is None
     out.write_text('{"status": "completed", "env_steps": 10, "eval_deterministic": false}')
     assert benchmark.kept_run(task, 1, "sb3", None, tmp_path, deterministic=False) is not None
+
+
+def test_reuse_keeps_no_peer_run_scored_over_other_final_episodes(tmp_path):
+    import benchmark
+
+    task = bench_tasks.TASKS["ppo-breakout"]
+    out = benchmark.sb3_result(task, 1, None, tmp_path)
+    out.write_text('{"status": "completed", "env_steps": 10, "eval_deterministic": false}')
+    assert benchmark.kept_run(task, 1, "sb3", None, tmp_path, False, final_episodes=100) is None
+    assert benchmark.kept_run(task, 1, "sb3", None, tmp_path, False) is not None
+    out.write_text('{"status": "completed", "env_steps": 10, "eval_deterministic": false, '
+                   '"final_episodes": 100}')
+    assert benchmark.kept_run(task, 1, "sb3", None, tmp_path, False, final_episodes=100)
+    assert benchmark.kept_run(task, 1, "sb3", None, tmp_path, False, final_episodes=30) is None
+
+
+def test_final_score_replaces_the_return_columns_by_rl_evals(finished_run, tmp_path):
+    """rl-runner's final model scored again over N episodes by rl-eval: the return columns are
+    its figures, the run's own last evaluation is kept beside them, and a row already scored
+    over N is not scored again."""
+    import shutil
+
+    import benchmark
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    res = json.loads((run / "results.json").read_text())
+    row = {"status": "completed", **benchmark.scored(res["eval_return_mean"],
+                                                      res["eval_return_std"],
+                                                      res["eval_episodes"])}
+    got = benchmark.final_score(row, run, 7, tmp_path)
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["episodes"] == 7 and ev["checkpoint"].endswith("last.pt")
+    assert got["eval_episodes"] == 7 and got["final_episodes"] == 7
+    assert got["eval_return_mean"] == ev["return_mean"]
+    assert got["last_eval"]["eval_episodes"] == res["eval_episodes"] == 2
+    (run / "eval.json").unlink()
+    assert benchmark.final_score(got, run, 7, tmp_path) == got  # not scored again
+    assert not (run / "eval.json").exists()
+    assert benchmark.final_score(row, run, 0, tmp_path) == row
