@@ -1,6 +1,7 @@
 """Small networks and action distributions, written for low per-call overhead on CPU."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import gymnasium as gym
@@ -151,12 +152,14 @@ class CnnActorCritic(nn.Module):
     1), as SB3's CnnPolicy and CleanRL's Atari PPO; same outputs as ActorCritic.
 
     `shared=False` gives the critic its own encoder: trpo's value fit must not move the policy
-    outside the trust region its natural-gradient step keeps.
+    outside the trust region its natural-gradient step keeps. `precision="bf16"`: the layers
+    run under torch.autocast in bfloat16 (parameters, gradients and outputs stay float32).
     """
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, spec: EncoderSpec,
-                 log_std_init: float = 0.0, shared: bool = True):
+                 log_std_init: float = 0.0, shared: bool = True, precision: str = "fp32"):
         super().__init__()
+        self.bf16 = precision == "bf16"
         self.dist = ActionDist(action_space)
         self.encoder = make_cnn(obs_space, spec)
         self.critic_encoder = None if shared else make_cnn(obs_space, spec)
@@ -169,16 +172,26 @@ class CnnActorCritic(nn.Module):
             torch.full((self.dist.n_out,), float(log_std_init)))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(obs)
-        h_critic = h if self.critic_encoder is None else self.critic_encoder(obs)
-        return self.actor(h), self.critic(h_critic)[:, 0]
+        with self.autocast():
+            h = self.encoder(obs)
+            h_critic = h if self.critic_encoder is None else self.critic_encoder(obs)
+            out, v = self.actor(h), self.critic(h_critic)[:, 0]
+        return out.float(), v.float()
 
     def policy_out(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.actor(self.encoder(obs))
+        with self.autocast():
+            return self.actor(self.encoder(obs)).float()
 
     def value_out(self, obs: torch.Tensor) -> torch.Tensor:
         encoder = self.encoder if self.critic_encoder is None else self.critic_encoder
-        return self.critic(encoder(obs))[:, 0]
+        with self.autocast():
+            return self.critic(encoder(obs))[:, 0].float()
+
+    def autocast(self):
+        """bfloat16 autocast on the parameters' device where asked for, else nothing."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.actor.weight.device.type, dtype=torch.bfloat16)
 
     def actor_elements(self) -> list[tuple[int, int]]:
         """As ActorCritic.actor_elements: with a shared encoder the encoder counts as the

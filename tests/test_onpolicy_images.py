@@ -23,6 +23,9 @@ CNN = dict(cnn_channels=[8, 16], cnn_kernels=[4, 3], cnn_strides=[2, 1], cnn_fea
 
 
 def image_algo(cls=PPO, **kw):
+    """The algorithm with the same initial weights every time (the trainer seeds torch, these
+    tests build algorithms themselves: unseeded, a learning test passed or failed by chance)."""
+    torch.manual_seed(0)
     args = dict(observation_space=FRAMES, action_space=gym.spaces.Discrete(3), n_envs=4,
                 total_steps=10_000, seed=0, n_steps=32, **CNN)
     if cls is not PolicyGradient:
@@ -73,14 +76,21 @@ def test_frames_reach_the_cnn_in_its_layout_with_the_same_outputs(shape):
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 def test_ppo_with_a_cnn_learns_to_name_the_bar(envs):
-    """The frame env pays 1 where the action names the bright bar's column: chance is 1/3."""
+    """The frame env pays 1 where the action names the bright bar's column: chance is 1/3.
+    One torch thread, whatever earlier tests left: a convolution's last bits depend on the
+    thread count, and 25 updates carry them far."""
     algo = image_algo(lr=1e-3, n_epochs=4)
     collector = RolloutCollector(envs, algo.n_steps, 0)
     paid = []
-    for _ in range(25):
-        batch, _ = collector.collect(algo)
-        paid.append(float(batch.rewards.mean()))
-        algo.update(batch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(25):
+            batch, _ = collector.collect(algo)
+            paid.append(float(batch.rewards.mean()))
+            algo.update(batch)
+    finally:
+        torch.set_num_threads(threads)
     assert np.mean(paid[:3]) < 0.45
     assert np.mean(paid[-5:]) > 0.55, paid
 
@@ -171,3 +181,40 @@ def test_a_cnn_asks_for_every_core_under_the_tuner_and_an_mlp_for_one(cls):
     assert threads == 2 and tuner is not None
     assert image_algo(cls, encoder="mlp").preferred_threads(4) == 1
     set_threads(1)
+
+
+def test_bf16_runs_the_cnn_in_bfloat16_and_learns(envs):
+    """algo.precision=bf16: the CNN's layers under autocast (outputs near float32's, not
+    equal), parameters and their Adam state float32, and ppo still learns the bar."""
+    fp32, bf16 = image_algo(), image_algo(precision="bf16")
+    bf16.net.load_state_dict(fp32.net.state_dict())
+    frames = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (8, 4, 12, 12),
+                                                                 dtype=np.uint8))
+    with torch.no_grad():
+        (a, va), (b, vb) = fp32.net(frames), bf16.net(frames)
+    assert b.dtype == vb.dtype == torch.float32
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05, rtol=0.05)
+    assert not torch.equal(va, vb) and torch.allclose(va, vb, atol=0.05, rtol=0.05)
+    assert all(p.dtype == torch.float32 for p in bf16.net.parameters())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        algo = image_algo(lr=1e-3, n_epochs=4, precision="bf16")
+        collector = RolloutCollector(envs, algo.n_steps, 0)
+        paid = []
+        for _ in range(25):
+            batch, _ = collector.collect(algo)
+            paid.append(float(batch.rewards.mean()))
+            algo.update(batch)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.mean(paid[:3]) < 0.45
+    assert np.mean(paid[-5:]) > 0.55, paid
+
+
+@pytest.mark.parametrize("cls, space, says", [
+    (TRPO, FRAMES, "natural-gradient"),
+    (PPO, gym.spaces.Box(-1, 1, (4,), np.float32), "MLP takes vectors")])
+def test_bf16_is_refused_where_it_does_not_apply(cls, space, says):
+    with pytest.raises(UserError, match=f"algo.precision=bf16.*{says}.*allowed.*fp32"):
+        image_algo(cls, observation_space=space, precision="bf16")

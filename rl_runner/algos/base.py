@@ -27,6 +27,7 @@ from rl_runner.params import (Activation, Fraction, NonNegativeFloat, NonNegativ
 
 
 Backend = Literal["auto", "numpy", "torch"]
+Precision = Literal["fp32", "bf16"]
 
 
 def resolve_backend(backend: str, encoder: str, device: torch.device) -> str:
@@ -69,6 +70,7 @@ class OnPolicyAlgorithm(OnPolicy):
     """
 
     shared_encoder: ClassVar[bool] = True  # a CNN encoder shared by actor and critic
+    bf16_ok: ClassVar[bool] = True  # algo.precision=bf16 allowed (trpo: not)
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
                  total_steps: int, seed: int = 0, lr: NonNegativeFloat = 3e-4,
@@ -81,7 +83,7 @@ class OnPolicyAlgorithm(OnPolicy):
                  backend: Backend = "auto", encoder: EncoderKind = "auto",
                  cnn_channels: Sizes = (32, 64, 64), cnn_kernels: Sizes = (8, 4, 3),
                  cnn_strides: Sizes = (4, 2, 1), cnn_features: PositiveInt = 512,
-                 device: torch.device = torch.device("cpu")):
+                 precision: Precision = "fp32", device: torch.device = torch.device("cpu")):
         self.n_steps, self.n_envs, self.total_steps = n_steps, n_envs, total_steps
         self.lr, self.gamma, self.anneal_lr = lr, gamma, anneal_lr
         self.max_grad_norm, self.ent_coef, self.vf_coef = max_grad_norm, ent_coef, vf_coef
@@ -94,9 +96,16 @@ class OnPolicyAlgorithm(OnPolicy):
         if self.encoder == "cnn" and normalize_obs:
             raise UserError("algo.normalize_obs=true is for vector observations; the CNN scales "
                             "the env's uint8 images to [0, 1] itself; allowed with images: false")
+        self.precision = precision
+        if precision == "bf16" and not self.bf16_ok:
+            raise UserError(f"algo.precision=bf16: {self.name}'s natural-gradient step needs "
+                            "float32 products; allowed for it: fp32")
+        if precision == "bf16" and self.encoder != "cnn":
+            raise UserError("algo.precision=bf16 runs the CNN of image observations in "
+                            "bfloat16; this run's MLP takes vectors; allowed with it: fp32")
         if self.encoder == "cnn":
             net = CnnActorCritic(observation_space, action_space, spec, log_std_init,
-                                 shared=self.shared_encoder)
+                                 shared=self.shared_encoder, precision=precision)
         else:
             net = ActorCritic(int(np.prod(observation_space.shape)), action_space,
                               list(hidden_sizes), activation, log_std_init)

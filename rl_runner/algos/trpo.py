@@ -71,6 +71,7 @@ class TRPO(OnPolicyAlgorithm):
     name = "trpo"
     # images: the critic gets its own CNN, so that fitting the value cannot move the policy
     shared_encoder = False
+    bf16_ok = False  # conjugate gradient on Fisher products: float32
 
     def __init__(self, *, max_kl: PositiveFloat = 0.01, cg_max_steps: PositiveInt = 15,
                  cg_damping: NonNegativeFloat = 0.1,
