@@ -18,6 +18,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -66,14 +67,21 @@ def rl_run_overrides(task: Task, seed: int, steps: int, device: str = "cpu",
 
 def backend_of(runner: str) -> str | None:
     """env.vectorization of an rl-runner runner's label ('rl-runner': sync, 'rl-runner
-    (envpool)': envpool); None for the peer library's runners."""
+    (envpool)': envpool, with or without '[<extra overrides>]'); None for the peer's runners."""
     if not runner.startswith("rl-runner"):
         return None
+    runner = runner.split(" [", 1)[0]
     return runner[len("rl-runner ("):-1] if runner.endswith(")") else "sync"
 
 
-def runner_label(backend: str) -> str:
-    return "rl-runner" if backend == "sync" else f"rl-runner ({backend})"
+def extra_of(runner: str) -> tuple[str, ...]:
+    """The overrides `--rl-run-extra` added to an rl-runner runner's label."""
+    return tuple(runner.split(" [", 1)[1][:-1].split()) if " [" in runner else ()
+
+
+def runner_label(backend: str, extra: tuple[str, ...] = ()) -> str:
+    label = "rl-runner" if backend == "sync" else f"rl-runner ({backend})"
+    return f"{label} [{' '.join(extra)}]" if extra else label
 
 
 def rl_runner_config(task: Task, steps: int) -> dict:
@@ -104,13 +112,15 @@ def config_mismatches(task: Task, cfg: dict, backend: str = "sync") -> list[str]
     return out
 
 
-def rl_runner_dir(task: Task, seed: int, work: Path, backend: str = "sync") -> Path:
-    return work / f"rl-runner{'' if backend == 'sync' else '-' + backend}_{task.key}_s{seed}"
+def rl_runner_dir(task: Task, seed: int, work: Path, backend: str = "sync",
+                  extra: tuple[str, ...] = ()) -> Path:
+    tag = "".join(f"-{re.sub(r'[^A-Za-z0-9.=_-]', '_', o)}" for o in extra)
+    return work / f"rl-runner{'' if backend == 'sync' else '-' + backend}{tag}_{task.key}_s{seed}"
 
 
 def run_rl_runner(task: Task, seed: int, steps: int, work: Path, device: str = "cpu",
                   extra: tuple[str, ...] = (), backend: str = "sync") -> dict:
-    run_dir = rl_runner_dir(task, seed, work, backend)
+    run_dir = rl_runner_dir(task, seed, work, backend, extra)
     log = work / f"{run_dir.name}.log"
     cmd = [*rl_run_command(), *rl_run_overrides(task, seed, steps, device, extra, backend),
            f"hydra.run.dir={run_dir}"]
@@ -252,7 +262,7 @@ def kept_run(task: Task, seed: int, runner: str, threads: int | None, work: Path
     again from its checkpoint instead (final_score)."""
     backend = backend_of(runner)
     if backend is not None:
-        where = rl_runner_dir(task, seed, work, backend) / "results.json"
+        where = rl_runner_dir(task, seed, work, backend, extra_of(runner)) / "results.json"
     else:
         where = sb3_result(task, seed, threads, work)
     if not where.exists():
@@ -297,6 +307,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backends", default="sync",
                    help="comma list of rl-runner's env.vectorization backends to run, each a "
                    "runner of its own: sync, async, envpool (default: %(default)s)")
+    p.add_argument("--rl-run-extra", default="",
+                   help="overrides added to every rl-runner run, e.g. 'algo.precision=bf16' "
+                   "(not hyperparameters SB3 gets: the comparison checks those); the runner's "
+                   "label and run directory name them")
     p.add_argument("--device", default="cpu",
                    help="where both libraries train: cpu, cuda or cuda:N (rl-runner's "
                    "trainer.device, SB3's device; default: %(default)s)")
@@ -329,6 +343,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--steps-scale must be positive")
     if args.reuse and args.runs_dir is None:
         p.error("--reuse needs --runs-dir (the directory with the earlier runs)")
+    args.extra = tuple(shlex.split(args.rl_run_extra))
+    bad = [o for o in args.extra if "=" not in o or o.split(".", 1)[0] not in ("algo", "trainer")]
+    if bad:
+        p.error(f"--rl-run-extra {args.rl_run_extra!r}: each item is algo.<key>=<value> or "
+                "trainer.<key>=<value>")
     args.backend_list = [b.strip() for b in args.backends.split(",") if b.strip()]
     bad = [b for b in args.backend_list if b not in ("sync", "async", "envpool")]
     if bad or not args.backend_list:
@@ -360,7 +379,8 @@ def main(argv: list[str]) -> int:
                      "-e '.[bench]' (or make bench)")
     label = f"sb3 ({args.sb3_threads} thread{'s' * (args.sb3_threads != 1)})" \
         if args.sb3_threads else "sb3"
-    runners: list[tuple[str, int | None]] = [(runner_label(b), None) for b in args.backend_list]
+    runners: list[tuple[str, int | None]] = [(runner_label(b, args.extra), None)
+                                             for b in args.backend_list]
     runners.append((label, args.sb3_threads))
     if args.sb3_one_thread and args.sb3_threads != 1:
         runners.append(("sb3 (1 thread)", 1))
@@ -407,7 +427,7 @@ def main(argv: list[str]) -> int:
                         r = kept
                     elif backend_of(runner) is not None:
                         r = run_rl_runner(TASKS[name], seed, steps, work, args.device,
-                                          backend=backend_of(runner))
+                                          args.extra, backend_of(runner))
                     else:
                         r = run_sb3(TASKS[name], seed, steps, threads, eval_every, eval_episodes,
                                     work, args.device, deterministic, final)
@@ -417,7 +437,8 @@ def main(argv: list[str]) -> int:
                     if backend_of(runner) is not None:
                         scored_now = r.get("final_episodes") != final and final > 0
                         r = final_score(r, rl_runner_dir(TASKS[name], seed, work,
-                                                         backend_of(runner)), final, work)
+                                                         backend_of(runner), args.extra),
+                                        final, work)
                     else:
                         scored_now = False
                     if not kept or scored_now:  # its row is kept for a later --reuse

@@ -213,3 +213,31 @@ def test_final_score_replaces_the_return_columns_by_rl_evals(finished_run, tmp_p
     assert benchmark.final_score(got, run, 7, tmp_path) == got  # not scored again
     assert not (run / "eval.json").exists()
     assert benchmark.final_score(row, run, 0, tmp_path) == row
+
+
+def test_rl_run_extra_names_its_runners_and_their_directories(tmp_path):
+    import benchmark
+
+    args = benchmark.parse_args(["--tasks", "ppo-breakout", "--rl-run-extra",
+                                 "algo.precision=bf16", "--backends", "sync,envpool"])
+    assert args.extra == ("algo.precision=bf16",)
+    task = bench_tasks.TASKS["ppo-breakout"]
+    dirs = set()
+    for backend in ("sync", "envpool"):
+        for extra in ((), args.extra):
+            label = benchmark.runner_label(backend, extra)
+            assert benchmark.backend_of(label) == backend
+            assert benchmark.extra_of(label) == extra
+            dirs.add(benchmark.rl_runner_dir(task, 1, tmp_path, backend, extra))
+    assert len(dirs) == 4  # never the same directory (nor --reuse row) for two runners
+    assert benchmark.runner_label("sync", args.extra) == "rl-runner [algo.precision=bf16]"
+    assert benchmark.backend_of("sb3 (1 thread)") is None
+
+
+@pytest.mark.parametrize("extra", ["precision=bf16", "env.n_envs=4", "algo.precision"])
+def test_rl_run_extra_takes_algo_and_trainer_overrides_only(extra, capsys):
+    import benchmark
+
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--rl-run-extra", extra])
+    assert "--rl-run-extra" in capsys.readouterr().err
