@@ -75,11 +75,12 @@ def test_frames_reach_the_cnn_in_its_layout_with_the_same_outputs(shape):
         got, want = algo.net(x), algo.net(torch.from_numpy(frames))
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
-def test_ppo_with_a_cnn_learns_to_name_the_bar(envs):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_ppo_with_a_cnn_learns_to_name_the_bar(envs, precision):
     """The frame env pays 1 where the action names the bright bar's column: chance is 1/3.
     One torch thread, whatever earlier tests left: a convolution's last bits depend on the
     thread count, and 25 updates carry them far."""
-    algo = image_algo(lr=1e-3, n_epochs=4)
+    algo = image_algo(lr=1e-3, n_epochs=4, precision=precision)
     collector = RolloutCollector(envs, algo.n_steps, 0)
     paid = []
     threads = torch.get_num_threads()
@@ -183,9 +184,9 @@ def test_a_cnn_asks_for_every_core_under_the_tuner_and_an_mlp_for_one(cls):
     set_threads(1)
 
 
-def test_bf16_runs_the_cnn_in_bfloat16_and_learns(envs):
+def test_bf16_runs_the_cnn_in_bfloat16():
     """algo.precision=bf16: the CNN's layers under autocast (outputs near float32's, not
-    equal), parameters and their Adam state float32, and ppo still learns the bar."""
+    equal, and float32 themselves), parameters float32 (the learning test above runs it)."""
     fp32, bf16 = image_algo(), image_algo(precision="bf16")
     bf16.net.load_state_dict(fp32.net.state_dict())
     frames = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (8, 4, 12, 12),
@@ -196,20 +197,6 @@ def test_bf16_runs_the_cnn_in_bfloat16_and_learns(envs):
     assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05, rtol=0.05)
     assert not torch.equal(va, vb) and torch.allclose(va, vb, atol=0.05, rtol=0.05)
     assert all(p.dtype == torch.float32 for p in bf16.net.parameters())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        algo = image_algo(lr=1e-3, n_epochs=4, precision="bf16")
-        collector = RolloutCollector(envs, algo.n_steps, 0)
-        paid = []
-        for _ in range(25):
-            batch, _ = collector.collect(algo)
-            paid.append(float(batch.rewards.mean()))
-            algo.update(batch)
-    finally:
-        torch.set_num_threads(threads)
-    assert np.mean(paid[:3]) < 0.45
-    assert np.mean(paid[-5:]) > 0.55, paid
 
 
 @pytest.mark.parametrize("cls, space, says", [
