@@ -114,7 +114,9 @@ def config_mismatches(task: Task, cfg: dict, backend: str = "sync") -> list[str]
 
 def rl_runner_dir(task: Task, seed: int, work: Path, backend: str = "sync",
                   extra: tuple[str, ...] = ()) -> Path:
-    tag = "".join(f"-{re.sub(r'[^A-Za-z0-9.=_-]', '_', o)}" for o in extra)
+    # no '=' or other characters Hydra's override parser takes apart (the path goes to
+    # hydra.run.dir=...)
+    tag = "".join(f"-{re.sub(r'[^A-Za-z0-9._-]', '_', o)}" for o in extra)
     return work / f"rl-runner{'' if backend == 'sync' else '-' + backend}{tag}_{task.key}_s{seed}"
 
 

@@ -230,6 +230,7 @@ def test_rl_run_extra_names_its_runners_and_their_directories(tmp_path):
             assert benchmark.extra_of(label) == extra
             dirs.add(benchmark.rl_runner_dir(task, 1, tmp_path, backend, extra))
     assert len(dirs) == 4  # never the same directory (nor --reuse row) for two runners
+    assert all("=" not in d.name for d in dirs)  # hydra.run.dir=<it> must parse
     assert benchmark.runner_label("sync", args.extra) == "rl-runner [algo.precision=bf16]"
     assert benchmark.backend_of("sb3 (1 thread)") is None
 
