@@ -49,13 +49,19 @@ LOG_EVERY = {"on_policy": 256, "off_policy": 100, "offline": 100}
 PROGRESS_LINE_SECONDS = 30.0  # parallel sweep jobs: a progress line this often
 
 
+def overlaps_rollouts(cls: type) -> bool:
+    """Whether env.envpool_async can collect this algorithm's next rollout during its update:
+    on-policy algorithms that learn from their own rollouts only."""
+    return cls.family == "on_policy" and not cls.uses_demonstrations
+
+
 def make_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo: Algorithm) -> Feeder:
     """The feeder of the algorithm's family; imitation algorithms get the demonstrations first."""
     overlap = cfg.env.get("envpool_async", False)  # absent in configs saved before it
-    if overlap and (algo.family != "on_policy" or algo.uses_demonstrations):
+    if overlap and not overlaps_rollouts(type(algo)):
         why = "learns from demonstrations" if algo.uses_demonstrations else \
             "is " + algo.family.replace("_", "-")
-        able = config_checks.algos_where(lambda cls: cls.family == "on_policy" and not cls.uses_demonstrations)
+        able = config_checks.algos_where(overlaps_rollouts)
         raise UserError(f"env.envpool_async=true overlaps an on-policy rollout with the update, "
                         f"and {algo_name(type(algo))} {why}; algorithms allowed with it: "
                         f"{', '.join(able)}")

@@ -157,7 +157,7 @@ def rl_eval_command() -> list[str]:
 def final_score(r: dict, run_dir: Path, episodes: int, work: Path) -> dict:
     """`r` with its return columns from `rl-eval` of the run's last checkpoint over `episodes`
     episodes (the run's own seeds and actions); the run's last evaluation kept as last_eval.
-    Unchanged where episodes is 0 or the row already holds that score."""
+    `r` itself (not a copy) where episodes is 0 or the row already holds that score."""
     if not episodes or r["status"] != "completed" or r.get("final_episodes") == episodes:
         return r
     cmd = [*rl_eval_command(), f"run={run_dir}", "checkpoint=last", f"episodes={episodes}"]
@@ -436,14 +436,12 @@ def main(argv: list[str]) -> int:
                     r.update(task=name, seed=seed, runner=runner)
                     if not kept:
                         r.update(load=(load, os.getloadavg()[0]))
-                    if backend_of(runner) is not None:
-                        scored_now = r.get("final_episodes") != final and final > 0
+                    unscored = r
+                    if backend_of(runner) is not None:  # the same dict where nothing to score
                         r = final_score(r, rl_runner_dir(TASKS[name], seed, work,
                                                          backend_of(runner), args.extra),
                                         final, work)
-                    else:
-                        scored_now = False
-                    if not kept or scored_now:  # its row is kept for a later --reuse
+                    if not kept or r is not unscored:  # its row is kept for a later --reuse
                         row = {k: v for k, v in r.items() if k != "kept"}
                         row_file(TASKS[name], seed, runner, work).write_text(json.dumps(row))
                     if r["status"] == "completed" and r["env_steps"] != steps:

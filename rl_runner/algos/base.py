@@ -96,7 +96,6 @@ class OnPolicyAlgorithm(OnPolicy):
         if self.encoder == "cnn" and normalize_obs:
             raise UserError("algo.normalize_obs=true is for vector observations; the CNN scales "
                             "the env's uint8 images to [0, 1] itself; allowed with images: false")
-        self.precision = precision
         if precision == "bf16" and not self.bf16_ok:
             raise UserError(f"algo.precision=bf16: {self.name}'s natural-gradient step needs "
                             "float32 products; allowed for it: fp32")
