@@ -30,6 +30,18 @@ def device_name(device: str) -> str:
     return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
 
 
+def cnn_precision(device: str, extra: tuple = ()) -> str:
+    """What rl-runner's CNN computes in for these runs (algo.precision=auto resolves by CPU)."""
+    from rl_runner.algos.base import cpu_bf16_units
+
+    if any(e.startswith("algo.precision=") for e in extra):
+        return "rl-runner as its label says; SB3 float32"
+    units = cpu_bf16_units() if device == "cpu" else None
+    how = (f"bfloat16 autocast (this CPU has {units})" if units else
+           "float32 (no bfloat16 units on this CPU)" if device == "cpu" else "float32 on a GPU")
+    return f"rl-runner algo.precision=auto: {how}; SB3 float32"
+
+
 METHOD_SECTION = "speed-method"
 
 
@@ -203,6 +215,8 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
                      "VecFrameStack(4)); evaluation: whole games at the real score, rl-runner in "
                      "its Evaluator (training=False), SB3's model in its own wrappers (Monitor's "
                      "game scores), the same number of games")
+    if task.atari:
+        lines.append(f"- precision: {cnn_precision(device, getattr(args, 'extra', ()))}")
     if task.peer_policy:
         lines.append(f"- SB3 only (the Zoo's): policy_kwargs {task.peer_policy}")
     lines.append(f"- both: {', '.join(f'{k} {v}' for k, v in common.items())}")

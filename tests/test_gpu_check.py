@@ -242,3 +242,17 @@ def test_rl_run_extra_takes_algo_and_trainer_overrides_only(extra, capsys):
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--rl-run-extra", extra])
     assert "--rl-run-extra" in capsys.readouterr().err
+
+
+def test_atari_sections_say_what_rl_runners_cnn_computes_in(monkeypatch):
+    """algo.precision=auto resolves per CPU, so a section's speed says which it was."""
+    import bench_report
+    from rl_runner.algos import base
+
+    monkeypatch.setattr(base, "cpu_bf16_units", lambda: "AVX512-BF16")
+    assert "bfloat16 autocast (this CPU has AVX512-BF16)" in bench_report.cnn_precision("cpu")
+    assert "float32 on a GPU" in bench_report.cnn_precision("cuda")
+    said = bench_report.cnn_precision("cpu", ("algo.precision=fp32",))
+    assert "as its label says" in said
+    monkeypatch.setattr(base, "cpu_bf16_units", lambda: None)
+    assert "float32 (no bfloat16 units" in bench_report.cnn_precision("cpu")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from rl_runner.algos import base
 from rl_runner.algos.pg import PolicyGradient
 from rl_runner.algos.ppo import PPO
 from rl_runner.algos.trpo import TRPO
@@ -27,7 +28,7 @@ def image_algo(cls=PPO, **kw):
     tests build algorithms themselves: unseeded, a learning test passed or failed by chance)."""
     torch.manual_seed(0)
     args = dict(observation_space=FRAMES, action_space=gym.spaces.Discrete(3), n_envs=4,
-                total_steps=10_000, seed=0, n_steps=32, **CNN)
+                total_steps=10_000, seed=0, n_steps=32, precision="fp32", **CNN)
     if cls is not PolicyGradient:
         args["batch_size"] = 32
     return cls(**{**args, **kw})
@@ -197,6 +198,33 @@ def test_bf16_runs_the_cnn_in_bfloat16():
     assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05, rtol=0.05)
     assert not torch.equal(va, vb) and torch.allclose(va, vb, atol=0.05, rtol=0.05)
     assert all(p.dtype == torch.float32 for p in bf16.net.parameters())
+
+
+@pytest.mark.parametrize("units, cls, space, device, expect", [
+    ("AVX512-BF16", PPO, FRAMES, "cpu", True),
+    ("AMX-BF16", PolicyGradient, FRAMES, "cpu", True),
+    (None, PPO, FRAMES, "cpu", False),  # a CPU without bfloat16 units
+    ("AVX512-BF16", TRPO, FRAMES, "cpu", False),  # its Fisher products need float32
+    ("AVX512-BF16", PPO, gym.spaces.Box(-1, 1, (4,), np.float32), "cpu", False),  # an MLP
+    ("AVX512-BF16", PPO, FRAMES, "cuda", False)])  # GPUs: not measured
+def test_auto_precision_is_bf16_for_a_cnn_on_a_cpu_with_bfloat16_units(
+        monkeypatch, units, cls, space, device, expect):
+    monkeypatch.setattr(base, "cpu_bf16_units", lambda: units)
+    encoder = "cnn" if space is FRAMES else "mlp"
+    assert base.resolve_precision("auto", encoder, torch.device(device), cls.bf16_ok,
+                                  cls.name) == ("bf16" if expect else "fp32")
+    if device == "cpu":
+        algo = image_algo(cls, observation_space=space, precision="auto")
+        assert algo.precision == ("bf16" if expect else "fp32")
+        assert getattr(algo.net, "bf16", False) == expect
+
+
+def test_cpu_bf16_units_reads_torchs_cpu_capabilities(monkeypatch):
+    for caps, units in (({"amx_bf16": True, "avx512_bf16": True}, "AMX-BF16"),
+                        ({"amx_bf16": False, "avx512_bf16": True}, "AVX512-BF16"),
+                        ({"avx2": True}, None)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps)
+        assert base.cpu_bf16_units() == units
 
 
 @pytest.mark.parametrize("cls, space, says", [
