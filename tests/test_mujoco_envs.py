@@ -2,6 +2,7 @@
 env; without mujoco, one line names the extra; rl-eval records a run as an mp4."""
 from __future__ import annotations
 
+import ctypes.util
 import json
 import os
 import subprocess
@@ -45,11 +46,17 @@ def test_without_mujoco_one_line_names_the_extra():
     assert "pip install 'rl-runner[mujoco]'" in proc.stdout
 
 
+def gl_backend() -> str:
+    """osmesa where its library is installed (CPU rendering), else egl (Mesa's EGL renders on
+    a CPU too where there is no GPU; hosts differ in which one they have)."""
+    return "osmesa" if ctypes.util.find_library("OSMesa") else "egl"
+
+
 def test_rl_eval_records_a_hopper_run(tmp_path):
     """Rendering needs OpenGL: MUJOCO_GL=osmesa (libosmesa6) or egl. Without either, rl-eval
     says so in one line instead."""
     pytest.importorskip("moviepy")
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa")}
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", gl_backend())}
     run = tmp_path / "run"
     train = subprocess.run(
         [sys.executable, "-m", "rl_runner.cli", "algo=ppo", "env=hopper", "trainer.total_steps=64",
