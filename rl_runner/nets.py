@@ -25,7 +25,10 @@ class ParallelMLP(nn.Module):
 
     def __init__(self, in_dim: int, hidden_sizes: list[int], out_dim: int, k: int,
                  activation: str = "tanh", hidden_gain: float = math.sqrt(2),
-                 out_gains: tuple[float, ...] | None = None):
+                 out_gains: tuple[float, ...] | None = None, init: str = "orthogonal"):
+        """init: "orthogonal" with the gains (the PPO implementation details, Engstrom et al.
+        2020), or "torch", nn.Linear's own (weights and biases uniform in +-1/sqrt(fan_in):
+        SB3's and CleanRL's DQN Q-networks)."""
         super().__init__()
         sizes = [in_dim, *hidden_sizes, out_dim]
         self.k = k
@@ -35,13 +38,16 @@ class ParallelMLP(nn.Module):
         self.biases = nn.ParameterList()
         out_gains = out_gains or (1.0,) * k
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            w = torch.empty(k, a, b)
+            w, bias = torch.empty(k, a, b), torch.zeros(k, 1, b)
             last = i == len(sizes) - 2
-            for j in range(k):
-                # orthogonal init as in the PPO implementation details (Engstrom et al. 2020)
+            if init == "torch":  # kaiming_uniform(a=sqrt(5)) of nn.Linear: U(+-1/sqrt(fan_in))
+                bound = 1.0 / math.sqrt(a)
+                nn.init.uniform_(w, -bound, bound)
+                nn.init.uniform_(bias, -bound, bound)
+            for j in range(k if init == "orthogonal" else 0):
                 nn.init.orthogonal_(w[j].T, gain=out_gains[j] if last else hidden_gain)
             self.weights.append(nn.Parameter(w))
-            self.biases.append(nn.Parameter(torch.zeros(k, 1, b)))
+            self.biases.append(nn.Parameter(bias))
         # plain list: indexing a ParameterList costs ~5 us per access in the hot loop
         self._layers = list(zip(self.weights, self.biases))
 

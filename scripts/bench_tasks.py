@@ -120,10 +120,12 @@ TASKS = {
         "the Zoo's Hopper values (tuned on v3/v4) stood at ~1000 on Hopper-v5 seed 1 in both "
         "libraries"),
     "dqn-cartpole": Task("dqn", "cartpole", "CartPole-v1", 1, 50_000, {
-        **COMMON["dqn"], "lr": 2.3e-3, "batch_size": 64, "buffer_size": 100_000,
-        "learning_starts": 1000, "gamma": 0.99, "target_update_interval": 10, "train_freq": 256,
-        "gradient_steps": 128, "exploration_fraction": 0.16, "exploration_final_eps": 0.04,
-        "hidden_sizes": [256, 256]}),
+        **COMMON["dqn"], "lr": 1e-3, "anneal_lr": True, "batch_size": 64,
+        "buffer_size": 100_000, "learning_starts": 1000, "gamma": 0.99,
+        "target_update_interval": 10, "train_freq": 256, "gradient_steps": 128,
+        "exploration_fraction": 0.16, "exploration_final_eps": 0.04, "hidden_sizes": [256, 256]},
+        from_zoo="lr 1e-3 annealed to 0 (Zoo: 2.3e-3 constant, whose policy swings between 500 "
+        "and ~100 to the end), rl-runner's preset"),
     "a2c-cartpole": Task("a2c", "cartpole", "CartPole-v1", 8, 500_000, {
         **COMMON["a2c"], "lr": 7e-4, "anneal_lr": False, "n_steps": 5, "ent_coef": 0.0}),
     "td3-pendulum": Task("td3", "pendulum", "Pendulum-v1", 1, 20_000, {

@@ -44,7 +44,8 @@ class QLearner:
                  lr: float, gamma: float, tau: float, seed: int, activation: str = "relu",
                  encoder: nn.Module | None = None, device: torch.device = torch.device("cpu"),
                  double_q: bool = True, dueling: bool = False, max_grad_norm: float = 0.0,
-                 target_every_step: bool = True, manual_backward: bool = False):
+                 target_every_step: bool = True, manual_backward: bool = False,
+                 init: str = "orthogonal"):
         self.start, self.gamma, self.tau = start, gamma, tau
         self.double_q, self.dueling, self.max_grad_norm = double_q, dueling, max_grad_norm
         self.target_every_step = target_every_step
@@ -52,7 +53,7 @@ class QLearner:
         in_dim = encoder.out_dim if encoder is not None else obs_dim
         # dueling: one more output column, the value head's
         net = ParallelMLP(in_dim, list(hidden_sizes), n_actions + dueling, k=1,
-                          activation=activation, out_gains=(1.0,))
+                          activation=activation, out_gains=(1.0,), init=init)
         self.net = (net if encoder is None else EncodedMLP(encoder, net)).to(self.device)
         self.opt = FlatAdam(self.net.parameters(), lr=lr)
         self.target = PolyakTarget(self.net, self.opt, tau)

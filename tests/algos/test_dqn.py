@@ -324,3 +324,19 @@ def test_dqn_solves_cartpole_with_the_preset_on_seeds_0_to_2(tmp_path):
                              "trainer.progress=false"]), tmp_path / f"s{seed}")
         finals.append(res["eval_return_mean"])
     assert np.mean(finals) >= 475, finals
+
+
+def test_dqns_q_network_starts_from_nn_linears_init_and_cqls_stays_orthogonal():
+    """dqn as SB3's and CleanRL's Q-networks: weights and biases uniform in +-1/sqrt(fan_in)
+    (the orthogonal sqrt(2) init made the cartpole preset's policy swing more); the learner's
+    default, cql's, stays orthogonal with zero biases."""
+    torch.manual_seed(0)
+    algo = make_dqn(hidden_sizes=[64, 64])
+    for w, b in algo.learner.net._layers:
+        bound = 1.0 / math.sqrt(w.shape[1])
+        assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+        assert b.abs().max() <= bound and b.abs().max() > 0
+    orthogonal = make_q(hidden_sizes=[64, 64])
+    w, b = orthogonal.net._layers[0]
+    assert torch.allclose(w[0] @ w[0].T, 2.0 * torch.eye(w.shape[1]), atol=1e-4)  # gain sqrt(2)
+    assert not b.any()
