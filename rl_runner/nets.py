@@ -30,6 +30,8 @@ class ParallelMLP(nn.Module):
         2020), or "torch", nn.Linear's own (weights and biases uniform in +-1/sqrt(fan_in):
         SB3's and CleanRL's DQN Q-networks)."""
         super().__init__()
+        if init not in ("orthogonal", "torch"):
+            raise ValueError(f"init={init!r}; allowed: orthogonal, torch")
         sizes = [in_dim, *hidden_sizes, out_dim]
         self.k = k
         self.activation = activation
