@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench_common import machine, package_versions
 from bench_peers import PEERS
-from bench_tasks import COMMON, TASKS, peer_description
+from bench_tasks import COMMON, TARGETS, TASKS, peer_description
 
 
 def markers(section: str) -> tuple[str, str]:
@@ -30,15 +30,25 @@ def device_name(device: str) -> str:
     return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
 
 
-def cnn_precision(device: str, extra: tuple = ()) -> str:
-    """What rl-runner's CNN computes in for these runs (algo.precision=auto resolves by CPU)."""
-    from rl_runner.algos.base import cpu_bf16_units
+def cnn_precision(algo: str, device: str, extra: tuple = ()) -> str:
+    """What rl-runner's CNN computes in for these runs: algo.precision=auto resolved as the
+    algorithm resolves it (base.resolve_precision), on this machine."""
+    import torch
+    from hydra.utils import get_class
+
+    from rl_runner.algos import base
 
     if any(e.startswith("algo.precision=") for e in extra):
         return "rl-runner as its label says; SB3 float32"
-    units = cpu_bf16_units() if device == "cpu" else None
-    how = (f"bfloat16 autocast (this CPU has {units})" if units else
-           "float32 (no bfloat16 units on this CPU)" if device == "cpu" else "float32 on a GPU")
+    bf16_ok = get_class(TARGETS[algo]).bf16_ok
+    units = base.cpu_bf16_units() if device == "cpu" else None
+    if base.resolve_precision("auto", "cnn", torch.device(device), bf16_ok, algo) == "bf16":
+        how = f"bfloat16 autocast (this CPU has {units})"
+    elif device != "cpu":
+        how = "float32 on a GPU"
+    else:
+        how = "float32 (no bfloat16 units on this CPU)" if units is None else \
+            f"float32 ({algo} keeps float32)"
     return f"rl-runner algo.precision=auto: {how}; SB3 float32"
 
 
@@ -216,7 +226,7 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
                      "its Evaluator (training=False), SB3's model in its own wrappers (Monitor's "
                      "game scores), the same number of games")
     if task.atari:
-        lines.append(f"- precision: {cnn_precision(device, getattr(args, 'extra', ()))}")
+        lines.append(f"- precision: {cnn_precision(algo, device, getattr(args, 'extra', ()))}")
     if task.peer_policy:
         lines.append(f"- SB3 only (the Zoo's): policy_kwargs {task.peer_policy}")
     lines.append(f"- both: {', '.join(f'{k} {v}' for k, v in common.items())}")

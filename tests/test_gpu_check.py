@@ -250,9 +250,11 @@ def test_atari_sections_say_what_rl_runners_cnn_computes_in(monkeypatch):
     from rl_runner.algos import base
 
     monkeypatch.setattr(base, "cpu_bf16_units", lambda: "AVX512-BF16")
-    assert "bfloat16 autocast (this CPU has AVX512-BF16)" in bench_report.cnn_precision("cpu")
-    assert "float32 on a GPU" in bench_report.cnn_precision("cuda")
-    said = bench_report.cnn_precision("cpu", ("algo.precision=fp32",))
+    said = bench_report.cnn_precision("ppo", "cpu")
+    assert "bfloat16 autocast (this CPU has AVX512-BF16)" in said
+    assert "auto: float32 on a GPU;" in bench_report.cnn_precision("ppo", "cuda")
+    assert "auto: float32 (trpo keeps float32)" in bench_report.cnn_precision("trpo", "cpu")
+    said = bench_report.cnn_precision("ppo", "cpu", ("algo.precision=fp32",))
     assert "as its label says" in said
     monkeypatch.setattr(base, "cpu_bf16_units", lambda: None)
-    assert "float32 (no bfloat16 units" in bench_report.cnn_precision("cpu")
+    assert "float32 (no bfloat16 units" in bench_report.cnn_precision("ppo", "cpu")
