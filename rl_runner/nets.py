@@ -46,8 +46,9 @@ class ParallelMLP(nn.Module):
                 bound = 1.0 / math.sqrt(a)
                 nn.init.uniform_(w, -bound, bound)
                 nn.init.uniform_(bias, -bound, bound)
-            for j in range(k if init == "orthogonal" else 0):
-                nn.init.orthogonal_(w[j].T, gain=out_gains[j] if last else hidden_gain)
+            else:
+                for j in range(k):
+                    nn.init.orthogonal_(w[j].T, gain=out_gains[j] if last else hidden_gain)
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(bias))
         # plain list: indexing a ParameterList costs ~5 us per access in the hot loop
