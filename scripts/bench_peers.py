@@ -11,16 +11,19 @@ CLASSES = {"ppo": "PPO", "trpo": "TRPO", "sac": "SAC", "dqn": "DQN", "td3": "TD3
            "ddpg": "DDPG", "a2c": "A2C"}
 
 
-def linear(start: float):
-    """RL Zoo's lin_<x>: progress_remaining goes 1 -> 0."""
-    return lambda progress_remaining: progress_remaining * start
+def linear(start: float, steps: int, horizon: int | None = None):
+    """RL Zoo's lin_<x> for a run of `steps` (SB3's progress_remaining goes 1 -> 0 over them),
+    decaying over `horizon` steps where that is longer (rl-runner's algo.anneal_steps)."""
+    share = steps / max(steps, horizon or 0)
+    return lambda progress_remaining: start * (1.0 - (1.0 - progress_remaining) * share)
 
 
-def peer_model(task, env, seed: int, torch, device: str = "cpu"):
-    """The peer library's model for `task` on the vector env `env`."""
+def peer_model(task, env, seed: int, torch, steps: int, device: str = "cpu"):
+    """The peer library's model for `task`, run for `steps` env steps, on the vector env `env`."""
     hp, name = task.algo, task.algo_name
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[hp.get("activation", "tanh")]
-    lr = linear(hp["lr"]) if hp["anneal_lr"] else hp["lr"]
+    horizon = hp.get("anneal_steps")
+    lr = linear(hp["lr"], steps, horizon) if hp["anneal_lr"] else hp["lr"]
     common = {"seed": seed, "device": device, "verbose": 0}
     policy = "CnnPolicy" if task.atari else "MlpPolicy"
     two_nets = {"net_arch": {"pi": list(hp.get("hidden_sizes", [])),
@@ -37,7 +40,8 @@ def peer_model(task, env, seed: int, torch, device: str = "cpu"):
             policy, env, n_steps=hp["n_steps"], batch_size=hp["batch_size"],
             n_epochs=hp["n_epochs"], gamma=hp["gamma"], gae_lambda=hp["gae_lambda"],
             ent_coef=hp["ent_coef"], learning_rate=lr,
-            clip_range=linear(hp["clip_coef"]) if hp["anneal_clip"] else hp["clip_coef"],
+            clip_range=(linear(hp["clip_coef"], steps, horizon) if hp["anneal_clip"]
+                        else hp["clip_coef"]),
             vf_coef=hp["vf_coef"], max_grad_norm=hp["max_grad_norm"],
             normalize_advantage=hp["norm_adv"], target_kl=hp["kl_early_stop"],
             policy_kwargs=kwargs, **common)

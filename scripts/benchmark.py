@@ -208,7 +208,7 @@ def sb3_child(spec: dict) -> None:
         torch.set_num_threads(spec["threads"])
     task, seed, steps = TASKS[spec["task"]], spec["seed"], spec["steps"]
     env = peer_env(task, seed)
-    model = peer_model(task, env, seed, torch, spec.get("device", "cpu"))
+    model = peer_model(task, env, seed, torch, steps, spec.get("device", "cpu"))
     act = peer_policy(task, model, env, spec.get("eval_deterministic", True))
     evaluator = peer_evaluator(task, spec["eval_episodes"], seed + 10_000)
     # the same schedule as rl-runner's Trainer: after the update that reaches next_eval

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -102,7 +104,7 @@ def test_peer_models_take_the_tasks_hyperparameters():
     task = bench_tasks.TASKS["ppo-hopper"]
     pytest.importorskip("mujoco")
     env = bench_tasks.peer_env(task, 0)
-    model = bench_peers.peer_model(task, env, 0, torch)
+    model = bench_peers.peer_model(task, env, 0, torch, 1_000_000)
     assert type(env).__name__ == "VecNormalize" and env.gamma == 0.99
     assert model.n_steps == 2048 and model.batch_size == 64 and model.n_epochs == 10
     assert model.lr_schedule(0.5) == pytest.approx(1.5e-4)  # anneal_lr: linear to 0
@@ -121,13 +123,35 @@ def test_new_peer_models_take_the_tasks_hyperparameters(name, attrs):
     pytest.importorskip("stable_baselines3")
     task = bench_tasks.TASKS[name]
     env = bench_tasks.peer_env(task, 0)
-    model = bench_peers.peer_model(task, env, 0, torch)
+    model = bench_peers.peer_model(task, env, 0, torch, task.total_steps)
     assert {k: getattr(model, k) for k in attrs} == attrs
     if name == "td3-pendulum":  # Gaussian exploration noise with the task's std
         assert model.action_noise is not None and model.action_noise._sigma.tolist() == [0.1]
     if name == "a2c-cartpole":
         assert type(model.policy.optimizer).__name__ == "RMSprop"
     env.close()
+
+
+@pytest.mark.parametrize("steps", [102_400, 10_000_000, 20_000_000])
+def test_the_peer_anneals_breakout_over_the_zoos_budget_as_rl_runner_does(steps):
+    pytest.importorskip("stable_baselines3")
+    pytest.importorskip("ale_py")
+    from rl_runner.algos.ppo import PPO
+
+    task = bench_tasks.TASKS["ppo-breakout"]
+    env = bench_tasks.peer_env(task, 0)
+    model = bench_peers.peer_model(task, env, 0, torch, steps)
+    env.close()
+    frames = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    ours = PPO(observation_space=frames, action_space=gym.spaces.Discrete(4), n_envs=8,
+               total_steps=steps, **task.algo)
+    for done in (0, steps // 2, steps - 1024):
+        ours.env_steps = done
+        remaining = 1.0 - done / steps  # SB3's progress_remaining
+        assert model.lr_schedule(remaining) == pytest.approx(ours.current_lr())
+        assert model.clip_range(remaining) == pytest.approx(ours.current_clip())
+    if steps < 10_000_000:  # the start of the Zoo's 10M-step schedule, nearly the initial lr
+        assert ours.current_lr() > 0.98 * task.algo["lr"]
 
 
 def test_sb3_plays_whole_atari_games():

@@ -112,7 +112,8 @@ class OnPolicyAlgorithm(OnPolicy):
                  n_steps: PositiveInt = 2048, activation: Activation = "tanh",
                  log_std_init: float = 0.0, normalize_obs: bool = False,
                  normalize_reward: bool = False, max_grad_norm: NonNegativeFloat = 0.5,
-                 anneal_lr: bool = False, ent_coef: NonNegativeFloat = 0.0,
+                 anneal_lr: bool = False, anneal_steps: PositiveInt | None = None,
+                 ent_coef: NonNegativeFloat = 0.0,
                  vf_coef: NonNegativeFloat = 0.5, norm_adv: bool = True,
                  backend: Backend = "auto", encoder: EncoderKind = "auto",
                  cnn_channels: Sizes = (32, 64, 64), cnn_kernels: Sizes = (8, 4, 3),
@@ -120,6 +121,8 @@ class OnPolicyAlgorithm(OnPolicy):
                  precision: Precision = "auto", device: torch.device = torch.device("cpu")):
         self.n_steps, self.n_envs, self.total_steps = n_steps, n_envs, total_steps
         self.lr, self.gamma, self.anneal_lr = lr, gamma, anneal_lr
+        # the schedules' horizon: a run shorter than anneal_steps is the start of that run
+        self.anneal_steps = max(total_steps, anneal_steps or 0)
         self.max_grad_norm, self.ent_coef, self.vf_coef = max_grad_norm, ent_coef, vf_coef
         self.norm_adv = norm_adv
         self.device = torch.device(device)
@@ -236,7 +239,9 @@ class OnPolicyAlgorithm(OnPolicy):
 
     # ---- learning helpers ---------------------------------------------------------------------
     def progress(self) -> float:
-        return min(1.0, self.env_steps / max(1, self.total_steps))
+        """How far the annealed schedules (anneal_lr, ppo's anneal_clip) have gone, 0 -> 1: over
+        the budget, or over anneal_steps where that is longer."""
+        return min(1.0, self.env_steps / max(1, self.anneal_steps))
 
     def current_lr(self) -> float:
         lr = self.lr * (1.0 - self.progress()) if self.anneal_lr else self.lr

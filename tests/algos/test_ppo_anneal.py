@@ -39,6 +39,20 @@ def test_the_clip_range_decays_linearly_to_zero_over_the_budget():
     assert [steady.update(batch)["charts/clip_coef"] for _ in range(2)] == [0.3, 0.3]
 
 
+@pytest.mark.parametrize("anneal_steps, clips", [
+    (8 * ROLLOUT, [0.3, 0.2625, 0.225, 0.1875, 0.15]),  # the first half of an 8-update schedule
+    (2 * ROLLOUT, [0.3, 0.225, 0.15, 0.075, 0.0]),  # shorter than the budget: the budget's
+])
+def test_anneal_steps_sets_the_schedules_horizon(anneal_steps, clips):
+    algo = make_ppo(anneal_clip=True, anneal_lr=True, anneal_steps=anneal_steps)
+    batch = collect(algo, "CartPole-v1", 2)
+    lrs = []
+    for want in clips:
+        lrs.append(algo.current_lr())
+        assert algo.update(batch)["charts/clip_coef"] == pytest.approx(want)
+    assert lrs == pytest.approx([3e-3 * c / 0.3 for c in clips])
+
+
 @pytest.mark.parametrize("clip_vloss", [False, True])
 def test_an_annealed_update_is_the_update_with_the_reduced_clip(clip_vloss):
     """Halfway through the budget, anneal_clip with clip_coef 0.3 updates exactly as clip_coef
