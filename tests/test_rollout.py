@@ -140,6 +140,25 @@ def test_evaluator_runs_the_requested_episodes_reproducibly(episodes, max_envs):
     assert first["return_mean"] == first["length_mean"]  # 1 reward per step
 
 
+@pytest.mark.parametrize("episodes,max_envs", [(3, 20), (5, 2)])
+def test_evaluator_steps_only_the_envs_still_playing(episodes, max_envs):
+    """Every env step the policy is asked for belongs to an episode that is counted: an env
+    whose quota is done waits for the others instead of playing on."""
+    ev = Evaluator("CartPole-v1", episodes, seed=7, max_envs=max_envs)
+    sizes = []
+
+    def policy(obs):
+        sizes.append(len(obs))
+        return lean_policy(obs)
+
+    try:
+        result = ev.run(policy)
+    finally:
+        ev.close()
+    assert sum(sizes) == result["length_mean"] * episodes
+    assert sizes[0] == min(episodes, max_envs) > sizes[-1] == 1
+
+
 def test_evaluator_matches_single_env_episodes():
     """One episode per env: env i is seeded with seed + i (gymnasium's vector reset)."""
     ev = Evaluator("CartPole-v1", 3, seed=50)
