@@ -100,6 +100,9 @@ class NatureCNN(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)  # uint8 here: a quarter of the bytes
         if x.dtype == torch.uint8:  # to float32 in [0, 1]: the same bits as torch.div(x, 255.0),
             x = x.to(torch.float32).div_(255.0)  # 2x faster (mixed-dtype division is slow)
+        # then to the weights' dtype: a no-op in float32 and under autocast (which casts the
+        # float32 input itself); a bfloat16 copy of the net gets autocast's input bits
+        x = x.to(self.linear.weight.dtype)
         return torch.relu(self.linear(self.convs(x)))
 
 

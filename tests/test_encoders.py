@@ -36,3 +36,31 @@ def test_the_cnn_sees_pixels_scaled_to_one_in_either_layout(shape):
     assert torch.equal(cnn(frames), want)
     assert float(cnn(torch.full((1, *shape), 255, dtype=torch.uint8)).sum()) == \
         float(cnn(torch.ones(1, *shape)).sum())
+
+
+def test_bf16_acting_copy_gives_autocasts_bits_and_follows_the_weights():
+    """CnnActorCritic.infer runs a bfloat16 copy of the net: the same outputs as the autocast
+    forward, remade when the version tag moves (and only then: the tag is the contract)."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from rl_runner.encoders import EncoderSpec
+    from rl_runner.nets import CnnActorCritic
+
+    torch.manual_seed(0)
+    space = gym.spaces.Box(0, 255, (4, 36, 36), np.uint8)
+    spec = EncoderSpec("cnn", (8, 16), (8, 4), (4, 2), 32)
+    net = CnnActorCritic(space, gym.spaces.Discrete(4), spec, precision="bf16")
+    frames = torch.randint(0, 256, (6, 4, 36, 36), dtype=torch.uint8)
+    with torch.inference_mode():
+        for version in (0, 1):
+            want = net(frames)
+            got = net.infer(frames, version)
+            assert all(torch.equal(g, w) for g, w in zip(got, want))
+            with torch.inference_mode(False), torch.no_grad():
+                net.encoder.linear.weight.mul_(1.5)  # what an optimizer step does
+        stale = net.infer(frames, 1)  # the tag did not move: the copy is kept
+        assert torch.equal(stale[0], got[0]) and not torch.equal(stale[0], net(frames)[0])
+        assert torch.equal(net.infer(frames, 2)[0], net(frames)[0])
+    assert all(k.startswith(("encoder", "actor", "critic")) for k in net.state_dict())

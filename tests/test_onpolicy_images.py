@@ -200,6 +200,30 @@ def test_bf16_runs_the_cnn_in_bfloat16():
     assert all(p.dtype == torch.float32 for p in bf16.net.parameters())
 
 
+@pytest.mark.parametrize("cls", [PolicyGradient, PPO])
+def test_bf16_acting_follows_every_update_and_load(cls, envs):
+    """The rollout acts through infer's bfloat16 copy of the net: after an update, and after
+    a checkpoint's weights are loaded, it gives what the net itself gives now."""
+    algo = image_algo(cls, precision="bf16")
+    collector = RolloutCollector(envs, algo.n_steps, 0)
+    frames = np.random.default_rng(1).integers(0, 256, (8, 4, 12, 12), dtype=np.uint8)
+
+    def agrees() -> bool:
+        with torch.inference_mode():
+            out, v = algo.net(algo.obs_tensor(frames))
+        got_out, got_v = algo.outputs(frames)
+        return np.array_equal(got_out, out.numpy()) and np.array_equal(got_v, v.numpy())
+
+    start = image_algo(cls, precision="bf16").state_dict()
+    other = {**start, "net": {k: v * 1.5 for k, v in start["net"].items()}}
+    for _ in range(2):
+        algo.update(collector.collect(algo)[0])
+        assert agrees()
+    for state in (start, other):  # two loads at the same optimizer step
+        algo.load_state_dict(state)
+        assert agrees()
+
+
 @pytest.mark.parametrize("units, cls, space, device, expect", [
     ("AVX512-BF16", PPO, FRAMES, "cpu", True),
     ("AMX-BF16", PolicyGradient, FRAMES, "cpu", True),

@@ -104,7 +104,10 @@ class OnPolicyAlgorithm(OnPolicy):
     """
 
     shared_encoder: ClassVar[bool] = True  # a CNN encoder shared by actor and critic
-    bf16_ok: ClassVar[bool] = True  # algo.precision=bf16 allowed (trpo: not)
+    # algo.precision=bf16 allowed (trpo: not). Its acting copy (CnnActorCritic.infer) is made
+    # again after an optimizer step or a load: an algorithm that moves the weights otherwise
+    # must not allow it
+    bf16_ok: ClassVar[bool] = True
 
     def __init__(self, *, observation_space: gym.Space, action_space: gym.Space, n_envs: int,
                  total_steps: int, seed: int = 0, lr: NonNegativeFloat = 3e-4,
@@ -162,6 +165,7 @@ class OnPolicyAlgorithm(OnPolicy):
             self.low, self.high = action_space.low, action_space.high
         self.env_steps = 0
         self.grad_steps = 0
+        self.weight_loads = 0  # load_state_dict calls: with optimizer steps, infer's version
 
     def preferred_threads(self, cores: int) -> int:
         """trainer.torch_threads=auto: one thread for the MLPs (small ops), every usable core for
@@ -199,7 +203,9 @@ class OnPolicyAlgorithm(OnPolicy):
         if self.kernel is not None:
             return self.forward(policy_obs)
         with torch.inference_mode():
-            out, v = self.net(self.obs_tensor(policy_obs))
+            # the weights change by an optimizer step or a load: their tag for infer's copy
+            out, v = self.net.infer(self.obs_tensor(policy_obs),
+                                    (self.optimizer.steps, self.weight_loads))
             both = torch.cat([out, v[:, None]], 1).cpu().numpy()
         return both[:, :-1], both[:, -1]
 
@@ -304,6 +310,7 @@ class OnPolicyAlgorithm(OnPolicy):
                 "grad_steps": self.grad_steps}
 
     def load_state_dict(self, state: dict) -> None:
+        self.weight_loads += 1
         self.net.load_state_dict(state["net"])  # in place: the kernel's views stay valid
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]
