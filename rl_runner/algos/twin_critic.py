@@ -92,9 +92,10 @@ class TwinCritic:
     with their Adam on one flat buffer and a Polyak-averaged target."""
 
     def __init__(self, in_dim: int, hidden_sizes: list[int], out_dim: int, *, activation: str,
-                 lr: float, tau: float, k: int = 2, device: torch.device | None = None):
+                 lr: float, tau: float, k: int = 2, device: torch.device | None = None,
+                 init: str = "orthogonal"):
         self.net = ParallelMLP(in_dim, list(hidden_sizes), out_dim, k=k, activation=activation,
-                               out_gains=(1.0,) * k)
+                               out_gains=(1.0,) * k, init=init)
         if device is not None:  # initialised on the CPU: the same weights on every device
             self.net.to(device)
         self.opt = FlatAdam(self.net.parameters(), lr=lr)

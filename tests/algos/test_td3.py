@@ -48,6 +48,7 @@ def test_target_is_the_clipped_double_q_of_the_smoothed_clipped_target_action():
     algo = make(action_space=BOX2, target_policy_noise=1.0, target_noise_clip=0.5)
     with torch.no_grad():  # the target actor near +1 in the first action: clipping happens
         algo.actor_target.net.biases[-1][0, 0, 0] = 1.5
+        algo.critics.target.net.biases[-1].zero_()  # the critics' order then varies by sample
     rng = np.random.default_rng(3)
     next_obs = rng.normal(size=(6, 3)).astype(np.float32)
     rewards, terminated = rng.normal(size=6).astype(np.float32), np.array([0, 1, 0, 0, 1, 0.0])
@@ -249,12 +250,13 @@ def test_exploration_noise_has_the_asked_std_and_stays_in_bounds():
     space = gym.spaces.Box(np.array([0.0, -1.0], np.float32), np.array([3.0, 5.0], np.float32))
     algo = make(action_space=space, action_noise=0.3)
     obs = np.zeros((20_000, 3), np.float32)
-    with torch.no_grad():
+    with torch.no_grad():  # a policy mean of 0: the clip to [-1, 1] hardly cuts the noise
+        algo.actor.weights[-1].zero_()
+        algo.actor.biases[-1].zero_()
         mu = algo._policy(algo.actor_layers, torch.from_numpy(obs)).numpy()
     explored = algo.explore(obs)
     assert np.abs(explored).max() <= 1.0  # the buffer keeps the policy space
-    inner = np.abs(mu) < 0.1  # near 0 the clip to [-1, 1] hardly cuts the noise
-    assert inner.all()
+    assert not mu.any()
     assert np.std(explored - mu) == pytest.approx(0.3, rel=0.03)
     env_actions = algo.act(obs[:512])
     assert (env_actions >= space.low).all() and (env_actions <= space.high).all()
@@ -360,3 +362,15 @@ def test_learns_pendulum_with_the_preset(algo, bar, tmp_path):
         finals.append(res["eval_return_mean"])
     print(f"{algo} pendulum finals, seeds 0-2: {finals}, mean {np.mean(finals):.1f}")
     assert np.mean(finals) >= bar, finals
+
+
+@pytest.mark.parametrize("cls", [TD3, DDPG])
+def test_td3_and_ddpg_start_from_nn_linears_init(cls):
+    """Actor and critics as the TD3 authors' code and SB3 start them: weights and biases
+    uniform in +-1/sqrt(fan_in), not the actor-critics' orthogonal init with zero biases."""
+    algo = make(cls, hidden_sizes=[64, 64])
+    for net in (algo.actor, algo.critics.net):
+        for w, b in net._layers:
+            bound = 1.0 / math.sqrt(w.shape[1])
+            assert 0.9 * bound < w.abs().max() <= bound
+            assert 0 < b.abs().max() <= bound
