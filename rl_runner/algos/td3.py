@@ -37,9 +37,9 @@ class TD3(OffPolicyAlgorithm):
     name = "td3"
     action_spaces = (gym.spaces.Box,)
     n_critics: ClassVar[int] = 2  # Q networks; the target takes their minimum
-    # nn.Linear's init for actor and critics, as the TD3 authors' code and SB3 start them: with
-    # the actor-critics' orthogonal init HalfCheetah seed 0 ended at 1270.6 at 100k steps on an
-    # AMD EPYC (Zen 4), SB3 at 4522.9 (docs/benchmarks.md, toolbox)
+    # nn.Linear's init for actor and critics, as the TD3 authors' code and SB3 start them (the
+    # actor-critics' orthogonal one: HalfCheetah seed 0 at 100k 1270.6 on a Zen 4; this one
+    # 3956.8 and 1239.8 in two runs; SB3 4522.9; docs/benchmarks.md, toolbox)
     init: ClassVar[str] = "torch"
 
     def __init__(self, *, lr: NonNegativeFloat = 1e-3, hidden_sizes: Sizes = (400, 300),
