@@ -390,11 +390,15 @@ class OffPolicyAlgorithm(OffPolicy):
         env_actions = self.action_center + self.action_scale * actions
         return env_actions.reshape(len(actions), *self.action_shape)
 
-    def current_lr(self, env_steps: int) -> float:
-        """lr, decayed linearly to 0 over the budget when anneal_lr (RL Zoo's lin_<lr>)."""
+    def lr_fraction(self, env_steps: int) -> float:
+        """What anneal_lr leaves of an lr at `env_steps`: 1 -> 0 linearly over the budget (RL
+        Zoo's lin_<lr>), 1 without it; for lr and an algorithm's own actor_lr alike."""
         if not self.anneal_lr:
-            return self.lr
-        return self.lr * max(0.0, 1.0 - env_steps / max(1, self.total_steps))
+            return 1.0
+        return max(0.0, 1.0 - env_steps / max(1, self.total_steps))
+
+    def current_lr(self, env_steps: int) -> float:
+        return self.lr * self.lr_fraction(env_steps)
 
 
 def explained_variance(pred: np.ndarray, target: np.ndarray) -> float:

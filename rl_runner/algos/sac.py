@@ -199,7 +199,7 @@ class SAC(OffPolicyAlgorithm):
         self.critics.opt.lr = self.alpha_opt.lr = lr
         if self.encoder is not None:
             self.encoder.opt.lr = lr
-        self.actor_opt.lr = lr if self.actor_lr is None else self.actor_lr * self._lr_fraction(
+        self.actor_opt.lr = lr if self.actor_lr is None else self.actor_lr * self.lr_fraction(
             batch.env_steps)
         if self.manual_grad:
             return self.box_step.update(batch, lr)
@@ -240,12 +240,6 @@ class SAC(OffPolicyAlgorithm):
         with torch.no_grad():
             return (features, features.detach(), self.encoder.net(next_obs),
                     self.encoder.target.net(next_obs))
-
-    def _lr_fraction(self, env_steps: int) -> float:
-        """What anneal_lr leaves of an lr (as current_lr), for the actor's own actor_lr."""
-        if not self.anneal_lr:
-            return 1.0
-        return max(0.0, 1.0 - env_steps / max(1, self.total_steps))
 
     def _alpha(self) -> torch.Tensor:
         if not self.learn_alpha:

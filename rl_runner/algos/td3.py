@@ -159,8 +159,7 @@ class TD3(OffPolicyAlgorithm):
         if self.actor_lr is None:
             self.actor_opt.lr = lr
         else:  # decayed as lr is (anneal_lr)
-            left = 1.0 - batch.env_steps / max(1, self.total_steps) if self.anneal_lr else 1.0
-            self.actor_opt.lr = self.actor_lr * max(0.0, left)
+            self.actor_opt.lr = self.actor_lr * self.lr_fraction(batch.env_steps)
         obs, actions, next_obs, rewards = (self._tensor(x) for x in (
             batch.obs, batch.actions, batch.next_obs, batch.rewards))
         discount_GB = self.gamma * (1.0 - self._tensor(batch.terminated))
