@@ -50,6 +50,7 @@ class NarrowOutput(torch.autograd.Function):
 
 
 NARROW = 8  # output widths up to this go through NarrowOutput
+IN_PLACE = {torch.relu: torch.relu_, torch.tanh: torch.tanh_}
 
 
 def mlp_forward(layers: list, act, x_BI: torch.Tensor,
@@ -58,6 +59,8 @@ def mlp_forward(layers: list, act, x_BI: torch.Tensor,
     `hidden`, when given, receives each hidden layer's output [K, B, H]."""
     w, _ = layers[0]
     h = x_BI.unsqueeze(0).expand(w.shape[0], *x_BI.shape)
+    if not torch.is_grad_enabled():  # the activation in place: one allocation less a layer
+        act = IN_PLACE.get(act, act)
     for w, b in layers[:-1]:
         h = act(torch.baddbmm(b, h, w))
         if hidden is not None:
