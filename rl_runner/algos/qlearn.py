@@ -24,6 +24,8 @@ an MLP Q-network only (no encoder, no critic_penalty).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -126,10 +128,12 @@ class QLearner:
         return (self.gamma if steps is None else self.gamma ** steps) * (1.0 - terminated)
 
     def bootstrap(self, target, online, next_obs: torch.Tensor, rewards_B: torch.Tensor,
-                  discount_B: torch.Tensor) -> torch.Tensor:
+                  discount_B: torch.Tensor, q_next_BA: torch.Tensor | None = None) -> torch.Tensor:
         """r + discount Q-target(s', a') from the forwards `target` and `online` (obs to the
-        network's outputs); call without autograd."""
-        q_next_BA = self.q_values(target, next_obs)[0]
+        network's outputs), or from Q-target(s', .) given as `q_next_BA`; call without
+        autograd."""
+        if q_next_BA is None:
+            q_next_BA = self.q_values(target, next_obs)[0]
         if self.double_q:
             best_B1 = self.q_values(online, next_obs)[0].argmax(-1, keepdim=True)
             q_next_B = q_next_BA.gather(1, best_B1)[:, 0]
@@ -154,18 +158,19 @@ class QLearner:
         discount = self.discount(tensor(batch.terminated), tensor(batch.steps))
         q_GB = torch.empty(G, B, device=dev)  # Q(s, a) of each step's online network
         err_GB = torch.empty(G, B, device=dev)  # Q(s, a) - y
-        rows = zip(obs.unbind(0), next_obs.unbind(0), actions.unbind(0), rewards.unbind(0),
-                   discount.unbind(0), q_GB.unbind(0), err_GB.unbind(0))
+        target = self.targets(next_obs, rewards, discount)
         if self.manual:
             pick_GBO = self.picker(actions)
             scaled_GBO = pick_GBO * (1.0 / B if weights is None else weights[..., None] / B)
             with torch.no_grad(), FlushDenormals():
-                for row, pick, scaled in zip(rows, pick_GBO.unbind(0), scaled_GBO.unbind(0)):
-                    self.manual_step(*row, pick, scaled)
+                for g in range(G):
+                    self.manual_step(obs[g], target(g), q_GB[g], err_GB[g], pick_GBO[g],
+                                     scaled_GBO[g])
             extras = []
         else:
-            extras = [self.autograd_step(*row, None if weights is None else weights[g])
-                      for g, row in enumerate(rows)]
+            extras = [self.autograd_step(obs[g], next_obs[g], actions[g], target(g), q_GB[g],
+                                         err_GB[g], None if weights is None else weights[g])
+                      for g in range(G)]
         with torch.no_grad():
             huber_GB = F.smooth_l1_loss(err_GB, torch.zeros_like(err_GB), reduction="none")
             loss = huber_GB.mean() if weights is None else (weights * huber_GB).mean()
@@ -176,13 +181,33 @@ class QLearner:
             metrics[key] = sum(e[key] for e in extras) / len(extras)
         return metrics
 
-    def autograd_step(self, obs, next_obs, actions_B1, rewards_B, discount_B, q_B, err_B,
+    @torch.no_grad()
+    def targets(self, next_obs: torch.Tensor, rewards: torch.Tensor,
+                discount: torch.Tensor) -> Callable[[int], torch.Tensor]:
+        """g -> the TD target y [B] of minibatch g of an update ([G, B, ...] tensors), called
+        just before step g. Where the target network stands still through the update (dqn:
+        not target_every_step) its Q(s', .) for all G minibatches come from one forward, as
+        does y without double_q (whose argmax reads each step's online network)."""
+        target, online = ((self.target_forward, self.online_forward) if self.manual
+                          else (self.target.net, self.net))
+        q_next_GBA = None
+        if not self.target_every_step:  # else the target moves after every step
+            G, B = rewards.shape
+            q_next_GBA = self.q_values(target, next_obs.flatten(0, 1))[0].unflatten(0, (G, B))
+            if not self.double_q:
+                return (rewards + discount * q_next_GBA.max(-1).values).__getitem__
+
+        @torch.no_grad()
+        def step_target(g: int) -> torch.Tensor:
+            return self.bootstrap(target, online, next_obs[g], rewards[g], discount[g],
+                                  None if q_next_GBA is None else q_next_GBA[g])
+        return step_target
+
+    def autograd_step(self, obs, next_obs, actions_B1, y_B, q_B, err_B,
                       weights_B) -> dict[str, float]:
         """One step through autograd (the reference, and the path of encoders and of learners
-        with a critic_penalty); writes Q(s, a) and the TD error into q_B and err_B and returns
-        the penalty's metrics."""
-        with torch.no_grad():
-            y_B = self.bootstrap(self.target.net, self.net, next_obs, rewards_B, discount_B)
+        with a critic_penalty) towards the TD target y_B; writes Q(s, a) and the TD error into
+        q_B and err_B and returns the penalty's metrics."""
         q_KBA = self.q_values(self.net, obs)
         q_KB = q_KBA.gather(2, actions_B1[None])[..., 0]
         if weights_B is None:
@@ -211,14 +236,11 @@ class QLearner:
             pick[..., n] = 1.0
         return pick
 
-    def manual_step(self, obs, next_obs, actions_B1, rewards_B, discount_B, q_B, err_B,
-                    pick_BO, scaled_BO) -> None:
-        """One step with the gradient by hand: the Huber loss's dL/dQ(s, a) is
-        clamp(Q(s, a) - y, -1, 1) / B (times the row's weight), through `pick` into the outputs,
-        then mlp_backward into the flat gradient. The actions are in `pick` (picker) and
-        `scaled` (pick x weight / B). Call without autograd."""
-        y_B = self.bootstrap(self.target_forward, self.online_forward, next_obs, rewards_B,
-                             discount_B)
+    def manual_step(self, obs, y_B, q_B, err_B, pick_BO, scaled_BO) -> None:
+        """One step towards the TD target y_B with the gradient by hand: the Huber loss's
+        dL/dQ(s, a) is clamp(Q(s, a) - y, -1, 1) / B (times the row's weight), through `pick`
+        into the outputs, then mlp_backward into the flat gradient. The actions are in `pick`
+        (picker) and `scaled` (pick x weight / B). Call without autograd."""
         hidden: list[torch.Tensor] = []
         out_1BO = mlp_forward(self.layers, self.act, obs, hidden)
         torch.sum(out_1BO[0] * pick_BO, -1, out=q_B)

@@ -111,6 +111,20 @@ def test_clipped_gradients_match_autograd():
     assert len(norms) == 3 * G and min(norms) > 0.05  # the clip acted on every step
 
 
+@pytest.mark.parametrize("double_q", [False, True])
+def test_a_target_that_stands_still_is_run_once_an_update_on_every_minibatch(double_q):
+    """dqn's target network does not move within an update: its forward runs once, on all G x B
+    next observations (the steps' results are checked against autograd above); cql's moves
+    after every step and runs once a step."""
+    for every_step, calls in ((False, [G * B]), (True, [B] * G)):
+        _, manual = pair(double_q=double_q, target_every_step=every_step)
+        rows = []
+        forward = manual.target_forward
+        manual.target_forward = lambda obs: rows.append(len(obs)) or forward(obs)
+        manual.update(batches()[0])
+        assert rows == calls
+
+
 def test_the_hand_written_gradient_is_refused_beside_a_critic_penalty():
     class Penalised(QLearner):
         def critic_penalty(self, obs_BD, next_obs_BD, q_KB, q_KBA):
