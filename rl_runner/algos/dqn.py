@@ -80,14 +80,13 @@ class DQN(OffPolicyAlgorithm):
         self.pending: tuple[np.ndarray, np.ndarray] | None = None  # new priorities
 
     def preferred_threads(self, cores: int) -> int:
-        """One thread, MLP or CNN (a CNN: Algorithm.preferred_threads says why). The cartpole
-        preset's update (256x256, batch 64, hand-written gradient) took 1.19 ms a gradient step
-        on one thread and 4.7 ms on two (best of 15 updates each, alternating in one process;
-        Intel Xeon, 2 cores shared with other work). One fixed count also keeps a seed's
-        numbers independent of timing: trainer.torch_threads=auto would otherwise switch
-        between 1 and 2 threads by timing them mid-run (threads.ThreadTuner), and the thread
-        count changes the updates' last bits."""
-        return 1
+        """Every core for an MLP with big matmuls (OffPolicyAlgorithm.matmul_threads: the
+        cartpole preset's 256x256 at batch 64 took 74 ms an update on two threads and 86 ms on
+        one, Zen 4), one for a CNN (Algorithm.preferred_threads). On that Zen 4 an update of
+        the preset came out bit for bit the same on one and on two threads; where the thread
+        count does change the last bits, a run whose ThreadTuner switched is not bit for bit
+        reproducible (README, Speed)."""
+        return 1 if self.image else self.matmul_threads(cores)
 
     # ---- schedules ----------------------------------------------------------------------------
     def epsilon(self, env_steps: int) -> float:

@@ -33,6 +33,7 @@ from torch import nn
 
 from rl_runner.algos.image_nets import EncodedMLP, obs_tensor, to_cpu
 from rl_runner.algos.mlp_grad import FlushDenormals, mlp_backward
+from rl_runner.algos.sac_math import HostActor
 from rl_runner.algos.twin_critic import PolyakTarget, cached_layers, mlp_forward
 from rl_runner.batches import ReplayBatch
 from rl_runner.nets import ParallelMLP
@@ -71,6 +72,9 @@ class QLearner:
             self.layers, self.target_layers = cached_layers(net), cached_layers(self.target.net)
             self.grads = [(w.grad, b.grad) for w, b in self.layers]
             self.relu, self.act, self.n_out = activation == "relu", net.act, n_actions + dueling
+        # greedy actions of the MLP on the CPU in numpy, as sac acts (sac_math.HostActor)
+        self.host_net = HostActor(self.layers, self.relu, None) \
+            if self.manual and self.device.type == "cpu" else None
         self.td_errors: np.ndarray | None = None  # |TD error| [G, B] of the last prioritized batch
 
     def preferred_threads(self, cores: int) -> int:
@@ -103,7 +107,11 @@ class QLearner:
 
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         """argmax_a Q(s, a), as indices from 0."""
-        return self.policy_q(obs).argmax(-1).cpu().numpy()
+        if self.host_net is None:
+            return self.policy_q(obs).argmax(-1).cpu().numpy()
+        out_BO = self.host_net.out(obs)
+        # dueling's V and mean_a A are the same for every action of a row: argmax_a A
+        return out_BO[:, :self.n_out - self.dueling].argmax(-1)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:

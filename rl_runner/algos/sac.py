@@ -31,11 +31,6 @@ from rl_runner.nets import ParallelMLP
 from rl_runner.optim import FlatAdam
 from rl_runner.params import Activation, NonNegativeFloat, PositiveFloat, PositiveInt, Sizes
 
-# multiply-adds in the widest hidden-layer matmul of a minibatch from which a second thread pays
-# off. Update time on this 2-core CPU, 1 thread vs 2 (Pendulum, best of 3 x 100 updates):
-# 64x64 nets, batch 64: 4.4 vs 4.7 ms; 64x64/256 and 128x128/64 (1M): 6.1 vs 5.9, 5.4 vs 4.9;
-# 128x128/256 and 256x256/64 (4.2M): 1.3x faster; 256x256/256 (16.8M): 26.7 vs 17.4 ms
-THREADS_FROM_MACS = 1 << 20
 
 
 class SAC(OffPolicyAlgorithm):
@@ -112,9 +107,7 @@ class SAC(OffPolicyAlgorithm):
     def preferred_threads(self, cores: int) -> int:
         if self.encoder is not None:  # a CNN: one thread (Algorithm.preferred_threads)
             return 1
-        h = self.hidden_sizes
-        macs = self.batch_size * max((a * b for a, b in zip(h, h[1:])), default=0)
-        return cores if macs >= THREADS_FROM_MACS else 1
+        return self.matmul_threads(cores)
 
     # ---- acting -------------------------------------------------------------------------------
     def _actor_out(self, obs_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -21,7 +21,7 @@ import torch
 from rl_runner.algos.base import OffPolicyAlgorithm
 from rl_runner.algos.image_nets import to_cpu
 from rl_runner.algos.mlp_grad import FlushDenormals, mlp_backward
-from rl_runner.algos.sac import THREADS_FROM_MACS
+from rl_runner.algos.sac_math import HostActor
 from rl_runner.algos.twin_critic import PolyakTarget, TwinCritic, cached_layers, mlp_forward
 from rl_runner.batches import ReplayBatch
 from rl_runner.encoders import is_image
@@ -70,6 +70,9 @@ class TD3(OffPolicyAlgorithm):
         self.actor_layers = cached_layers(self.actor)
         self.actor_target_layers = cached_layers(self.actor_target.net)
         self.act_fn = self.actor.act
+        # acting on the CPU: a numpy forward of the actor, as sac acts (sac_math.HostActor)
+        self.host_actor = HostActor(self.actor_layers, activation == "relu", None) \
+            if self.on_cpu else None
         self.critics = TwinCritic(self.obs_dim + self.action_dim, self.hidden_sizes, 1,
                                   activation=activation, lr=self.lr, tau=self.tau,
                                   k=self.n_critics, device=self.device, init=self.init)
@@ -84,10 +87,7 @@ class TD3(OffPolicyAlgorithm):
         self.last_actor_loss: float | None = None  # reported by updates without an actor step
 
     def preferred_threads(self, cores: int) -> int:
-        """Every core for big matmuls, as SAC (sac.THREADS_FROM_MACS); else one."""
-        h = self.hidden_sizes
-        macs = self.batch_size * max((a * b for a, b in zip(h, h[1:])), default=0)
-        return cores if macs >= THREADS_FROM_MACS else 1
+        return self.matmul_threads(cores)
 
     # ---- acting -------------------------------------------------------------------------------
     def _policy(self, layers: list, obs_BD: torch.Tensor) -> torch.Tensor:
@@ -104,18 +104,24 @@ class TD3(OffPolicyAlgorithm):
         return x if self.on_cpu else x.to(self.device)
 
     @torch.no_grad()
+    def mode(self, obs: np.ndarray) -> np.ndarray:
+        """The deterministic action mu(s) [B, A] of the actor, as a numpy array."""
+        if self.host_actor is not None:
+            return np.tanh(self.host_actor.out(obs))
+        return self._policy(self.actor_layers, self._obs(obs)).cpu().numpy()
+
     def explore(self, obs: np.ndarray) -> np.ndarray:
         """mu(s) plus N(0, action_noise^2) noise, clipped to the policy space [-1, 1]."""
-        a = self._policy(self.actor_layers, self._obs(obs))
-        if self.action_noise > 0:
-            a = (a + self.action_noise * self._randn(a.shape)).clamp_(-1.0, 1.0)
-        return a.cpu().numpy()
+        a = self.mode(obs)
+        if self.action_noise > 0:  # drawn from the learner's generator, as the targets' noise
+            noise = torch.randn(a.shape, generator=self.gen).numpy()
+            a = np.clip(a + np.float32(self.action_noise) * noise, -1.0, 1.0)
+        return a
 
-    @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         if not deterministic:
             return self.to_env(self.explore(obs))
-        return self.to_env(self._policy(self.actor_layers, self._obs(obs)).cpu().numpy())
+        return self.to_env(self.mode(obs))
 
     # ---- learning -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -105,11 +105,35 @@ def test_the_target_follows_every_target_update_interval_env_steps(tau):
     assert torch.allclose(q.target.flat, want)
 
 
-def test_one_torch_thread_even_for_the_presets_big_mlp():
-    """Measured (DQN.preferred_threads): one thread beat two at 256x256, batch 64; auto does
-    not time thread counts mid-run, which would make a seed's numbers depend on timing."""
-    assert make_dqn(hidden_sizes=[256, 256], batch_size=64).preferred_threads(2) == 1
-    assert make_dqn(hidden_sizes=[1024, 1024], batch_size=256).preferred_threads(16) == 1
+def test_every_core_for_the_presets_big_mlp_and_one_for_small_ones_and_cnns():
+    """DQN.preferred_threads: the cartpole preset (256x256, batch 64) updates faster on two
+    threads; a 64x64 net at batch 32 and a CNN take one."""
+    assert make_dqn(hidden_sizes=[256, 256], batch_size=64).preferred_threads(2) == 2
+    assert make_dqn(hidden_sizes=[64, 64], batch_size=32).preferred_threads(2) == 1
+    frames = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    assert make_dqn(observation_space=frames, hidden_sizes=[256, 256], batch_size=64,
+                    cnn_features=32).preferred_threads(2) == 1
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_greedy_actions_in_numpy_are_the_torch_networks_argmax(dueling):
+    """dqn acts through a numpy forward (HostActor) on the weights as they are after updates:
+    the same actions as argmax of the torch network's Q (dueling: of V + A - mean A)."""
+    algo = make_dqn(hidden_sizes=[32, 32], dueling=dueling, batch_size=16)
+    assert algo.learner.host_net is not None
+    obs = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)
+    for seed in range(3):
+        with torch.no_grad():
+            want = algo.learner.policy_q(obs).argmax(-1).numpy()
+        np.testing.assert_array_equal(algo.learner.greedy(obs), want)
+        np.testing.assert_array_equal(algo.act(obs, deterministic=True), want)
+        rng = np.random.default_rng(seed)
+        algo.update(ReplayBatch(rng.normal(size=(4, 16, 4)).astype(np.float32),
+                                rng.integers(0, 3, (4, 16, 1)).astype(np.float32),
+                                (10 * rng.normal(size=(4, 16))).astype(np.float32),
+                                np.zeros((4, 16), np.float32),
+                                rng.normal(size=(4, 16, 4)).astype(np.float32), 100))
+    assert len(set(want)) > 1
 
 
 # ---- the learner's options ----------------------------------------------------------------------

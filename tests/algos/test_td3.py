@@ -374,3 +374,24 @@ def test_td3_and_ddpg_start_from_nn_linears_init(cls):
             bound = 1.0 / math.sqrt(w.shape[1])
             assert 0.9 * bound < w.abs().max() <= bound
             assert 0 < b.abs().max() <= bound
+
+
+def test_acting_in_numpy_is_the_torch_actor_and_draws_the_same_noise():
+    """td3 acts through a numpy forward of its actor (HostActor) on the weights as they are
+    after updates: tanh(mu(s)) as the torch forward has it, and explore adds action_noise
+    times the learner generator's next normals, clipped to [-1, 1]."""
+    algo = make(action_noise=2.0)
+    assert algo.host_actor is not None
+    obs = np.random.default_rng(1).normal(size=(64, 3)).astype(np.float32)
+    for i in range(3):
+        with torch.no_grad():
+            want = algo._policy(algo.actor_layers, torch.from_numpy(obs)).numpy()
+        np.testing.assert_allclose(algo.mode(obs), want, rtol=1e-5, atol=1e-6)
+        state = algo.gen.get_state()
+        got = algo.explore(obs)
+        algo.gen.set_state(state)
+        noise = torch.randn(want.shape, generator=algo.gen).numpy()
+        np.testing.assert_allclose(got, np.clip(want + 2.0 * noise, -1, 1), rtol=1e-5,
+                                   atol=1e-6)
+        assert got.dtype == np.float32 and (np.abs(got) == 1).any()
+        algo.update(random_batch(algo, 2, seed=i))
