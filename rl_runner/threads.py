@@ -25,6 +25,11 @@ PROBE_UPDATES = 3  # updates timed per thread count in a probe (their median cou
 FIRST_INTERVAL = 5.0  # seconds between probes at first; doubled while the choice holds
 MAX_INTERVAL = 60.0
 GIVE_UP = 2.0  # a multi-thread update this many times the one-thread median ends the probe
+# the other count must be this many times faster to be switched to. On an idle machine a probe's
+# few updates measured one thread 1.16x faster and then two threads 1.57x faster (td3
+# halfcheetah, Zen 4, where two threads are ~1.6x faster): 6-14 switches a run, and for some
+# layer shapes each switch changes the updates' last bits, so same-seed runs parted ways
+SWITCH_MARGIN = 1.3
 
 
 def set_threads(n: int) -> None:
@@ -37,7 +42,8 @@ class ThreadTuner:
     """Runs each update with the thread count that measured fastest at the last probe.
 
     A probe times PROBE_UPDATES updates on one thread, then up to as many on `most` threads
-    (stopping at the first that is GIVE_UP times slower), and keeps the faster. Probes come
+    (stopping at the first that is GIVE_UP times slower), and switches to the other count only
+    where it was SWITCH_MARGIN times faster than the count in use. Probes come
     FIRST_INTERVAL seconds apart, the interval doubling up to MAX_INTERVAL while the choice
     stays the same. For sac with Box actions the thread count changes the updates' last bits,
     so a run whose count switched is not bit-for-bit reproducible (README, Speed)."""
@@ -75,6 +81,8 @@ class ThreadTuner:
         medians = {n: statistics.median(t) for n, t in self.times.items() if t}
         best = min(medians, key=medians.get)
         previous = self.chosen
+        if previous in medians and medians[best] * SWITCH_MARGIN > medians[previous]:
+            best = previous  # not clearly faster: stay
         self.interval = min(MAX_INTERVAL, self.interval * 2) if best == previous \
             else FIRST_INTERVAL
         if best != previous:

@@ -56,6 +56,22 @@ def test_a_busy_core_switches_to_one_thread_after_one_slow_update():
 
 
 
+def test_a_count_only_a_little_faster_does_not_take_over():
+    """Probe noise on an idle machine (either count within SWITCH_MARGIN of the other) leaves
+    the count in use alone, so that a run does not flip back and forth; a clear difference
+    still switches."""
+    for two_threads, want in ((0.0105, 2), (0.012, 2), (0.014, 1)):
+        machine = Machine({1: 0.010, 2: two_threads})
+        tuner = ThreadTuner(2, clock=machine.clock)
+        ran = run(tuner, machine, 60.0)
+        assert tuner.current == want, two_threads
+        assert ran.count(want) > 0.95 * len(ran)
+    machine.cost = {1: 0.010, 2: 0.009}  # two threads now 1.1x faster: one thread stays
+    run(tuner, machine, 130.0)
+    assert tuner.current == 1
+    threads.set_threads(1)
+
+
 def test_results_report_the_chosen_count_when_the_run_ends_inside_a_probe(tmp_path):
     from types import SimpleNamespace
 
