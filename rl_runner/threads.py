@@ -39,7 +39,7 @@ def set_threads(n: int) -> None:
 
 
 class ThreadTuner:
-    """Runs each update with the thread count that measured fastest at the last probe.
+    """Runs each update with the thread count the last probe chose.
 
     A probe times PROBE_UPDATES updates on one thread, then up to as many on `most` threads
     (stopping at the first that is GIVE_UP times slower), and switches to the other count only

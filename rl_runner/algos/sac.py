@@ -32,7 +32,6 @@ from rl_runner.optim import FlatAdam
 from rl_runner.params import Activation, NonNegativeFloat, PositiveFloat, PositiveInt, Sizes
 
 
-
 class SAC(OffPolicyAlgorithm):
     """Soft actor-critic with twin critics, target networks and automatic temperature.
 
