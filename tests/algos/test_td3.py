@@ -12,6 +12,7 @@ import torch
 
 from rl_runner.algos.mlp_grad import FlushDenormals
 from rl_runner.algos.td3 import DDPG, TD3
+from rl_runner.batches import ReplayBatch
 from rl_runner.errors import UserError
 from rl_runner.trainer import train
 from tests.algos.helpers import (CARTPOLE_OBS, PENDULUM_ACT, PENDULUM_OBS,
@@ -395,3 +396,60 @@ def test_acting_in_numpy_is_the_torch_actor_and_draws_the_same_noise():
                                    atol=1e-6)
         assert got.dtype == np.float32 and (np.abs(got) == 1).any()
         algo.update(random_batch(algo, 2, seed=i))
+
+
+@pytest.mark.parametrize("cls", [TD3, DDPG])
+def test_updates_match_sb3s_train_on_the_same_weights_and_batches(cls):
+    """SB3's TD3.train (DDPG: its subclass's settings) from the same weights on the same
+    minibatches ends at our actor, critics and targets: four critic steps, two (TD3) or four
+    (DDPG) actor steps and the targets' Polyak steps. Target smoothing noise is 0 on both sides
+    (each draws it from its own generator; tests above check ours)."""
+    pytest.importorskip("stable_baselines3")  # the bench extra, not the test extra
+    from stable_baselines3 import DDPG as SB3DDPG
+    from stable_baselines3 import TD3 as SB3TD3
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+    env = gym.make("Pendulum-v1")
+    extra = {"target_policy_noise": 0.0} if cls is TD3 else {}
+    sb3 = (SB3TD3 if cls is TD3 else SB3DDPG)(
+        "MlpPolicy", env, learning_rate=1e-2, tau=0.1, policy_kwargs=dict(net_arch=[16, 8]),
+        device="cpu", seed=0, **extra)
+    algo = make(cls, lr=1e-2, tau=0.1, hidden_sizes=[16, 8], batch_size=32, **extra)
+    ours = [(algo.actor, [sb3.actor.mu])]
+    critics = list(sb3.critic.q_networks)
+    ours.append((algo.critics.net, critics))
+    with torch.no_grad():  # ours: x @ W[k] + b[k]; theirs: W x + b
+        for net, seqs in ours:
+            for k, seq in enumerate(seqs):
+                linears = [m for m in seq if isinstance(m, torch.nn.Linear)]
+                for w, b, lin in zip(net.weights, net.biases, linears):
+                    w[k].copy_(lin.weight.T)
+                    b[k, 0].copy_(lin.bias)
+        algo.actor_target.flat.copy_(algo.actor_opt.flat)  # SB3's targets start as copies
+        algo.critics.target.flat.copy_(algo.critics.opt.flat)
+    rng = np.random.default_rng(0)
+    G, B = 4, 32
+    batch = ReplayBatch(rng.normal(size=(G, B, 3)).astype(np.float32),
+                        rng.uniform(-1, 1, (G, B, 1)).astype(np.float32),
+                        (3 * rng.normal(size=(G, B))).astype(np.float32),
+                        (rng.random((G, B)) < 0.2).astype(np.float32),
+                        rng.normal(size=(G, B, 3)).astype(np.float32), 0)
+    samples = iter(ReplayBufferSamples(*(torch.from_numpy(x[g]) for x in (
+        batch.obs, batch.actions, batch.next_obs, batch.terminated[..., None],
+        batch.rewards[..., None]))) for g in range(G))
+    sb3.replay_buffer.sample = lambda *args, **kwargs: next(samples)
+    sb3.set_logger(configure(None, []))
+    sb3.train(gradient_steps=G, batch_size=B)
+    algo.update(batch)
+    env.close()
+    pairs = [(algo.actor, [sb3.actor.mu]), (algo.actor_target.net, [sb3.actor_target.mu]),
+             (algo.critics.net, critics),
+             (algo.critics.target.net, list(sb3.critic_target.q_networks))]
+    for net, seqs in pairs:
+        for k, seq in enumerate(seqs[:net.k]):
+            linears = [m for m in seq if isinstance(m, torch.nn.Linear)]
+            for w, b, lin in zip(net.weights, net.biases, linears):
+                torch.testing.assert_close(w[k], lin.weight.T.detach(), rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(b[k, 0], lin.bias.detach(), rtol=1e-4, atol=1e-5)
+    assert not torch.equal(algo.actor_target.flat, algo.actor_opt.flat)  # the targets moved
