@@ -140,6 +140,10 @@ TASKS = {
         **COMMON["td3"], "lr": 1e-3, "learning_starts": 10_000, "action_noise": 0.1,
         "train_freq": 1, "gradient_steps": 1, "hidden_sizes": [400, 300]},
         from_zoo="HalfCheetah-v5 (the Zoo tuned v4)"),
+    "td3-hopper": Task("td3", "hopper", "Hopper-v5", 1, 1_000_000, {
+        **COMMON["td3"], "lr": 1e-3, "learning_starts": 10_000, "action_noise": 0.1,
+        "train_freq": 1, "gradient_steps": 1, "hidden_sizes": [400, 300]},
+        from_zoo="Hopper-v5 (the Zoo tuned v4)"),
 }
 
 assert all(name == task.key for name, task in TASKS.items())
