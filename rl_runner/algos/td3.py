@@ -70,15 +70,14 @@ class TD3(OffPolicyAlgorithm):
         self.actor_layers = cached_layers(self.actor)
         self.actor_target_layers = cached_layers(self.actor_target.net)
         self.act_fn = self.actor.act
-        # acting on the CPU: a numpy forward of the actor, as sac acts (sac_math.HostActor)
-        self.host_actor = HostActor(self.actor_layers, activation == "relu", None) \
-            if self.on_cpu else None
         self.critics = TwinCritic(self.obs_dim + self.action_dim, self.hidden_sizes, 1,
                                   activation=activation, lr=self.lr, tau=self.tau,
                                   k=self.n_critics, device=self.device, init=self.init)
         # critic 1 alone (views that stay valid: the optimizer steps its flat buffer in place)
         self.q1_layers = [(w[:1], b[:1]) for w, b in self.critics.layers]
         self.relu = activation == "relu"
+        # acting on the CPU: a numpy forward of the actor, as sac acts (sac_math.HostActor)
+        self.host_actor = HostActor(self.actor_layers, self.relu, None) if self.on_cpu else None
         # (weight, bias) gradient views into the optimizers' flat gradients, for mlp_backward
         self.actor_grads = [(w.grad, b.grad) for w, b in self.actor_layers]
         self.critic_grads = [(w.grad, b.grad) for w, b in self.critics.layers]
