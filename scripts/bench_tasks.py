@@ -87,6 +87,10 @@ TARGETS = {"ppo": "rl_runner.algos.ppo.PPO", "trpo": "rl_runner.algos.trpo.TRPO"
            "td3": "rl_runner.algos.td3.TD3", "ddpg": "rl_runner.algos.td3.DDPG",
            "a2c": "rl_runner.algos.a2c.A2C"}
 
+# the Zoo's one TD3 setting for its MuJoCo envs (hyperparams/td3.yml, &mujoco-defaults)
+TD3_MUJOCO = {**COMMON["td3"], "lr": 1e-3, "learning_starts": 10_000, "action_noise": 0.1,
+              "train_freq": 1, "gradient_steps": 1, "hidden_sizes": [400, 300]}
+
 # RL Zoo hyperparams/<algo>.yml
 TASKS = {
     "ppo-cartpole": Task("ppo", "cartpole", "CartPole-v1", 8, 100_000, {
@@ -136,14 +140,10 @@ TASKS = {
         **COMMON["td3"], "lr": 1e-3, "gamma": 0.98, "buffer_size": 200_000,
         "learning_starts": 10_000, "action_noise": 0.1, "train_freq": 1, "gradient_steps": 1,
         "hidden_sizes": [400, 300]}),
-    "td3-halfcheetah": Task("td3", "halfcheetah", "HalfCheetah-v5", 1, 1_000_000, {
-        **COMMON["td3"], "lr": 1e-3, "learning_starts": 10_000, "action_noise": 0.1,
-        "train_freq": 1, "gradient_steps": 1, "hidden_sizes": [400, 300]},
-        from_zoo="HalfCheetah-v5 (the Zoo tuned v4)"),
-    "td3-hopper": Task("td3", "hopper", "Hopper-v5", 1, 1_000_000, {
-        **COMMON["td3"], "lr": 1e-3, "learning_starts": 10_000, "action_noise": 0.1,
-        "train_freq": 1, "gradient_steps": 1, "hidden_sizes": [400, 300]},
-        from_zoo="Hopper-v5 (the Zoo tuned v4)"),
+    "td3-halfcheetah": Task("td3", "halfcheetah", "HalfCheetah-v5", 1, 1_000_000,
+                            TD3_MUJOCO, from_zoo="HalfCheetah-v5 (the Zoo tuned v4)"),
+    "td3-hopper": Task("td3", "hopper", "Hopper-v5", 1, 1_000_000, TD3_MUJOCO,
+                       from_zoo="Hopper-v5 (the Zoo tuned v4)"),
 }
 
 assert all(name == task.key for name, task in TASKS.items())
