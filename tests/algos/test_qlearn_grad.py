@@ -1,6 +1,7 @@
-"""QLearner's hand-written gradient (manual_backward, dqn's path) against its autograd path:
-from the same weights on the same minibatches, every option gives the same parameters, Adam
-moments, metrics and TD errors after several gradient steps."""
+"""QLearner's hand-written gradient (manual_backward, dqn's path; in torch ops and through the
+numpy MLPKernel) against its autograd path: from the same weights on the same minibatches, every
+option gives the same parameters, Adam moments, metrics and TD errors after several gradient
+steps."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,13 @@ from rl_runner.batches import ReplayBatch
 OBS, ACTIONS, G, B = 3, 4, 5, 16
 
 
-def pair(**kw) -> tuple[QLearner, QLearner]:
+@pytest.fixture(params=["torch", "numpy"])
+def kernel(request) -> bool:
+    """The hand-written step in torch ops, or through the numpy MLPKernel (dqn on the CPU)."""
+    return request.param == "numpy"
+
+
+def pair(numpy_kernel: bool = False, **kw) -> tuple[QLearner, QLearner]:
     """The autograd learner and the hand-written one, with the same initial weights."""
     args = dict(obs_dim=OBS, n_actions=ACTIONS, start=0, hidden_sizes=[32, 24], lr=3e-3,
                 gamma=0.9, tau=1.0, seed=0, double_q=False, target_every_step=False)
@@ -21,9 +28,11 @@ def pair(**kw) -> tuple[QLearner, QLearner]:
     learners = []
     for manual in (False, True):
         torch.manual_seed(0)
-        learners.append(QLearner(**args, manual_backward=manual))
+        learners.append(QLearner(**args, manual_backward=manual,
+                                 numpy_kernel=manual and numpy_kernel))
     auto, manual = learners
     assert not auto.manual and manual.manual
+    assert auto.kernel is None and (manual.kernel is not None) == numpy_kernel
     torch.testing.assert_close(auto.opt.flat, manual.opt.flat, rtol=0, atol=0)
     return auto, manual
 
@@ -85,25 +94,25 @@ def run_both(auto: QLearner, manual: QLearner, data: list[ReplayBatch]) -> None:
     {"dueling": True, "double_q": True, "activation": "tanh"},
     {"tau": 0.3, "target_every_step": True},
 ])
-def test_hand_written_steps_match_autograd(options):
-    auto, manual = pair(**options)
+def test_hand_written_steps_match_autograd(options, kernel):
+    auto, manual = pair(kernel, **options)
     run_both(auto, manual, batches())
 
 
-def test_n_step_discounts_match_autograd():
-    auto, manual = pair(double_q=True)
+def test_n_step_discounts_match_autograd(kernel):
+    auto, manual = pair(kernel, double_q=True)
     run_both(auto, manual, batches(steps=steps))
 
 
-def test_prioritized_weights_and_td_errors_match_autograd():
-    auto, manual = pair(dueling=True)
+def test_prioritized_weights_and_td_errors_match_autograd(kernel):
+    auto, manual = pair(kernel, dueling=True)
     data = batches(weights=weights, indices=indices, steps=steps)
     data[0].weights[0, :4] = 0.0  # rows that send no gradient at all
     run_both(auto, manual, data)
 
 
-def test_clipped_gradients_match_autograd():
-    auto, manual = pair(max_grad_norm=0.05)
+def test_clipped_gradients_match_autograd(kernel):
+    auto, manual = pair(kernel, max_grad_norm=0.05)
     norms = []
     clip = manual.opt.clip_grad_norm
     manual.opt.clip_grad_norm = lambda m: norms.append(clip(m)) or norms[-1]
