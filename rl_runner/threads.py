@@ -21,10 +21,10 @@ from threadpoolctl import threadpool_limits
 
 log = logging.getLogger("rl_runner")
 
-PROBE_UPDATES = 3  # updates timed per thread count in a probe (their median counts)
+PROBE_UPDATES = 3  # pairs of updates (one thread, then several) timed in a probe
 FIRST_INTERVAL = 5.0  # seconds between probes at first; doubled while the choice holds
 MAX_INTERVAL = 60.0
-GIVE_UP = 2.0  # a multi-thread update this many times the one-thread median ends the probe
+GIVE_UP = 2.0  # a multi-thread update this many times its one-thread pair ends the probe
 # the other count must be this many times faster to be switched to. On an idle machine a probe's
 # few updates measured one thread 1.16x faster and then two threads 1.57x faster (td3
 # halfcheetah, Zen 4, where two threads are ~1.6x faster): 6-14 switches a run, and for some
@@ -41,12 +41,17 @@ def set_threads(n: int) -> None:
 class ThreadTuner:
     """Runs each update with the thread count the last probe chose.
 
-    A probe times PROBE_UPDATES updates on one thread, then up to as many on `most` threads
-    (stopping at the first that is GIVE_UP times slower), and switches to the other count only
-    where it was SWITCH_MARGIN times faster than the count in use. Probes come
-    FIRST_INTERVAL seconds apart, the interval doubling up to MAX_INTERVAL while the choice
-    stays the same. For sac with Box actions the thread count changes the updates' last bits,
-    so a run whose count switched is not bit-for-bit reproducible (README, Speed)."""
+    A probe runs PROBE_UPDATES pairs of updates, each pair one update on one thread and the next
+    on `most` threads (stopping at the first `most` update GIVE_UP times slower than its
+    pair's), and switches to the other count only where the median of the pairs' ratios says
+    it is SWITCH_MARGIN times faster than the count in use. Pairs of neighbours in time
+    compare the counts under the same conditions: a machine that slowed down for a while in
+    the middle of a probe timed as blocks (three updates on one count, then three on the
+    other) made the later count look 1.6x slower (dqn cartpole, 74.7 against 116.9 ms, Zen 4
+    VM) and the run kept the slower count. Probes come FIRST_INTERVAL seconds apart, the
+    interval doubling up to MAX_INTERVAL while the choice stays the same. For sac with Box
+    actions the thread count changes the updates' last bits, so a run whose count switched is
+    not bit-for-bit reproducible (README, Speed)."""
 
     def __init__(self, most: int, clock: Callable[[], float] = time.perf_counter):
         self.most, self.clock = most, clock
@@ -59,7 +64,7 @@ class ThreadTuner:
     def run(self, update: Callable[..., Any], *args) -> Any:
         """`update(*args)`, timed when a probe is under way."""
         if not self.queue and self.clock() >= self.next_probe:
-            self.queue = [1] * PROBE_UPDATES + [self.most] * PROBE_UPDATES
+            self.queue = [1, self.most] * PROBE_UPDATES
             self.times = {1: [], self.most: []}
         if not self.queue:
             return update(*args)
@@ -71,21 +76,24 @@ class ThreadTuner:
         result = update(*args)
         seconds = self.clock() - start
         self.times[n].append(seconds)
-        if n == self.most and seconds > GIVE_UP * statistics.median(self.times[1]):
+        if n == self.most and seconds > GIVE_UP * self.times[1][-1]:
             self.queue.clear()  # under load: one slow update says enough
         if not self.queue:
             self._choose()
         return result
 
     def _choose(self) -> None:
-        medians = {n: statistics.median(t) for n, t in self.times.items() if t}
-        best = min(medians, key=medians.get)
+        # how many times slower `most` threads ran than one, pair by pair
+        ratio = statistics.median(m / one for one, m in zip(self.times[1], self.times[self.most]))
         previous = self.chosen
-        if previous in medians and medians[best] * SWITCH_MARGIN > medians[previous]:
-            best = previous  # not clearly faster: stay
+        if previous == self.most:
+            best = 1 if ratio > SWITCH_MARGIN else previous
+        else:
+            best = self.most if ratio * SWITCH_MARGIN < 1.0 else previous
         self.interval = min(MAX_INTERVAL, self.interval * 2) if best == previous \
             else FIRST_INTERVAL
         if best != previous:
+            medians = {n: statistics.median(t) for n, t in self.times.items() if t}
             log.info("torch threads: %d (an update took %s)", best, ", ".join(
                 f"{1e3 * m:.1f} ms on {n}" for n, m in sorted(medians.items())))
         self.chosen = best
