@@ -45,10 +45,10 @@ class ThreadTuner:
     on `most` threads (stopping at the first `most` update GIVE_UP times slower than its
     pair's), and switches to the other count only where the median of the pairs' ratios says
     it is SWITCH_MARGIN times faster than the count in use. Pairs of neighbours in time
-    compare the counts under the same conditions: a machine that slowed down for a while in
-    the middle of a probe timed as blocks (three updates on one count, then three on the
-    other) made the later count look 1.6x slower (dqn cartpole, 74.7 against 116.9 ms, Zen 4
-    VM) and the run kept the slower count. Probes come FIRST_INTERVAL seconds apart, the
+    compare the counts under the same conditions. Timed as blocks (three updates on one
+    count, then three on the other), a probe on a VM whose speed moves from minute to minute
+    read 74.7 ms on one thread and 116.9 on two where two threads are ~1.3x faster (dqn
+    cartpole, Zen 4), and the run kept one thread. Probes come FIRST_INTERVAL seconds apart, the
     interval doubling up to MAX_INTERVAL while the choice stays the same. For sac with Box
     actions the thread count changes the updates' last bits, so a run whose count switched is
     not bit-for-bit reproducible (README, Speed)."""
@@ -84,7 +84,8 @@ class ThreadTuner:
 
     def _choose(self) -> None:
         # how many times slower `most` threads ran than one, pair by pair
-        ratio = statistics.median(m / one for one, m in zip(self.times[1], self.times[self.most]))
+        ratio = statistics.median(m / max(one, 1e-12)
+                                  for one, m in zip(self.times[1], self.times[self.most]))
         previous = self.chosen
         if previous == self.most:
             best = 1 if ratio > SWITCH_MARGIN else previous
