@@ -65,7 +65,11 @@ def peer_model(task, env, seed: int, torch, steps: int, device: str = "cpu"):
     if name == "dqn":
         from stable_baselines3 import DQN
 
+        missing = [k for k in ("double_q", "dueling", "prioritized") if hp[k]]
+        if missing:  # SB3's DQN has n-step returns (n_steps), none of these
+            raise ValueError(f"SB3's DQN has no {', '.join(missing)}")
         return DQN(policy, env, target_update_interval=hp["target_update_interval"],
+                   n_steps=hp["n_step"],
                    exploration_fraction=hp["exploration_fraction"],
                    exploration_initial_eps=hp["exploration_initial_eps"],
                    exploration_final_eps=hp["exploration_final_eps"],

@@ -60,7 +60,7 @@ COMMON = {
             "gamma": 0.99, "train_freq": 1, "gradient_steps": 1, "ent_coef": None,
             "target_entropy": None, "alpha_init": 1.0, "anneal_lr": False,
             "hidden_sizes": [256, 256], "activation": "relu"},
-    # SB3's DQN: plain DQN (no double Q, dueling, n-step or prioritized replay)
+    # SB3's DQN: plain DQN (no double Q, dueling or prioritized replay; n-step returns as n_steps)
     "dqn": {"tau": 1.0, "exploration_initial_eps": 1.0, "max_grad_norm": 10.0,
             "double_q": False, "dueling": False, "n_step": 1, "prioritized": False,
             "anneal_lr": False, "activation": "relu"},
@@ -131,9 +131,11 @@ TASKS = {
         **COMMON["dqn"], "lr": 1e-3, "anneal_lr": True, "batch_size": 64,
         "buffer_size": 100_000, "learning_starts": 1000, "gamma": 0.99,
         "target_update_interval": 10, "train_freq": 256, "gradient_steps": 128,
-        "exploration_fraction": 0.16, "exploration_final_eps": 0.04, "hidden_sizes": [256, 256]},
+        "exploration_fraction": 0.16, "exploration_final_eps": 0.04, "hidden_sizes": [256, 256],
+        "n_step": 3},
         from_zoo="lr 1e-3 annealed to 0 (Zoo: 2.3e-3 constant, whose policy swings between 500 "
-        "and ~100 to the end), rl-runner's preset"),
+        "and ~100 to the end) and 3-step returns (Zoo: 1; 33 of 40 runs ended >= 475 with 1 step, "
+        "39 of 40 with 3), rl-runner's preset"),
     "a2c-cartpole": Task("a2c", "cartpole", "CartPole-v1", 8, 500_000, {
         **COMMON["a2c"], "lr": 7e-4, "anneal_lr": False, "n_steps": 5, "ent_coef": 0.0}),
     "td3-pendulum": Task("td3", "pendulum", "Pendulum-v1", 1, 20_000, {

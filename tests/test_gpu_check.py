@@ -3,6 +3,7 @@ algorithm's update is deterministic, and a difference is caught), and scripts/be
 tasks composing to the hyperparameters their SB3 side gets."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -114,7 +115,7 @@ def test_peer_models_take_the_tasks_hyperparameters():
 
 @pytest.mark.parametrize("name, attrs", [
     ("dqn-cartpole", {"target_update_interval": 10, "exploration_final_eps": 0.04,
-                      "gradient_steps": 128, "batch_size": 64}),
+                      "gradient_steps": 128, "batch_size": 64, "n_steps": 3}),
     ("a2c-cartpole", {"n_steps": 5, "gae_lambda": 1.0, "normalize_advantage": False}),
     ("td3-pendulum", {"policy_delay": 2, "target_policy_noise": 0.2, "gamma": 0.98,
                       "learning_starts": 10_000}),
@@ -129,6 +130,19 @@ def test_new_peer_models_take_the_tasks_hyperparameters(name, attrs):
         assert model.action_noise is not None and model.action_noise._sigma.tolist() == [0.1]
     if name == "a2c-cartpole":
         assert type(model.policy.optimizer).__name__ == "RMSprop"
+    env.close()
+
+
+@pytest.mark.parametrize("option", ["double_q", "dueling", "prioritized"])
+def test_the_dqn_peer_refuses_an_option_sb3s_dqn_lacks(option):
+    """SB3's DQN takes n-step returns (n_steps) but has none of these: a task asking for one
+    would compare different algorithms."""
+    pytest.importorskip("stable_baselines3")
+    task = bench_tasks.TASKS["dqn-cartpole"]
+    task = dataclasses.replace(task, algo={**task.algo, option: True})
+    env = bench_tasks.peer_env(task, 0)
+    with pytest.raises(ValueError, match=option):
+        bench_peers.peer_model(task, env, 0, torch, task.total_steps)
     env.close()
 
 
