@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from rl_runner.algos.twin_critic import NARROW
+from rl_runner.algos.twin_critic import NARROW, lowp_bmm
 
 
 class FlushDenormals:
@@ -34,15 +34,21 @@ class FlushDenormals:
 
 def mlp_backward(layers: list, relu: bool, x_BI: torch.Tensor, hidden: list,
                  g_KBO: torch.Tensor, grads: list | None = None,
-                 input_from: int | None = None) -> torch.Tensor | None:
+                 input_from: int | None = None,
+                 lowp: torch.dtype | None = None) -> torch.Tensor | None:
     """Backpropagate dLoss/d(output) [K, B, O] through the MLP of `layers` (cached (weight,
     bias) pairs of a ParallelMLP) whose mlp_forward on x [B, I] filled `hidden`. Writes the
     weight and bias gradients into `grads` ((weight, bias) gradient views) where given; returns
-    dLoss/dx[:, input_from:] [K, B, I - input_from] where input_from is given."""
+    dLoss/dx[:, input_from:] [K, B, I - input_from] where input_from is given. `lowp`: the
+    hidden-to-hidden layers' products in that dtype, as mlp_forward's (gradients float32)."""
     g = g_KBO
-    for i in range(len(layers) - 1, -1, -1):
+    last = len(layers) - 1
+    for i in range(last, -1, -1):
         w = layers[i][0]
         h_in = hidden[i - 1] if i else x_BI.unsqueeze(0).expand(w.shape[0], *x_BI.shape)
+        if lowp is not None and 0 < i < last:
+            g = _lowp_layer(w, h_in, g, None if grads is None else grads[i], relu, lowp)
+            continue
         if grads is not None:
             gw, gb = grads[i]
             if g.shape[-1] <= NARROW:  # dw^T = g^T h, the layout NarrowOutput takes
@@ -60,3 +66,17 @@ def mlp_backward(layers: list, relu: bool, x_BI: torch.Tensor, hidden: list,
             g = (torch.ops.aten.threshold_backward(g, h_in, 0) if relu
                  else torch.ops.aten.tanh_backward(g, h_in))
     return g
+
+
+def _lowp_layer(w: torch.Tensor, h_in: torch.Tensor, g: torch.Tensor, grads: tuple | None,
+                relu: bool, lowp: torch.dtype) -> torch.Tensor:
+    """mlp_backward's step through a hidden-to-hidden layer whose products run in `lowp`: its
+    weight gradient h^T g and the gradient at its input g w^T through the activation below."""
+    g_lp = g.to(lowp)
+    if grads is not None:
+        gw, gb = grads
+        gw.copy_(lowp_bmm(h_in.transpose(1, 2), g_lp, lowp))
+        torch.sum(g, 1, keepdim=True, out=gb)
+    g_in = lowp_bmm(g_lp, w.transpose(1, 2), lowp).float()
+    return (torch.ops.aten.threshold_backward(g_in, h_in, 0) if relu
+            else torch.ops.aten.tanh_backward(g_in, h_in))

@@ -50,19 +50,31 @@ class NarrowOutput(torch.autograd.Function):
 
 
 NARROW = 8  # output widths up to this go through NarrowOutput
+
+
+def lowp_bmm(a: torch.Tensor, b: torch.Tensor, lowp: torch.dtype) -> torch.Tensor:
+    """a @ b with both operands cast to `lowp` (bfloat16): oneDNN's kernels on a CPU with
+    bfloat16 units multiply in bfloat16 and accumulate in float32; the product comes back in
+    `lowp`, for its consumer to widen as it reads it."""
+    return torch.bmm(a.to(lowp), b.to(lowp))
 IN_PLACE = {torch.relu: torch.relu_, torch.tanh: torch.tanh_}
 
 
-def mlp_forward(layers: list, act, x_BI: torch.Tensor,
-                hidden: list | None = None) -> torch.Tensor:
+def mlp_forward(layers: list, act, x_BI: torch.Tensor, hidden: list | None = None,
+                lowp: torch.dtype | None = None) -> torch.Tensor:
     """ParallelMLP.forward over cached (weight, bias) pairs; output [K, B, out].
-    `hidden`, when given, receives each hidden layer's output [K, B, H]."""
+    `hidden`, when given, receives each hidden layer's output [K, B, H]. `lowp` (torch.bfloat16;
+    without autograd): the hidden-to-hidden products take their operands in that dtype, as
+    lowp_bmm does; the rest stays float32."""
     w, _ = layers[0]
     h = x_BI.unsqueeze(0).expand(w.shape[0], *x_BI.shape)
     if not torch.is_grad_enabled():  # the activation in place: one allocation less a layer
         act = IN_PLACE.get(act, act)
-    for w, b in layers[:-1]:
-        h = act(torch.baddbmm(b, h, w))
+    for i, (w, b) in enumerate(layers[:-1]):
+        if i and lowp is not None:  # the bias added in the same pass that makes float32
+            h = act(torch.add(b, lowp_bmm(h, w, lowp)))
+        else:
+            h = act(torch.baddbmm(b, h, w))
         if hidden is not None:
             hidden.append(h)
     w, b = layers[-1]
@@ -109,8 +121,8 @@ class TwinCritic:
         """Every critic's output [K, B, out]; `hidden` as in mlp_forward."""
         return mlp_forward(self.layers, self.net.act, x_BI, hidden)
 
-    def target_q(self, x_BI: torch.Tensor) -> torch.Tensor:
-        return mlp_forward(self.target_layers, self.net.act, x_BI)
+    def target_q(self, x_BI: torch.Tensor, lowp: torch.dtype | None = None) -> torch.Tensor:
+        return mlp_forward(self.target_layers, self.net.act, x_BI, lowp=lowp)
 
     def step(self, loss: torch.Tensor) -> None:
         """One Adam step of the critics on `loss`; the target follows in update_target."""
