@@ -52,6 +52,32 @@ def cnn_precision(algo: str, device: str, extra: tuple = ()) -> str:
     return f"rl-runner algo.precision=auto: {how}; SB3 float32"
 
 
+def update_precision(task, device: str, extra: tuple = ()) -> str | None:
+    """What td3's and ddpg's update products run in for these runs (base.
+    resolve_update_precision on this machine); None for the other algorithms."""
+    import torch
+
+    from rl_runner.algos import base
+
+    if task.algo_name not in ("td3", "ddpg"):
+        return None
+    if any(e.startswith("algo.precision=") for e in extra):
+        return "rl-runner as its label says; SB3 float32"
+    h, rows = task.algo["hidden_sizes"], task.algo["batch_size"]
+    macs = rows * max((a * b for a, b in zip(h, h[1:])), default=0)
+    got = base.resolve_update_precision("auto", torch.device(device), macs, task.algo_name)
+    units = base.cpu_bf16_units() if device == "cpu" else None
+    if got == "bf16":
+        how = f"bfloat16 hidden-to-hidden products (this CPU has {units})"
+    elif device != "cpu":
+        how = "float32 on a GPU"
+    elif units is None:
+        how = "float32 (no bfloat16 units on this CPU)"
+    else:
+        how = "float32 (hidden-to-hidden products under 2^24 multiply-adds)"
+    return f"rl-runner algo.precision=auto: {how}; SB3 float32"
+
+
 METHOD_SECTION = "speed-method"
 
 
@@ -227,6 +253,9 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
                      "game scores), the same number of games")
     if task.atari:
         lines.append(f"- precision: {cnn_precision(algo, device, getattr(args, 'extra', ()))}")
+    precision = update_precision(task, device, getattr(args, "extra", ()))
+    if precision:
+        lines.append(f"- precision: {precision}")
     if task.peer_policy:
         lines.append(f"- SB3 only (the Zoo's): policy_kwargs {task.peer_policy}")
     lines.append(f"- both: {', '.join(f'{k} {v}' for k, v in common.items())}")

@@ -296,3 +296,23 @@ def test_atari_sections_say_what_rl_runners_cnn_computes_in(monkeypatch):
     assert "as its label says" in said
     monkeypatch.setattr(base, "cpu_bf16_units", lambda: None)
     assert "float32 (no bfloat16 units" in bench_report.cnn_precision("ppo", "cpu")
+
+
+def test_td3_sections_say_what_its_update_products_run_in(monkeypatch):
+    """td3 and ddpg resolve algo.precision=auto per CPU and network size; the other
+    algorithms' MLP tasks have no such line."""
+    import bench_report
+    from bench_tasks import TASKS
+    from rl_runner.algos import base
+
+    monkeypatch.setattr(base, "cpu_bf16_units", lambda: "AVX512-BF16")
+    said = bench_report.update_precision(TASKS["td3-pendulum"], "cpu")
+    assert "bfloat16 hidden-to-hidden products (this CPU has AVX512-BF16)" in said
+    assert "float32 on a GPU" in bench_report.update_precision(TASKS["td3-pendulum"], "cuda")
+    extra = ("algo.precision=fp32",)
+    assert "as its label says" in bench_report.update_precision(TASKS["td3-pendulum"], "cpu",
+                                                                  extra)
+    assert bench_report.update_precision(TASKS["dqn-cartpole"], "cpu") is None
+    monkeypatch.setattr(base, "cpu_bf16_units", lambda: None)
+    said = bench_report.update_precision(TASKS["td3-pendulum"], "cpu")
+    assert "float32 (no bfloat16 units" in said

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rl_runner.algos.base import OffPolicyAlgorithm
+from rl_runner.algos.base import OffPolicyAlgorithm, Precision, resolve_update_precision
 from rl_runner.algos.image_nets import to_cpu
 from rl_runner.algos.mlp_grad import FlushDenormals, mlp_backward
 from rl_runner.algos.sac_math import HostActor
@@ -46,7 +46,7 @@ class TD3(OffPolicyAlgorithm):
                  activation: Activation = "relu", actor_lr: NonNegativeFloat | None = None,
                  policy_delay: PositiveInt = 2, target_policy_noise: NonNegativeFloat = 0.2,
                  target_noise_clip: NonNegativeFloat = 0.5,
-                 action_noise: NonNegativeFloat = 0.1,
+                 action_noise: NonNegativeFloat = 0.1, precision: Precision = "auto",
                  device: torch.device = torch.device("cpu"), **kwargs):
         super().__init__(lr=lr, hidden_sizes=hidden_sizes, **kwargs)
         space, actions = kwargs["observation_space"], kwargs["action_space"]
@@ -58,6 +58,10 @@ class TD3(OffPolicyAlgorithm):
                             "(it has no CNN); for images use algo=sac or algo=ppo")
         self.device = torch.device(device)
         self.on_cpu = self.device.type == "cpu"
+        self.precision = resolve_update_precision(precision, self.device, self.hidden_macs(),
+                                                  self.name)
+        # the update's hidden-to-hidden products (acting stays float32)
+        self.lowp = torch.bfloat16 if self.precision == "bf16" else None
         self.policy_delay, self.action_noise = policy_delay, action_noise
         self.target_policy_noise, self.target_noise_clip = target_policy_noise, target_noise_clip
         self.actor_lr = actor_lr  # None: the actor follows lr (and its annealing)
@@ -89,9 +93,10 @@ class TD3(OffPolicyAlgorithm):
         return self.matmul_threads(cores)
 
     # ---- acting -------------------------------------------------------------------------------
-    def _policy(self, layers: list, obs_BD: torch.Tensor) -> torch.Tensor:
+    def _policy(self, layers: list, obs_BD: torch.Tensor,
+                lowp: torch.dtype | None = None) -> torch.Tensor:
         """The deterministic action tanh(mu(s)) [B, A] of the actor whose layers are given."""
-        return torch.tanh(mlp_forward(layers, self.act_fn, obs_BD)[0])
+        return torch.tanh(mlp_forward(layers, self.act_fn, obs_BD, lowp=lowp)[0])
 
     def _obs(self, obs: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.asarray(obs, np.float32).reshape(len(obs), -1))
@@ -128,12 +133,13 @@ class TD3(OffPolicyAlgorithm):
                next_obs_BD: torch.Tensor) -> torch.Tensor:
         """y = r + gamma (1 - terminated) min_j Q'_j(s', clip(mu'(s') + clip(eps, -c, c), -1, 1)),
         eps ~ N(0, target_policy_noise^2) (Fujimoto et al. 2018, eq. 15 and Algorithm 1)."""
-        a_next = self._policy(self.actor_target_layers, next_obs_BD)
+        a_next = self._policy(self.actor_target_layers, next_obs_BD, self.lowp)
         if self.target_policy_noise > 0:
             c = self.target_noise_clip
             noise = (self.target_policy_noise * self._randn(a_next.shape)).clamp_(-c, c)
             a_next = (a_next + noise).clamp_(-1.0, 1.0)
-        q_next_KB = self.critics.target_q(torch.cat([next_obs_BD, a_next], -1))[..., 0]
+        q_next_KB = self.critics.target_q(torch.cat([next_obs_BD, a_next], -1),
+                                          self.lowp)[..., 0]
         return rewards_B + discount_B * q_next_KB.min(0).values
 
     @torch.no_grad()
@@ -143,10 +149,10 @@ class TD3(OffPolicyAlgorithm):
         and none of the critic's weight gradients that autograd would make."""
         hidden: list[torch.Tensor] = []
         x_BI = torch.cat([obs_BD, a_BA], -1)
-        q_1B1 = mlp_forward(self.q1_layers, self.act_fn, x_BI, hidden)
+        q_1B1 = mlp_forward(self.q1_layers, self.act_fn, x_BI, hidden, self.lowp)
         ones = torch.ones_like(q_1B1)
         g_1BA = mlp_backward(self.q1_layers, self.relu, x_BI, hidden, ones,
-                             input_from=self.obs_dim)
+                             input_from=self.obs_dim, lowp=self.lowp)
         return q_1B1[0, :, 0], g_1BA[0]
 
     @torch.no_grad()
@@ -188,10 +194,10 @@ class TD3(OffPolicyAlgorithm):
         critics' MSEs added); returns [loss, mean Q(s, a)]."""
         hidden: list[torch.Tensor] = []
         x_BI = torch.cat([obs_BD, actions_BA], -1)
-        q_KB1 = mlp_forward(self.critics.layers, self.act_fn, x_BI, hidden)
+        q_KB1 = mlp_forward(self.critics.layers, self.act_fn, x_BI, hidden, self.lowp)
         err_KB1 = q_KB1 - y_B[:, None]
         mlp_backward(self.critics.layers, self.relu, x_BI, hidden, err_KB1 * (2 / len(y_B)),
-                     grads=self.critic_grads)
+                     grads=self.critic_grads, lowp=self.lowp)
         self.critics.opt.step()
         return torch.stack([err_KB1.pow(2).mean(1).sum(), q_KB1.mean()])
 
@@ -200,10 +206,12 @@ class TD3(OffPolicyAlgorithm):
         the loss. Its gradient w.r.t. the actor's pre-tanh output u is -dQ_1/da (1 - a^2) / B,
         with dQ_1/da from q1_action_grad."""
         hidden: list[torch.Tensor] = []
-        a_BA = torch.tanh(mlp_forward(self.actor_layers, self.act_fn, obs_BD, hidden)[0])
+        a_BA = torch.tanh(mlp_forward(self.actor_layers, self.act_fn, obs_BD, hidden,
+                                      self.lowp)[0])
         q_B, dq_da_BA = self.q1_action_grad(obs_BD, a_BA)
         g_1BA = (dq_da_BA * (a_BA * a_BA - 1) * (1 / len(q_B)))[None]
-        mlp_backward(self.actor_layers, self.relu, obs_BD, hidden, g_1BA, grads=self.actor_grads)
+        mlp_backward(self.actor_layers, self.relu, obs_BD, hidden, g_1BA, grads=self.actor_grads,
+                     lowp=self.lowp)
         self.actor_opt.step()
         self.critics.update_target()
         self.actor_target.update()

@@ -3,12 +3,18 @@
 act in float32."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from rl_runner.algos import base
 from rl_runner.algos.mlp_grad import mlp_backward
+from rl_runner.algos.td3 import DDPG, TD3
 from rl_runner.algos.twin_critic import cached_layers, mlp_forward
 from rl_runner.nets import ParallelMLP
+from tests.algos.test_td3 import BOX2, RESUME_ARGS, TAGS, Reference, make, random_batch
+from tests.conftest import NUMBERS, read_results, read_scalars, run_cli
+from tests.test_resume import interrupt_when_checkpointed
 
 BF16 = torch.bfloat16
 
@@ -59,3 +65,74 @@ def test_an_mlp_without_hidden_to_hidden_products_keeps_float32s_bits():
     x, g = torch.randn(128, 6), torch.randn(2, 128, 1)
     for got, want in zip(forward_backward(net, x, g, BF16), forward_backward(net, x, g, None)):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("cls", [TD3, DDPG])
+def test_bf16_updates_follow_float32_autograd_closely_and_act_in_float32(cls):
+    """Four updates of a bf16 learner against plain float32 autograd (test_td3's Reference):
+    every parameter within a small tolerance, none of them float32's bits; acting reads the
+    float32 parameters, as the float32 learner's numpy forward does."""
+    algo = make(cls, BOX2, lr=3e-3, hidden_sizes=[64, 64], precision="bf16")
+    exact = make(cls, BOX2, lr=3e-3, hidden_sizes=[64, 64], precision="fp32")
+    assert (algo.precision, exact.precision) == ("bf16", "fp32")
+    ref = Reference(algo)
+    for i in range(4):
+        batch = random_batch(algo, algo.gradient_steps, seed=i)
+        ref.update(batch)
+        algo.update(batch)
+        exact.update(batch)
+    for mine, theirs, fp32 in ((algo.actor, ref.actor, exact.actor),
+                               (algo.critics.net, ref.critic, exact.critics.net)):
+        for a, b, c in zip(mine.parameters(), theirs.parameters(), fp32.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=3e-3 * 4)  # lr x steps at most
+            torch.testing.assert_close(c, b, rtol=1e-4, atol=1e-6)
+        assert any(not torch.equal(a, c) for a, c in zip(mine.parameters(), fp32.parameters()))
+    obs = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = torch.tanh(algo.actor(torch.from_numpy(obs))[0]).numpy()
+    np.testing.assert_allclose(algo.mode(obs), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("units, hidden, batch, device, want", [
+    ("AVX512-BF16", [400, 300], 256, "cpu", "bf16"),
+    ("AMX-BF16", [256, 256], 256, "cpu", "bf16"),  # 2^24 multiply-adds: the threshold
+    ("AVX512-BF16", [256, 256], 128, "cpu", "fp32"),
+    ("AVX512-BF16", [64, 64], 256, "cpu", "fp32"),
+    ("AVX512-BF16", [4096], 256, "cpu", "fp32"),  # no hidden-to-hidden product
+    (None, [400, 300], 256, "cpu", "fp32"),
+    ("AVX512-BF16", [400, 300], 256, "cuda", "fp32")])
+def test_auto_takes_bf16_for_large_products_on_a_cpu_with_bfloat16_units(
+        monkeypatch, units, hidden, batch, device, want):
+    monkeypatch.setattr(base, "cpu_bf16_units", lambda: units)
+    macs = batch * max((a * b for a, b in zip(hidden, hidden[1:])), default=0)
+    assert base.resolve_update_precision("auto", torch.device(device), macs, "td3") == want
+    for explicit in ("fp32", "bf16"):  # as asked, wherever
+        assert base.resolve_update_precision(explicit, torch.device(device), macs,
+                                             "td3") == explicit
+    if device == "cpu":
+        assert make(hidden_sizes=hidden, batch_size=batch).precision == want
+
+
+def test_a_precision_outside_the_allowed_ones_is_one_line_and_exit_2(tmp_path):
+    r = run_cli(["algo=td3", "env=pendulum", "algo.precision=fp16"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "precision" in lines[0] and "bf16" in lines[0], r.stderr
+    assert not list(tmp_path.glob("outputs/**/results.json"))
+
+
+def test_a_bf16_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path):
+    """test_td3's resume check with algo.precision=bf16: bfloat16 products are deterministic on
+    the same CPU and thread count, so the resumed run is the uninterrupted one."""
+    args = [*RESUME_ARGS, "algo.precision=bf16"]
+    a_dir, b_dir = tmp_path / "A", tmp_path / "B"
+    assert run_cli([*args, f"hydra.run.dir={a_dir}"], tmp_path).returncode == 0
+    stopped = interrupt_when_checkpointed(args, b_dir, tmp_path)
+    assert stopped.returncode == 130, stopped.stderr
+    resumed = run_cli([f"resume={b_dir}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    ra, rb = read_results(a_dir), read_results(b_dir)
+    assert {k: rb[k] for k in NUMBERS} == {k: ra[k] for k in NUMBERS}
+    sa, sb = read_scalars(a_dir / "tb"), read_scalars(b_dir / "tb")
+    for tag in (*sorted(TAGS), "eval/return_mean"):
+        assert sb[tag] == sa[tag], tag
