@@ -53,10 +53,12 @@ NARROW = 8  # output widths up to this go through NarrowOutput
 
 
 def lowp_bmm(a: torch.Tensor, b: torch.Tensor, lowp: torch.dtype) -> torch.Tensor:
-    """a @ b with both operands cast to `lowp` (bfloat16): oneDNN's kernels on a CPU with
+    """a @ b with both operands cast to `lowp` (bfloat16): torch's oneDNN kernels on a CPU with
     bfloat16 units multiply in bfloat16 and accumulate in float32; the product comes back in
     `lowp`, for its consumer to widen as it reads it."""
     return torch.bmm(a.to(lowp), b.to(lowp))
+
+
 IN_PLACE = {torch.relu: torch.relu_, torch.tanh: torch.tanh_}
 
 
