@@ -22,6 +22,13 @@ DROPPED: dict[str, dict[str, Any]] = {
     "rl_runner.algos.cql.CQL": {"n_action_samples": 4, "actor_lr": 1e-4, "backup_entropy": False,
                                 "ent_coef": None},
 }
+# keys an algorithm gained since, with the value that computes as a config without them did: a
+# td3/ddpg run saved before algo.precision ran float32, which auto would now turn into bf16 on a
+# CPU with bfloat16 units (and its resume would no longer be the uninterrupted run)
+ADDED: dict[str, dict[str, Any]] = {
+    "rl_runner.algos.td3.TD3": {"precision": "fp32"},
+    "rl_runner.algos.td3.DDPG": {"precision": "fp32"},
+}
 GAIL = "rl_runner.algos.gail.GAIL"
 # gail's algo.learner -> the learner's _target_ (rl_runner.algos.gail.LEARNERS; repeated here so
 # that the command line's checks need not import torch)
@@ -30,7 +37,8 @@ GAIL_LEARNERS = {"ppo": "rl_runner.algos.ppo.PPO", "trpo": "rl_runner.algos.trpo
 
 def upgrade_config(config: Any) -> Any:
     """`config` (a saved run config, plain containers) with renamed algo keys under their new
-    names, gail's algo.learner_kwargs included; a new dict, the input is left as it was.
+    names, gail's algo.learner_kwargs included, and keys added since (ADDED) at the value that
+    keeps its arithmetic; a new dict, the input is left as it was.
     Anything that is not such a config comes back unchanged, for its reader to refuse."""
     if not isinstance(config, dict) or not isinstance(config.get("algo"), dict):
         return config
@@ -38,6 +46,7 @@ def upgrade_config(config: Any) -> Any:
     algo = _renamed(config["algo"], RENAMED.get(target, {}))
     algo = {k: v for k, v in algo.items()
             if not (k in DROPPED.get(target, {}) and _same(v, DROPPED[target][k]))}
+    algo = {**algo, **{k: v for k, v in ADDED.get(target, {}).items() if k not in algo}}
     if algo.get("_target_") == GAIL and isinstance(algo.get("learner_kwargs"), dict):
         learner = GAIL_LEARNERS.get(algo.get("learner", "ppo"))
         algo["learner_kwargs"] = _renamed(algo["learner_kwargs"], RENAMED.get(learner, {}))

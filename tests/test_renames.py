@@ -46,6 +46,19 @@ def test_each_algorithm_has_its_own_renames(target, old, new):
         "_target_": "my.Algo", old: 1}
 
 
+@pytest.mark.parametrize("target", ["rl_runner.algos.td3.TD3", "rl_runner.algos.td3.DDPG"])
+def test_a_td3_config_from_before_algo_precision_keeps_float32(target):
+    """Such runs computed in float32; auto would now take bf16 on a CPU with bfloat16 units,
+    and their resume would not be the uninterrupted run."""
+    old = {"algo": {"_target_": target, "lr": 1e-3}}
+    assert upgrade_config(old)["algo"] == {"_target_": target, "lr": 1e-3, "precision": "fp32"}
+    assert "precision" not in old["algo"]  # the caller's dict is left as it was
+    for value in ("auto", "bf16"):  # a config that has the key keeps it
+        new = {"algo": {"_target_": target, "precision": value}}
+        assert upgrade_config(new)["algo"]["precision"] == value
+    assert "precision" not in upgrade_config({"algo": {"_target_": PPO}})["algo"]
+
+
 def test_gail_learner_kwargs_are_renamed_for_its_learner():
     gail = {"_target_": "rl_runner.algos.gail.GAIL", "learner": "trpo",
             "learner_kwargs": {"target_kl": 0.005, "n_steps": 64}}
