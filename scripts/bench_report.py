@@ -61,10 +61,10 @@ def update_precision(task, device: str, extra: tuple = ()) -> str | None:
 
     if task.algo_name not in ("td3", "ddpg"):
         return None
-    if any(e.startswith("algo.precision=") for e in extra):
-        return "rl-runner as its label says; SB3 float32"
-    h, rows = task.algo["hidden_sizes"], task.algo["batch_size"]
-    macs = rows * max((a * b for a, b in zip(h, h[1:])), default=0)
+    keys = ("algo.precision=", "algo.hidden_sizes=", "algo.batch_size=")
+    if any(e.startswith(keys) for e in extra):  # the label's overrides decide it
+        return "rl-runner as its label's overrides make it (each run's train.log says); SB3 float32"
+    macs = base.hidden_macs(task.algo["hidden_sizes"], task.algo["batch_size"])
     got = base.resolve_update_precision("auto", torch.device(device), macs, task.algo_name)
     units = base.cpu_bf16_units() if device == "cpu" else None
     if got == "bf16":

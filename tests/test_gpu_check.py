@@ -309,9 +309,9 @@ def test_td3_sections_say_what_its_update_products_run_in(monkeypatch):
     said = bench_report.update_precision(TASKS["td3-pendulum"], "cpu")
     assert "bfloat16 hidden-to-hidden products (this CPU has AVX512-BF16)" in said
     assert "float32 on a GPU" in bench_report.update_precision(TASKS["td3-pendulum"], "cuda")
-    extra = ("algo.precision=fp32",)
-    assert "as its label says" in bench_report.update_precision(TASKS["td3-pendulum"], "cpu",
-                                                                  extra)
+    for extra in ("algo.precision=fp32", "algo.hidden_sizes=[64,64]", "algo.batch_size=32"):
+        said = bench_report.update_precision(TASKS["td3-pendulum"], "cpu", (extra,))
+        assert "as its label's overrides make it" in said
     assert bench_report.update_precision(TASKS["dqn-cartpole"], "cpu") is None
     monkeypatch.setattr(base, "cpu_bf16_units", lambda: None)
     said = bench_report.update_precision(TASKS["td3-pendulum"], "cpu")

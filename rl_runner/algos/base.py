@@ -79,6 +79,12 @@ def resolve_precision(precision: str, encoder: str, device: torch.device, bf16_o
 LOWP_FROM_MACS = 1 << 24  # see resolve_update_precision
 
 
+def hidden_macs(hidden_sizes: list[int], batch_size: int) -> int:
+    """Multiply-adds of a minibatch's widest hidden-to-hidden product (0: one hidden layer)."""
+    h = hidden_sizes
+    return batch_size * max((a * b for a, b in zip(h, h[1:])), default=0)
+
+
 def resolve_update_precision(precision: str, device: torch.device, macs: int, who: str) -> str:
     """'fp32' or 'bf16' for the hand-written updates of td3 and ddpg; bf16 runs their hidden-to-
     hidden products in bfloat16 (mlp_forward's and mlp_backward's `lowp`). auto: bf16 on a CPU
@@ -87,10 +93,18 @@ def resolve_update_precision(precision: str, device: torch.device, macs: int, wh
     two threads, alternated in one process: [400, 300] x 256 rows 1.48x (one thread 1.68x),
     [256, 256] x 256 1.13x, x 128 1.02x, x 64 0.87x, [64, 64] x 256 0.80x: below ~2^23 the
     casts cost what the units save. GPUs: not measured; CPUs without the units have nothing to
-    run it on."""
+    run it on. An explicit bf16 with no hidden-to-hidden product is one line; on a CPU without
+    the units it runs, with a warning."""
+    units = cpu_bf16_units() if device.type == "cpu" else None
+    if precision == "bf16" and macs == 0:
+        raise UserError(f"algo.precision=bf16 runs {who}'s hidden-to-hidden products in "
+                        "bfloat16, and algo.hidden_sizes has one hidden layer (none of them); "
+                        "allowed with it: auto, fp32")
+    if precision == "bf16" and device.type == "cpu" and units is None:
+        log.warning("algo.precision=bf16 on a CPU without bfloat16 units: its products run "
+                    "emulated, likely slower than float32 (algo.precision=auto picks fp32 here)")
     if precision != "auto":
         return precision
-    units = cpu_bf16_units() if device.type == "cpu" else None
     if units and macs >= LOWP_FROM_MACS:
         log.info("algo.precision=auto: bf16 for %s's hidden-layer products (this CPU has %s); "
                  "algo.precision=fp32 for float32", who, units)
@@ -406,9 +420,7 @@ class OffPolicyAlgorithm(OffPolicy):
         return cores if self.hidden_macs() >= THREADS_FROM_MACS else 1
 
     def hidden_macs(self) -> int:
-        """Multiply-adds of a minibatch's widest hidden-to-hidden product (0: one hidden layer)."""
-        h = self.hidden_sizes
-        return self.batch_size * max((a * b for a, b in zip(h, h[1:])), default=0)
+        return hidden_macs(self.hidden_sizes, self.batch_size)
 
     @property
     def n_steps(self) -> int:
