@@ -101,8 +101,9 @@ def resolve_update_precision(precision: str, device: torch.device, macs: int, wh
                         "bfloat16, and algo.hidden_sizes has one hidden layer (none of them); "
                         "allowed with it: auto, fp32")
     if precision == "bf16" and device.type == "cpu" and units is None:
-        log.warning("algo.precision=bf16 on a CPU without bfloat16 units: its products run "
-                    "emulated, likely slower than float32 (algo.precision=auto picks fp32 here)")
+        log.warning("algo.precision=bf16 on a CPU without bfloat16 units: nothing runs its "
+                    "products natively, and they may well be slower than float32 "
+                    "(algo.precision=auto picks fp32 here)")
     if precision != "auto":
         return precision
     if units and macs >= LOWP_FROM_MACS:

@@ -1,6 +1,6 @@
 """algo.precision for td3 and ddpg: the hidden-to-hidden products of the update in bfloat16
-(mlp_forward / mlp_backward with `lowp`), what auto picks, and that such runs learn, resume and
-act in float32."""
+(mlp_forward / mlp_backward with `lowp`), what auto picks, refusals, and that such runs resume
+and act in float32. Their learning: test_td3's slow tests, bf16 by auto on a CPU with the units."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +10,8 @@ import torch
 from rl_runner.algos import base
 from rl_runner.algos.mlp_grad import mlp_backward
 from rl_runner.algos.td3 import DDPG, TD3
-from rl_runner.errors import UserError
 from rl_runner.algos.twin_critic import cached_layers, mlp_forward
+from rl_runner.errors import UserError
 from rl_runner.nets import ParallelMLP
 from tests.algos.test_td3 import BOX2, RESUME_ARGS, TAGS, Reference, make, random_batch
 from tests.conftest import NUMBERS, read_results, read_scalars, run_cli
