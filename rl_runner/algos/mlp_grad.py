@@ -63,8 +63,7 @@ def mlp_backward(layers: list, relu: bool, x_BI: torch.Tensor, hidden: list,
         # one output column: an outer product, as a broadcast multiply
         g = g * w.transpose(1, 2) if g.shape[-1] == 1 else torch.bmm(g, w.transpose(1, 2))
         if i:  # through the activation, from its output
-            g = (torch.ops.aten.threshold_backward(g, h_in, 0) if relu
-                 else torch.ops.aten.tanh_backward(g, h_in))
+            g = through_activation(g, h_in, relu)
     return g
 
 
@@ -77,6 +76,12 @@ def _lowp_layer(w: torch.Tensor, h_in: torch.Tensor, g: torch.Tensor, grads: tup
         gw, gb = grads
         gw.copy_(lowp_bmm(h_in.transpose(1, 2), g_lp, lowp))
         torch.sum(g, 1, keepdim=True, out=gb)
-    g_in = lowp_bmm(g_lp, w.transpose(1, 2), lowp).float()
-    return (torch.ops.aten.threshold_backward(g_in, h_in, 0) if relu
-            else torch.ops.aten.tanh_backward(g_in, h_in))
+    return through_activation(lowp_bmm(g_lp, w.transpose(1, 2), lowp).float(), h_in, relu)
+
+
+def through_activation(g: torch.Tensor, h: torch.Tensor, relu: bool) -> torch.Tensor:
+    """g times the activation's derivative, from its output h; in place (g is a fresh
+    product wherever it is called)."""
+    if relu:
+        return torch.ops.aten.threshold_backward.grad_input(g, h, 0, grad_input=g)
+    return torch.ops.aten.tanh_backward.grad_input(g, h, grad_input=g)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rl_runner.algos.mlp_grad import FlushDenormals
+from rl_runner.algos.mlp_grad import FlushDenormals, through_activation
 from rl_runner.algos.sac_math import LOG_2, LOG_STD_MAX, LOG_STD_MIN, METRICS
 from rl_runner.algos.twin_critic import NARROW
 from rl_runner.nets import LOG_2PI
@@ -58,13 +58,6 @@ def forward(layers: list, relu: bool, x_BI: torch.Tensor,
     return out
 
 
-def _through_activation(g: torch.Tensor, h: torch.Tensor, relu: bool) -> torch.Tensor:
-    """g times the activation's derivative, from its output h; in place."""
-    if relu:
-        return torch.ops.aten.threshold_backward.grad_input(g, h, 0, grad_input=g)
-    return torch.ops.aten.tanh_backward.grad_input(g, h, grad_input=g)
-
-
 def backward(layers: list, relu: bool, x_BI: torch.Tensor, hidden: list[torch.Tensor],
              g_KBO: torch.Tensor, grads: list, work: list[torch.Tensor]) -> None:
     """mlp_grad.mlp_backward's weight and bias gradients (into `grads`), with the gradient at
@@ -87,7 +80,7 @@ def backward(layers: list, relu: bool, x_BI: torch.Tensor, hidden: list[torch.Te
             torch.mul(g, w.transpose(1, 2), out=below)
         else:
             torch.bmm(g, w.transpose(1, 2), out=below)
-        g = _through_activation(below, h_in, relu)
+        g = through_activation(below, h_in, relu)
 
 
 def min_critic_action_grad(layers: list, relu: bool, hidden: list[torch.Tensor],
@@ -113,7 +106,7 @@ def min_critic_action_grad(layers: list, relu: bool, hidden: list[torch.Tensor],
     for i in range(len(hidden) - 1, -1, -1):
         flat = hidden[i].reshape(K * B, -1)
         h = torch.index_select(flat, 0, flat_B, out=bufs.get(f"rows{i}", B, flat.shape[1]))
-        g = _through_activation(g, h, relu)
+        g = through_activation(g, h, relu)
         w = layers[i][0] if i else layers[0][0][:, input_from:]
         below = bufs.get(f"below{i}", B, w.shape[1])
         start = 0
