@@ -41,15 +41,8 @@ def cnn_precision(algo: str, device: str, extra: tuple = ()) -> str:
     if any(e.startswith("algo.precision=") for e in extra):
         return "rl-runner as its label says; SB3 float32"
     bf16_ok = get_class(TARGETS[algo]).bf16_ok
-    units = base.cpu_bf16_units() if device == "cpu" else None
-    if base.resolve_precision("auto", "cnn", torch.device(device), bf16_ok, algo) == "bf16":
-        how = f"bfloat16 autocast (this CPU has {units})"
-    elif device != "cpu":
-        how = "float32 on a GPU"
-    else:
-        how = "float32 (no bfloat16 units on this CPU)" if units is None else \
-            f"float32 ({algo} keeps float32)"
-    return f"rl-runner algo.precision=auto: {how}; SB3 float32"
+    got = base.resolve_precision("auto", "cnn", torch.device(device), bf16_ok, algo)
+    return auto_precision(got, device, "bfloat16 autocast", f"{algo} keeps float32")
 
 
 def update_precision(task, device: str, extra: tuple = ()) -> str | None:
@@ -66,15 +59,24 @@ def update_precision(task, device: str, extra: tuple = ()) -> str | None:
         return "rl-runner as its label's overrides make it (each run's train.log says); SB3 float32"
     macs = base.hidden_macs(task.algo["hidden_sizes"], task.algo["batch_size"])
     got = base.resolve_update_precision("auto", torch.device(device), macs, task.algo_name)
+    return auto_precision(got, device, "bfloat16 hidden-to-hidden products",
+                          "hidden-to-hidden products under 2^24 multiply-adds")
+
+
+def auto_precision(got: str, device: str, bf16_what: str, fp32_why: str) -> str:
+    """The precision line for algo.precision=auto resolved to `got` on this machine: what runs
+    in bfloat16, or why float32 (a GPU, a CPU without the units, or `fp32_why`)."""
+    from rl_runner.algos import base
+
     units = base.cpu_bf16_units() if device == "cpu" else None
     if got == "bf16":
-        how = f"bfloat16 hidden-to-hidden products (this CPU has {units})"
+        how = f"{bf16_what} (this CPU has {units})"
     elif device != "cpu":
         how = "float32 on a GPU"
     elif units is None:
         how = "float32 (no bfloat16 units on this CPU)"
     else:
-        how = "float32 (hidden-to-hidden products under 2^24 multiply-adds)"
+        how = f"float32 ({fp32_why})"
     return f"rl-runner algo.precision=auto: {how}; SB3 float32"
 
 
