@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from rl_runner.algos import qlearn
 from rl_runner.algos.qlearn import QLearner
 from rl_runner.batches import ReplayBatch
 
@@ -121,17 +122,34 @@ def test_clipped_gradients_match_autograd(kernel):
 
 
 @pytest.mark.parametrize("double_q", [False, True])
-def test_a_target_that_stands_still_is_run_once_an_update_on_every_minibatch(double_q):
-    """dqn's target network does not move within an update: its forward runs once, on all G x B
-    next observations (the steps' results are checked against autograd above); cql's moves
-    after every step and runs once a step."""
-    for every_step, calls in ((False, [G * B]), (True, [B] * G)):
+def test_a_target_that_stands_still_is_run_once_an_update_on_every_minibatch(double_q,
+                                                                              monkeypatch):
+    """dqn's target network does not move within an update: its forward runs once on all G x B
+    next observations, TARGET_ROWS rows at a time (the steps' results are checked against
+    autograd above); cql's moves after every step and runs once a step."""
+    monkeypatch.setattr(qlearn, "TARGET_ROWS", 32)
+    for every_step, calls in ((False, [32, 32, G * B - 64]), (True, [B] * G)):
         _, manual = pair(double_q=double_q, target_every_step=every_step)
         rows = []
         forward = manual.target_forward
         manual.target_forward = lambda obs: rows.append(len(obs)) or forward(obs)
         manual.update(batches()[0])
         assert rows == calls
+
+
+@pytest.mark.parametrize("double_q", [False, True])
+def test_the_target_in_row_chunks_gives_the_one_forward_steps(double_q, monkeypatch):
+    """Chunks of rows are the same targets in the same order as one forward of all rows."""
+    learners = []
+    for rows in (1 << 30, 24):  # one forward; chunks that split minibatches
+        monkeypatch.setattr(qlearn, "TARGET_ROWS", rows)
+        _, manual = pair(double_q=double_q, target_every_step=False)
+        for i, batch in enumerate(batches(steps=steps)):
+            if i:
+                manual.update_target()
+            manual.update(batch)
+        learners.append(manual)
+    torch.testing.assert_close(learners[0].opt.flat, learners[1].opt.flat, rtol=1e-6, atol=1e-7)
 
 
 def test_the_hand_written_gradient_is_refused_beside_a_critic_penalty():
