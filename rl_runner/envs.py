@@ -9,12 +9,13 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 from gymnasium.error import DependencyNotInstalled
-from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode
 
 from rl_runner import envpool_env
 from rl_runner.atari import base_kwargs, is_ale, looks_atari, register_ale, wrap_atari
 from rl_runner.config import atari_options, to_plain
 from rl_runner.errors import UserError, one_line
+from rl_runner.sync_env import FastSyncVectorEnv
 
 ATARI_EXTRA = "pip install 'rl-runner[atari]'"
 log = logging.getLogger("rl_runner")
@@ -134,7 +135,7 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
         envs = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
     else:
         # copy=False: the feeder copies observations into its own buffers anyway
-        envs = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
+        envs = FastSyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
     envs.whole_games = atari is not None  # game_ends below
     return envs
 
