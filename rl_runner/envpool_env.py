@@ -220,8 +220,16 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         return obs, {}
 
     def step(self, actions):
-        obs, rewards, terminated, truncated, info = self.pool.step(
-            np.asarray(actions, self.act_dtype))
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions) -> None:
+        """Hand the actions to EnvPool's threads and return at once; step_wait takes the results
+        (gymnasium's AsyncVectorEnv pair): the caller works while the envs step."""
+        self.pool.send(np.asarray(actions, self.act_dtype))
+
+    def step_wait(self):
+        obs, rewards, terminated, truncated, info = self.pool.recv()
         rewards = np.asarray(rewards, np.float64)
         out: dict[str, Any] = {}
         over = terminated | truncated  # EnvPool's episode (an Atari game) ended: reset at once

@@ -1,6 +1,9 @@
 """The on-policy feeder: steps the vector env with the algorithm's exploration policy."""
 from __future__ import annotations
 
+from collections.abc import Generator
+from typing import TypeVar
+
 import gymnasium as gym
 import numpy as np
 
@@ -8,6 +11,18 @@ from rl_runner.algos.contracts import OnPolicy
 from rl_runner.batches import Rollout
 from rl_runner.envs import final_observations, game_ends
 from rl_runner.feeder import Episodes, Feeder
+
+
+T = TypeVar("T")
+
+
+def finish(steps: Generator[None, None, T]) -> T:
+    """Run a step-by-step generator to its end; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 class EpisodeTracker:
@@ -64,6 +79,19 @@ class RolloutCollector(Feeder):
 
     def collect(self, algo: OnPolicy) -> tuple[Rollout, Episodes]:
         """One rollout, plus (step offset, return, length) for every episode that ended in it."""
+        return finish(self._rollout(algo))
+
+    def _send(self, actions: np.ndarray) -> None:
+        """Start the envs' step (the overlapped collector's envs step while the caller works)."""
+        self._actions = actions
+
+    def _wait(self) -> tuple:
+        """The step's results: (obs, rewards, terminated, truncated, info)."""
+        return self.envs.step(self._actions)
+
+    def _rollout(self, algo: OnPolicy) -> Generator[None, None, tuple[Rollout, Episodes]]:
+        """collect, step by step: yields once the actions of a step are sent, returns what
+        collect returns."""
         episodes: Episodes = []
         for t in range(self.n_steps):
             env_actions, actions, logp, values, policy_obs = algo.explore(self.obs)
@@ -72,7 +100,9 @@ class RolloutCollector(Feeder):
             b = self._buf
             b["obs"][t], b["actions"][t], b["log_probs"][t], b["values"][t] = \
                 policy_obs, actions, logp, values
-            self.obs, rewards, terminated, truncated, info = self.envs.step(env_actions)
+            self._send(env_actions)
+            yield
+            self.obs, rewards, terminated, truncated, info = self._wait()
             b["rewards"][t] = rewards
             dones = terminated | truncated
             b["dones"][t] = dones

@@ -1,6 +1,6 @@
-"""env.envpool_async: the next rollout is collected while the update runs, acted by the policy
-from before the update, with every env's trajectory whole and the results independent of thread
-timing."""
+"""env.envpool_async: the next rollout is collected while the update runs (its env steps taken
+between the update's optimizer steps), acted by the policy from before the update, with every
+env's trajectory whole and the results independent of how the steps fall between updates."""
 from __future__ import annotations
 
 import copy
@@ -34,8 +34,9 @@ def nudge(algo, amount: float) -> None:
             p.add_(amount)
 
 
-def collect_three(seed: int = 7):
-    """Rollouts 0, 1, 2 with the policy nudged after each, as updates would."""
+def collect_three(seed: int = 7, grad_steps: int = 0):
+    """Rollouts 0, 1, 2 with the policy nudged after each, as updates would, each update taking
+    `grad_steps` optimizer steps (the overlapped collector steps the envs after each)."""
     envs, algo, feeder = setup(seed)
     policies, rollouts = [], []
     for k in range(3):
@@ -43,6 +44,8 @@ def collect_three(seed: int = 7):
         rollouts.append(feeder.collect(algo)[0])
         rollouts[-1] = {f: np.array(getattr(rollouts[-1], f)) for f in
                         ("obs", "actions", "log_probs", "rewards", "dones")}
+        for _ in range(grad_steps):
+            algo.count_grad_step()
         nudge(algo, 0.05 * (k + 1))
     feeder.close()
     envs.close()
@@ -83,6 +86,32 @@ def test_trajectories_are_whole_and_the_same_every_time():
             np.testing.assert_array_equal(rollout["rewards"][t], rewards)
             np.testing.assert_array_equal(rollout["dones"][t], terminated | truncated)
     replay.close()
+
+
+@pytest.mark.parametrize("grad_steps", [5, 32, 100])
+def test_the_envs_step_between_the_updates_steps_with_the_same_results(grad_steps):
+    _, alone = collect_three()  # every env step taken when the trainer asks for the rollout
+    envs, algo, feeder = setup()
+    steps = []
+    step_wait = envs.step_wait
+    envs.step_wait = lambda: steps.append(1) or step_wait()
+    feeder.collect(algo)  # rollout 0, collected now
+    steps.clear()
+    for _ in range(grad_steps):
+        algo.count_grad_step()
+    # one env step after each optimizer step (the first only sends), at most the rollout's
+    assert len(steps) == min(grad_steps - 1, N_STEPS)
+    feeder.collect(algo)
+    steps.clear()
+    for _ in range(grad_steps):  # now spread over as many optimizer steps as the last update's
+        algo.count_grad_step()
+    assert len(steps) == min(grad_steps * -(-N_STEPS // grad_steps) - 1, N_STEPS)
+    feeder.close()
+    envs.close()
+    _, pumped = collect_three(grad_steps=grad_steps)
+    for a, b in zip(alone, pumped):
+        for field in a:
+            np.testing.assert_array_equal(a[field], b[field])
 
 
 def test_ppo_trains_with_overlap_and_resumes(tmp_path):

@@ -7,7 +7,7 @@ its networks, optimizers, normalizer statistics and the update math. `update` re
 from __future__ import annotations
 
 import logging
-from typing import ClassVar, Literal
+from typing import Callable, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -202,6 +202,9 @@ class OnPolicyAlgorithm(OnPolicy):
             self.low, self.high = action_space.low, action_space.high
         self.env_steps = 0
         self.grad_steps = 0
+        # called after every optimizer step: env.envpool_async's collector steps the next
+        # rollout's envs between the update's steps (rollout_overlap.py)
+        self.on_grad_step: Callable[[], None] | None = None
         self.weight_loads = 0  # load_state_dict calls: with optimizer steps, infer's version
 
     def preferred_threads(self, cores: int) -> int:
@@ -311,7 +314,17 @@ class OnPolicyAlgorithm(OnPolicy):
         if self.max_grad_norm > 0:
             self.optimizer.clip_grad_norm(self.max_grad_norm)
         self.optimizer.step()
+        self.count_grad_step()
+
+    def __getstate__(self) -> dict:
+        """A copy (the acting copy of env.envpool_async) runs no on_grad_step of this one."""
+        return {**self.__dict__, "on_grad_step": None}
+
+    def count_grad_step(self) -> None:
+        """After an optimizer step: count it, and run on_grad_step where it is set."""
         self.grad_steps += 1
+        if self.on_grad_step is not None:
+            self.on_grad_step()
 
     def clone(self, obs: np.ndarray, actions: np.ndarray, steps: int, batch_size: int,
               rng: np.random.Generator) -> float:

@@ -72,7 +72,7 @@ def optimizer_step(algo: OnPolicyAlgorithm, loss: torch.Tensor) -> None:
     if algo.max_grad_norm > 0:
         clip_grad_norm(algo)
     algo.optimizer.step()
-    algo.grad_steps += 1
+    algo.count_grad_step()
 
 
 def actor_critic_step(algo: OnPolicyAlgorithm, t: RolloutTensors) -> torch.Tensor:

@@ -306,7 +306,7 @@ class TRPO(OnPolicyAlgorithm):
         if self.max_grad_norm > 0:
             self.optimizer.clip_grad_norm(self.max_grad_norm)
         self.optimizer.step()
-        self.grad_steps += 1
+        self.count_grad_step()
         return float(err @ err) / n
 
     # ---- state --------------------------------------------------------------------------------
