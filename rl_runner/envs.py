@@ -95,17 +95,18 @@ class _EnvFn:
 def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
                  vectorization: str = "sync", atari: dict | None = None,
                  training: bool = False, threads: int = 1,
-                 envpool_async: bool = False) -> gym.vector.VectorEnv:
+                 envpool_async: bool | str = False) -> gym.vector.VectorEnv:
     """n copies of an env; finished episodes reset in the same step (final obs in info).
     `atari`, `training`: see make_one (the trainer's envs train, the Evaluator's do not).
     vectorization: sync, async (a process per env), envpool (C++ threads, `threads` of them at
-    most) or auto (envpool where it is installed and has the id, else sync); envpool_async:
-    only checked here (it needs envpool; the on-policy feeder overlaps stepping and learning)."""
+    most) or auto (envpool where it is installed and has the id, else sync); envpool_async
+    (true, false, auto): only checked here (true needs envpool; the on-policy feeder overlaps
+    stepping and learning)."""
     check_env_id(env_id)
     kwargs = dict(kwargs or {})
     options = atari_options(atari)
     backend = envpool_env.resolve(vectorization, env_id, options)
-    if envpool_async and backend != "envpool":
+    if envpool_async is True and backend != "envpool":
         raise UserError(f"env.envpool_async=true steps EnvPool's envs, and env.vectorization="
                         f"{vectorization} gives {backend} here; allowed with it: envpool (or "
                         "auto where EnvPool has the id)")

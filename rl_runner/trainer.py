@@ -24,6 +24,7 @@ from rl_runner.algos.build import build_algo
 from rl_runner.algos.contracts import Algorithm, algo_name, check_metrics
 from rl_runner.checkpoint import load_checkpoint, seed_everything
 from rl_runner.demonstrations import expert_data
+from rl_runner.envpool_env import EnvPoolVectorEnv
 from rl_runner.envs import env_options, make_vec_env
 from rl_runner.errors import UserError, describe
 from rl_runner.evaluation import Evaluator
@@ -58,6 +59,13 @@ def overlaps_rollouts(cls: type) -> bool:
 def make_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo: Algorithm) -> Feeder:
     """The feeder of the algorithm's family; imitation algorithms get the demonstrations first."""
     overlap = cfg.env.get("envpool_async", False)  # absent in configs saved before it
+    if overlap == "auto":
+        overlap = isinstance(envs, EnvPoolVectorEnv) and overlaps_rollouts(type(algo)) and \
+            OverlappedCollector.allows(algo)
+        if overlap:
+            log.info("env.envpool_async=auto: the next rollout steps while the update runs, "
+                     "acted by the policy from before it (one update of policy lag); "
+                     "env.envpool_async=false for none")
     if overlap and not overlaps_rollouts(type(algo)):
         why = "learns from demonstrations" if algo.uses_demonstrations else \
             "is " + algo.family.replace("_", "-")

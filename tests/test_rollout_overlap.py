@@ -13,6 +13,7 @@ from rl_runner.algos.build import build_algo
 from rl_runner.checkpoint import seed_everything
 from rl_runner.envs import make_vec_env
 from rl_runner.rollout_overlap import OverlappedCollector
+from rl_runner.trainer import make_feeder
 from tests.conftest import FAST, compose, error_line, read_results, run_cli
 
 pytest.importorskip("envpool")
@@ -151,3 +152,20 @@ def test_a_failure_while_collecting_reaches_the_trainer_and_close_still_closes()
                 feeder.collect(algo)
         feeder.close()  # the trainer's own outcome stands: close does not raise it
         envs.close()
+
+
+@pytest.mark.parametrize("args, vectorization, overlaps", [
+    (["algo=ppo", "env=cartpole"], "envpool", True),
+    (["algo=a2c", "env=cartpole"], "envpool", True),
+    (["algo=ppo", "env=cartpole"], "sync", False),  # nothing steps apart from the learner
+    (["algo=ppo", "env=cartpole", "algo.normalize_obs=true"], "envpool", False),
+    (["algo=sac", "env=pendulum"], "envpool", False)])
+def test_auto_overlaps_wherever_the_run_allows_it(args, vectorization, overlaps):
+    cfg = compose([*args, f"env.vectorization={vectorization}"])
+    assert cfg.env.envpool_async == "auto"  # the default
+    envs = make_vec_env(cfg.env.id, 2, vectorization=vectorization, threads=1)
+    algo = build_algo(cfg, envs.single_observation_space, envs.single_action_space, "cpu")
+    feeder = make_feeder(cfg, envs, algo)
+    assert isinstance(feeder, OverlappedCollector) is overlaps
+    feeder.close()
+    envs.close()
