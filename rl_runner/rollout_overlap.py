@@ -3,15 +3,18 @@
 OverlappedCollector collects rollout k + 1 during the update on rollout k, in the trainer's own
 thread: after each of the update's optimizer steps (the algorithm's on_grad_step) it takes the
 results of the envs' last step, acts on them and hands EnvPool the next actions, and EnvPool's
-C++ threads step those while the update goes on. So the loop runs at about the speed of the
-slower of stepping and learning rather than their sum, with no second Python thread to take
-turns on the GIL or a switch interval to set for the whole process (the design before this one
-acted in a background thread: ppo lunarlander 1M steps, alternated on an AMD EPYC Zen 4 with 2
-cores, 38.1 and 38.7 s against 36.1 and 36.2 s here, the same returns; without overlap 46.6 s).
+C++ threads step those while the update goes on. Where the update takes at least as many
+optimizer steps as the rollout has env steps (ppo: epochs x minibatches), every env step but
+the last overlaps learning; with fewer, several env steps follow each optimizer step and only
+the last of them does. There is no second Python thread to take turns on the GIL, and no
+switch interval to set for the whole process (the design before this one acted in a background
+thread: ppo lunarlander 1M steps, alternated on an AMD EPYC Zen 4 with 2 cores, 38.1 and 38.7 s
+against 36.1 and 36.2 s here, the same returns; without overlap 46.6 s).
 
 The price is one update of policy lag: rollout k + 1 is acted by a frozen copy of the policy
-from before update k. PPO's ratio is taken against the log-probabilities that acted, so its
-clipping holds the update to the acting policy; each env's trajectory is whole and exact, and
+from before update k. ppo clips around the policy as it is at the start of the update and
+weighs each sample by its probability now over the acting one (PPO.proximal); trpo's surrogate
+is taken against the acting log-probabilities. Each env's trajectory is whole and exact, and
 the results do not depend on timing (the acting copy has its own random stream, seeded from the
 run's seed; how many env steps go between two optimizer steps changes no number).
 
@@ -32,6 +35,30 @@ from rl_runner.errors import UserError
 from rl_runner.rollout import RolloutCollector, finish
 
 
+def _none() -> None:
+    return None
+
+
+class GradStepHook:
+    """The on_grad_step the collector sets on an algorithm. A copy or a pickle of the algorithm
+    gets None in its place: the hook holds the collector and its envs, which a copy must not
+    take along (nor step)."""
+
+    __slots__ = ("step",)
+
+    def __init__(self, step):
+        self.step = step
+
+    def __call__(self) -> None:
+        self.step()
+
+    def __deepcopy__(self, memo) -> None:
+        return None
+
+    def __reduce__(self):
+        return _none, ()
+
+
 class OverlappedCollector(RolloutCollector):
     """A RolloutCollector whose next rollout is stepped between the update's optimizer steps
     (module doc). The envs need gymnasium's step_async / step_wait (EnvPoolVectorEnv)."""
@@ -45,6 +72,7 @@ class OverlappedCollector(RolloutCollector):
         self.in_flight = False  # the envs are stepping: step_wait comes before anything else
         self.per_step = 1  # env steps after each optimizer step
         self.grad_steps = 0  # optimizer steps during the current update
+        self.hooked: OnPolicy | None = None  # the algorithm whose on_grad_step steps the envs
 
     @staticmethod
     def allows(algo: OnPolicy) -> bool:
@@ -68,7 +96,7 @@ class OverlappedCollector(RolloutCollector):
             self.per_step = math.ceil(self.n_steps / self.grad_steps)
         self.grad_steps = 0
         self.pending = self._rollout_with(actor)
-        algo.on_grad_step = self._step_envs
+        algo.on_grad_step, self.hooked = GradStepHook(self._step_envs), algo
         return result
 
     def _acting_copy(self, algo: OnPolicy) -> OnPolicy:
@@ -89,6 +117,9 @@ class OverlappedCollector(RolloutCollector):
         self.in_flight = True
 
     def _wait(self) -> tuple:
+        # cleared first: an interrupt that lands between the two leaves at worst a step nobody
+        # reads (EnvPool's threads finish it), where a flag cleared after could make close wait
+        # for a step that was already taken, for ever
         self.in_flight = False
         return self.envs.step_wait()
 
@@ -127,7 +158,12 @@ class OverlappedCollector(RolloutCollector):
 
     def state_dict(self) -> dict:
         self._finish_pending()  # the rollout under way ends first; collect hands it out next
-        return super().state_dict()
+        return {**super().state_dict(), "acting_rng": self.acting_rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if "acting_rng" in state:  # (absent in checkpoints of runs without the overlap)
+            self.acting_rng.bit_generator.state = state["acting_rng"]
 
     def restart_episodes(self, seed: int) -> None:
         if hasattr(self, "pending"):  # (not while RolloutCollector.__init__ starts the episodes)
@@ -138,6 +174,8 @@ class OverlappedCollector(RolloutCollector):
     def close(self) -> None:
         """Drop the rollout under way (the envs close next); an error from its last step is
         not raised here: the trainer is closing because of its own outcome, which must stand."""
+        if self.hooked is not None:
+            self.hooked.on_grad_step = self.hooked = None
         try:
             self._drop_pending()
         except Exception:  # noqa: BLE001 - a step nobody will read

@@ -52,8 +52,9 @@ PROGRESS_LINE_SECONDS = 30.0  # parallel sweep jobs: a progress line this often
 
 def overlaps_rollouts(cls: type) -> bool:
     """Whether env.envpool_async can collect this algorithm's next rollout during its update:
-    on-policy algorithms that learn from their own rollouts only."""
-    return cls.family == "on_policy" and not cls.uses_demonstrations
+    on-policy algorithms that correct for the acting policy's lag (contracts.OnPolicy) and learn
+    from their own rollouts only."""
+    return getattr(cls, "overlaps_rollouts", False) is True and not cls.uses_demonstrations
 
 
 def make_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo: Algorithm) -> Feeder:
@@ -67,11 +68,16 @@ def make_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo: Algorithm) ->
                      "acted by the policy from before it (one update of policy lag); "
                      "env.envpool_async=false for none")
     if overlap and not overlaps_rollouts(type(algo)):
-        why = "learns from demonstrations" if algo.uses_demonstrations else \
-            "is " + algo.family.replace("_", "-")
+        if algo.uses_demonstrations:
+            why = "learns from demonstrations"
+        elif algo.family == "on_policy":
+            why = "does not correct its loss for that lag"
+        else:
+            why = "is " + algo.family.replace("_", "-")
         able = config_checks.algos_where(overlaps_rollouts)
         raise UserError(f"env.envpool_async=true overlaps an on-policy rollout with the update, "
-                        f"and {algo_name(type(algo))} {why}; algorithms allowed with it: "
+                        f"acted by the policy from before it, and {algo_name(type(algo))} {why}; "
+                        f"algorithms allowed with it: "
                         f"{', '.join(able)}")
     if algo.family == "offline":
         return offline_feeder(cfg, envs, algo)

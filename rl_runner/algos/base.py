@@ -7,7 +7,8 @@ its networks, optimizers, normalizer statistics and the update math. `update` re
 from __future__ import annotations
 
 import logging
-from typing import Callable, ClassVar, Literal
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -315,10 +316,6 @@ class OnPolicyAlgorithm(OnPolicy):
             self.optimizer.clip_grad_norm(self.max_grad_norm)
         self.optimizer.step()
         self.count_grad_step()
-
-    def __getstate__(self) -> dict:
-        """A copy (the acting copy of env.envpool_async) runs no on_grad_step of this one."""
-        return {**self.__dict__, "on_grad_step": None}
 
     def count_grad_step(self) -> None:
         """After an optimizer step: count it, and run on_grad_step where it is set."""

@@ -11,6 +11,7 @@ import functools
 import inspect
 import numbers
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -99,6 +100,13 @@ class OnPolicy(Algorithm):
 
     family = "on_policy"
     n_steps: int  # env steps per env in one rollout
+    # env.envpool_async: rollout k + 1 is acted by a copy of the policy from before update k and
+    # stepped between that update's optimizer steps. Only for a loss that weighs each sample by
+    # its probability under the learning policy over the acting one's (ppo's and trpo's ratio),
+    # so that the lag is corrected for; such a class calls on_grad_step, where the collector has
+    # set it, after each optimizer step (a copy of the algorithm gets None in its place)
+    overlaps_rollouts: ClassVar[bool] = False
+    on_grad_step: Callable[[], None] | None = None
 
     @abstractmethod
     def explore(self, obs: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -16,6 +16,7 @@ class PPO(OnPolicyAlgorithm):
     """Proximal policy optimisation with GAE, minibatch epochs and an optional KL early stop."""
 
     name = "ppo"
+    overlaps_rollouts = True  # a lagged rollout is clipped around the policy now (proximal)
 
     def __init__(self, *, batch_size: PositiveInt = 64, n_epochs: PositiveInt = 10,
                  gae_lambda: Fraction = 0.95, clip_coef: NonNegativeFloat = 0.2,
@@ -50,6 +51,9 @@ class PPO(OnPolicyAlgorithm):
         actions = batch.actions.reshape(size, *batch.actions.shape[2:])
         old_logp, old_v = batch.log_probs.reshape(size), batch.values.reshape(size)
         adv, ret = adv_TN.reshape(size), ret_TN.reshape(size).astype(np.float32)
+        weight = None
+        if self.on_grad_step is not None:  # acted by the policy from before the last update
+            old_logp, weight = self.proximal(obs, actions, old_logp)
         kl_penalty = self.objective == "kl_penalty"
         old_out = old_log_std = None
         if kl_penalty:
@@ -68,7 +72,7 @@ class PPO(OnPolicyAlgorithm):
             if shuffle or epoch_data is None:
                 idx = self.rng.permutation(size)[:used] if shuffle else slice(None)
                 epoch_data = self._epoch_data(idx, n_mb, obs, actions, old_logp, old_v, ret,
-                                              adv, old_out)
+                                              adv, old_out, weight)
             e_obs, e_act, e_logp, e_v, e_ret, e_adv, e_old_out = epoch_data
             for start in range(0, used, self.batch_size):
                 mb = slice(start, start + self.batch_size)
@@ -135,13 +139,28 @@ class PPO(OnPolicyAlgorithm):
         g = np.where(sq >= sq_clipped, err, err_clipped * (np.abs(delta) <= clip))
         return float(np.maximum(sq, sq_clipped).mean()), g * (2.0 / len(v))
 
+    def proximal(self, obs: np.ndarray, actions: np.ndarray,
+                 behaviour_logp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A rollout acted by an older policy than this one (env.envpool_async: one update
+        older): the clip is taken around the policy as it is now, the proximal policy, and each
+        sample weighed by proximal / acting probability (decoupled PPO, Hilton et al. 2021,
+        "Batch size-invariance for policy optimization"). Clipped around the acting policy,
+        the samples that the last update already moved out of the clip range give no gradient:
+        ppo lunarlander lost about 50 of return at 1M steps (docs/benchmarks.md).
+        Returns (log-probabilities under the proximal policy, the weights)."""
+        prox = self.head.evaluate(self.forward(obs)[0], self.log_std, actions)[0].copy()
+        return prox, np.exp(prox - behaviour_logp).astype(np.float32)
+
     def _epoch_data(self, idx, n_mb: int, obs, actions, old_logp, old_v, ret, adv,
-                    old_out) -> tuple:
-        """The rollout in this epoch's order, advantages normalised per minibatch."""
+                    old_out, weight: np.ndarray | None = None) -> tuple:
+        """The rollout in this epoch's order, advantages normalised per minibatch (and weighed
+        by `weight` after, where the rollout was acted by an older policy: proximal)."""
         e_adv = adv[idx].reshape(n_mb, self.batch_size)
         if self.norm_adv and self.batch_size > 1:  # all minibatches at once
             e_adv = (e_adv - e_adv.mean(1, keepdims=True)) / (e_adv.std(1, ddof=1,
                                                                         keepdims=True) + 1e-8)
+        if weight is not None:
+            e_adv = e_adv * weight[idx].reshape(n_mb, self.batch_size)
         return (obs[idx], actions[idx], old_logp[idx], old_v[idx], ret[idx], e_adv.reshape(-1),
                 None if old_out is None else old_out[idx])
 

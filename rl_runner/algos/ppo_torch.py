@@ -46,6 +46,12 @@ def update(algo: PPO, batch: Rollout) -> dict[str, float]:
     size = adv_TN.size
     t = rollout_tensors(algo, batch, adv_TN, ret_TN)
     net, dist, bs = algo.net, algo.net.dist, algo.batch_size
+    weight = None
+    if algo.on_grad_step is not None:  # acted by the policy from before the last update
+        with torch.no_grad():  # the clip around the policy now (PPO.proximal)
+            prox = dist.log_prob_entropy(net.policy_out(t.obs), net.log_std, t.actions)[0]
+        weight = (prox - t.old_logp).exp()
+        t = t._replace(old_logp=prox)
     kl_penalty = algo.objective == "kl_penalty"
     old_out = old_log_std = None
     if kl_penalty:
@@ -63,7 +69,7 @@ def update(algo: PPO, batch: Rollout) -> dict[str, float]:
         if shuffle or epoch is None:
             idx = torch.as_tensor(algo.rng.permutation(size)[:used], device=algo.device) \
                 if shuffle else slice(None)
-            epoch = epoch_data(algo, t, idx, n_mb, old_out)
+            epoch = epoch_data(algo, t, idx, n_mb, old_out, weight)
         e_obs, e_act, e_logp, e_v, e_ret, e_adv, e_old_out = epoch
         for start in range(0, used, bs):
             mb = slice(start, start + bs)
@@ -112,10 +118,14 @@ def update(algo: PPO, batch: Rollout) -> dict[str, float]:
     return metrics
 
 
-def epoch_data(algo: PPO, t, idx, n_mb: int, old_out: torch.Tensor | None) -> tuple:
-    """The rollout in this epoch's order, advantages standardised per minibatch."""
+def epoch_data(algo: PPO, t, idx, n_mb: int, old_out: torch.Tensor | None,
+               weight: torch.Tensor | None = None) -> tuple:
+    """The rollout in this epoch's order, advantages standardised per minibatch (then weighed,
+    for a rollout acted by an older policy: PPO.proximal)."""
     adv = t.adv[idx].reshape(n_mb, algo.batch_size)
     if algo.norm_adv and algo.batch_size > 1:  # all minibatches at once
         adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
+    if weight is not None:
+        adv = adv * weight[idx].reshape(n_mb, algo.batch_size)
     return (t.obs[idx], t.actions[idx], t.old_logp[idx], t.old_v[idx], t.ret[idx],
             adv.reshape(-1), None if old_out is None else old_out[idx])

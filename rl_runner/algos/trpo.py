@@ -69,6 +69,7 @@ class TRPO(OnPolicyAlgorithm):
     """
 
     name = "trpo"
+    overlaps_rollouts = True  # the surrogate's ratio is taken against the acting log-probabilities
     # images: the critic gets its own CNN, so that fitting the value cannot move the policy
     shared_encoder = False
     bf16_ok = False  # conjugate gradient on Fisher products: float32
