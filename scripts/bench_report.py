@@ -230,7 +230,8 @@ def markdown(rows: list[dict], runners: list[tuple[str, int | None]], args, comm
     if envpool_alone and pooled:
         loop = statistics.mean(pooled)
         lines += ["", f"EnvPool alone on these envs (scripts/bench_envpool.py: random actions, "
-                  f"no policy, a thread per core, after the runs): {envpool_alone:.0f} env "
+                  f"no policy, a thread per core, the faster of before and after the runs): "
+                  f"{envpool_alone:.0f} env "
                   f"steps/s; rl-runner (envpool)'s loop ran at {loop:.0f}, "
                   f"{100 * loop / envpool_alone:.0f}% of it."]
     lines += ["", f"Hyperparameters (RL Zoo `hyperparams/{algo}.yml` unless the line says "
