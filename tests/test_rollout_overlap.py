@@ -216,7 +216,6 @@ def test_a_bad_envpool_async_is_one_line(tmp_path, value):
     assert "env.envpool_async" in line and "auto" in line, line
 
 
-
 def lagged_rollout(*overrides: str):
     """A rollout acted by the policy before a nudge (as by the overlap's acting copy), the
     policy after it, and the rollout's log-probabilities under the one before and the one now."""
