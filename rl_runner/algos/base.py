@@ -7,7 +7,6 @@ its networks, optimizers, normalizer statistics and the update math. `update` re
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import gymnasium as gym
@@ -203,9 +202,6 @@ class OnPolicyAlgorithm(OnPolicy):
             self.low, self.high = action_space.low, action_space.high
         self.env_steps = 0
         self.grad_steps = 0
-        # called after every optimizer step: env.envpool_async's collector steps the next
-        # rollout's envs between the update's steps (rollout_overlap.py)
-        self.on_grad_step: Callable[[], None] | None = None
         self.weight_loads = 0  # load_state_dict calls: with optimizer steps, infer's version
 
     def preferred_threads(self, cores: int) -> int:
@@ -318,7 +314,8 @@ class OnPolicyAlgorithm(OnPolicy):
         self.count_grad_step()
 
     def count_grad_step(self) -> None:
-        """After an optimizer step: count it, and run on_grad_step where it is set."""
+        """After an optimizer step: count it, and run on_grad_step where it is set (None, the
+        contract's default, unless env.envpool_async's collector set it: rollout_overlap.py)."""
         self.grad_steps += 1
         if self.on_grad_step is not None:
             self.on_grad_step()
