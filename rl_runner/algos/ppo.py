@@ -99,8 +99,7 @@ class PPO(OnPolicyAlgorithm):
         pg_mean, v_mean, ent_mean = (np.mean(losses, axis=0).tolist() if losses
                                      else [float("nan")] * 3)
         # how far the policy moved over the whole update, measured once on the full rollout
-        logp = self.head.evaluate(self.forward(obs)[0], self.log_std, actions)[0]
-        log_ratio = logp - old_logp
+        log_ratio = self.logp_now(obs, actions) - old_logp
         ratio_m1 = np.exp(log_ratio) - 1
         metrics = {"policy_loss": pg_mean, "value_loss": v_mean, "entropy": ent_mean,
                    "approx_kl": float((ratio_m1 - log_ratio).mean()),
@@ -148,8 +147,12 @@ class PPO(OnPolicyAlgorithm):
         the samples that the last update already moved out of the clip range give no gradient:
         ppo lunarlander lost about 50 of return at 1M steps (docs/benchmarks.md).
         Returns (log-probabilities under the proximal policy, the weights)."""
-        prox = self.head.evaluate(self.forward(obs)[0], self.log_std, actions)[0].copy()
+        prox = self.logp_now(obs, actions)
         return prox, np.exp(prox - behaviour_logp).astype(np.float32)
+
+    def logp_now(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The log-probabilities of `actions` under the policy as it is now (a new array)."""
+        return self.head.evaluate(self.forward(obs)[0], self.log_std, actions)[0].copy()
 
     def _epoch_data(self, idx, n_mb: int, obs, actions, old_logp, old_v, ret, adv,
                     old_out, weight: np.ndarray | None = None) -> tuple:
