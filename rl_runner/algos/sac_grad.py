@@ -96,11 +96,7 @@ def min_critic_action_grad(layers: list, relu: bool, hidden: list[torch.Tensor],
     """
     bufs = bufs or Buffers(q_KB.device)
     K, B = q_KB.shape
-    q_min_B, which_B = q_KB.min(0)
-    order_B = torch.argsort(which_B, stable=True)  # critic 0's rows, then critic 1's, ...
-    counts = torch.bincount(which_B, minlength=K).tolist()
-    which_sorted_B = which_B[order_B]
-    flat_B = which_sorted_B * B + order_B  # each sorted row in the [K B, H] hidden layers
+    q_min_B, which_sorted_B, order_B, flat_B, counts = rows_by_min_critic(q_KB)
     w_out = layers[-1][0][:, :, 0]  # dQ / d(last hidden output), per critic [K, H]
     g = torch.index_select(w_out, 0, which_sorted_B, out=bufs.get("g_out", B, w_out.shape[1]))
     for i in range(len(hidden) - 1, -1, -1):
@@ -115,7 +111,34 @@ def min_critic_action_grad(layers: list, relu: bool, hidden: list[torch.Tensor],
                 torch.mm(g[start:start + n], w[k].T, out=below[start:start + n])
             start += n
         g = below
+    if g.device.type == "cpu":  # numpy's scatter: ~2 us against index_copy_'s ~12
+        grad = np.empty(g.shape, np.float32)
+        grad[order_B.numpy()] = g.numpy()
+        return q_min_B, torch.from_numpy(grad)
     return q_min_B, torch.empty_like(g).index_copy_(0, order_B, g)
+
+
+def rows_by_min_critic(q_KB: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(min_j Q_j per row [B], the critic giving each row's min in sorted order [B], the rows
+    sorted by that critic, stably [B], each sorted row's place in [K B] rows of hidden layers
+    [B], how many rows each critic gives as a list). On the CPU in numpy, where each of these
+    ops costs a microsecond or two against torch's 10-50: ~70 us of a ~4.2 ms sac pendulum
+    update (2 threads, Zen 5)."""
+    K, B = q_KB.shape
+    if q_KB.device.type != "cpu":
+        q_min_B, which_B = q_KB.min(0)
+        order_B = torch.argsort(which_B, stable=True)
+        counts = torch.bincount(which_B, minlength=K).tolist()
+        which_sorted_B = which_B[order_B]
+        return q_min_B, which_sorted_B, order_B, which_sorted_B * B + order_B, counts
+    q = q_KB.numpy()
+    which_B = q.argmin(0)  # the first critic where both give the min, as torch's min
+    order_B = np.argsort(which_B, kind="stable")
+    which_sorted_B = which_B[order_B]
+    counts = np.bincount(which_B, minlength=K).tolist()
+    return tuple(torch.from_numpy(x) for x in (
+        q[which_B, np.arange(B)], which_sorted_B, order_B, which_sorted_B * B + order_B)) + (
+        counts,)
 
 
 class BoxStep:
