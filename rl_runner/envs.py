@@ -106,10 +106,6 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
     kwargs = dict(kwargs or {})
     options = atari_options(atari)
     backend = envpool_env.resolve(vectorization, env_id, options)
-    if envpool_async is True and backend != "envpool":
-        raise UserError(f"env.envpool_async=true steps EnvPool's envs, and env.vectorization="
-                        f"{vectorization} gives {backend} here; allowed with it: envpool (or "
-                        "auto where EnvPool has the id)")
     try:  # surface bad kwargs as one line, not a worker crash (some fail at the first reset)
         probe = make_one(env_id, kwargs, atari, training)
         try:
@@ -129,15 +125,28 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
         raise UserError(f"env.id={env_id} cannot be made here ({type(e).__name__}: "
                         f"{one_line(e, 200)})") from None
     fns = [_EnvFn(env_id, kwargs, atari, training) for _ in range(n_envs)]
+    envs, why_not = None, ""
     if backend == "envpool":
-        envs = envpool_env.EnvPoolVectorEnv(env_id, n_envs, kwargs, options, training, *spaces,
-                                            threads=threads)
-    elif backend == "async":
+        try:
+            envs = envpool_env.EnvPoolVectorEnv(env_id, n_envs, kwargs, options, training,
+                                                *spaces, threads=threads)
+        except UserError as e:  # EnvPool has the id, not these settings or these spaces
+            if vectorization != "auto":
+                raise
+            backend, why_not = "sync", f" ({e})"
+    if envpool_async is True and backend != "envpool":
+        raise UserError(f"env.envpool_async=true steps EnvPool's envs, and env.vectorization="
+                        f"{vectorization} gives {backend} here{why_not}; allowed with it: "
+                        "envpool (or auto where EnvPool takes the id and its settings)")
+    if why_not:
+        log.info("env.vectorization=auto: sync, not envpool, for %s%s", env_id, why_not)
+    if backend == "async":
         envs = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
-    else:
+    elif backend == "sync":
         # copy=False: the feeder copies observations into its own buffers anyway
         envs = FastSyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
     envs.whole_games = atari is not None  # game_ends below
+    envs.backend = backend  # what env.vectorization gave: the start line names it
     return envs
 
 

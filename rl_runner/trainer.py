@@ -175,9 +175,12 @@ class Trainer:
     def run(self) -> dict:
         total = self.budget
         unit = self.algo.step_unit
-        log.info("%s on %s: %d envs, %d %s, seed %d, %d torch threads, device %s, run dir %s",
-                 self.algo_name, self.cfg.env.id, self.cfg.env.n_envs, total, unit,
-                 self.cfg.seed, self.threads, self.algo.device, self.run_dir)
+        log.info("%s on %s: %d envs (%s%s), %d %s, seed %d, %d torch threads, device %s, "
+                 "run dir %s", self.algo_name, self.cfg.env.id, self.cfg.env.n_envs,
+                 self.envs.backend,
+                 ", stepped during updates" if isinstance(self.feeder, OverlappedCollector)
+                 else "", total, unit, self.cfg.seed, self.threads, self.algo.device,
+                 self.run_dir)
         start, start_steps = time.perf_counter(), self.env_steps
         bar = tqdm.tqdm(total=total, initial=self.env_steps, unit="step", dynamic_ncols=True,
                         disable=not self.tcfg.progress or self.progress_lines,

@@ -88,6 +88,26 @@ def test_kwargs_without_an_envpool_twin_are_refused():
         make_vec_env("LunarLander-v3", 2, {"enable_wind": True}, vectorization="envpool")
 
 
+def test_auto_takes_sync_where_envpool_has_the_id_but_not_the_settings(caplog):
+    """auto is EnvPool where it can step the env as configured: kwargs EnvPool lacks, or
+    spaces that differ from gymnasium's (CliffWalking: a scalar against a one-hot), give sync
+    with a line saying why; envpool_async=true then names the reason in its refusal."""
+    caplog.set_level("INFO", logger="rl_runner")
+    for env_id, kwargs, why in (("LunarLander-v3", {"enable_wind": True}, "enable_wind"),
+                                ("CliffWalking-v1", {}, "observes")):
+        assert envpool_env.resolve("auto", env_id, None) == "envpool"  # EnvPool has the id
+        envs = make_vec_env(env_id, 2, kwargs, vectorization="auto", threads=1)
+        assert envs.backend == "sync" and not isinstance(envs, envpool_env.EnvPoolVectorEnv)
+        envs.close()
+        assert f"sync, not envpool, for {env_id}" in caplog.text and why in caplog.text
+    with pytest.raises(UserError, match="auto gives sync here.*enable_wind"):
+        make_vec_env("LunarLander-v3", 2, {"enable_wind": True}, vectorization="auto",
+                     envpool_async=True)
+    envs = make_vec_env("LunarLander-v3", 2, vectorization="auto", threads=1)
+    assert envs.backend == "envpool"
+    envs.close()
+
+
 def test_atari_whole_games_and_lives():
     atari = {"noop_max": 30, "frame_skip": 4, "screen_size": 84, "grayscale": True,
              "frame_stack": 4, "episodic_life": True, "fire_reset": True, "clip_reward": True}
