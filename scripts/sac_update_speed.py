@@ -255,13 +255,16 @@ def report(ms: dict[str, list[float]], threads: dict[str, list[int]], command: s
         lines += ["", f"2.5x SB3's update rate on 2 threads would be "
                   f"{median['sb3-2'] / 2.5:.2f} ms per update, before the env step, "
                   "acting and evaluation."]
-    lines += step_summary(median, threads)
+    lines += step_summary(median, threads, ms)
     return "\n".join(lines)
 
 
-def step_summary(median: dict[str, float], threads: dict[str, list[int]]) -> list[str]:
-    """The floor (matmuls-N at the thread count auto picked), the whole env step, their ratio,
-    and the step's speed against SB3's."""
+def step_summary(median: dict[str, float], threads: dict[str, list[int]],
+                 ms: dict[str, list[float]]) -> list[str]:
+    """The floor (matmuls-N at the thread count auto picked), the whole env step, their ratio
+    (and its range over the rounds, each step against its own round's floor: on a VM whose
+    speed moves by 20% from minute to minute the ratio of medians alone hides how far it
+    strays), and the step's speed against SB3's."""
     out = []
     for name in ("step-auto", "step-1"):
         if name not in median:
@@ -271,8 +274,9 @@ def step_summary(median: dict[str, float], threads: dict[str, list[int]]) -> lis
         step = median[name]
         out += ["", f"Whole env step, {name} ({n} thread(s)): {step:.2f} ms"]
         if floor is not None:
+            rounds = [a / b for a, b in zip(ms[name], ms[f"matmuls-{n}"])]
             out[-1] += (f"; floor matmuls-{n} {floor:.2f} ms; step / floor {step / floor:.2f} "
-                        "(bar: <= 1.25)")
+                        f"(per round {min(rounds):.2f}-{max(rounds):.2f}; bar: <= 1.25)")
         for sb3 in ("step-sb3-1", "step-sb3-2"):
             if sb3 in median:
                 out[-1] += (f"; {sb3} {median[sb3]:.2f} ms, rl-runner's steps/s "
