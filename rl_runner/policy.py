@@ -58,6 +58,11 @@ def find_checkpoint(run: Path, checkpoint: str = "best") -> Path:
         if not path.is_file():
             raise UserError(f"checkpoint={checkpoint}: no such file; allowed: best, last or the "
                             "path of a .pt file")
+        # what the tools write (eval.json) goes into run=: another run's checkpoint would
+        # put its results among this run's
+        if not path.resolve().is_relative_to(run.resolve()):
+            raise UserError(f"checkpoint={checkpoint} is not in run={run}; allowed: best, last "
+                            "or a .pt file inside the run (pass its own run as run=)")
         return path
     names = ["best.pt", "last.pt"] if checkpoint == "best" else ["last.pt"]
     for name in names:

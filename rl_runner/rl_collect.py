@@ -21,7 +21,8 @@ SUMMARY = ("Roll out a trained policy and write its transitions as a dataset (.n
            "off-policy run's saved replay buffer with source=replay.")
 OPTIONS = {
     "run": Option(None, str, "the run directory of the policy"),
-    "checkpoint": Option("best", str, "best (last.pt where no best.pt), last, or a .pt file"),
+    "checkpoint": Option("best", str, "best (last.pt where no best.pt), last, or a .pt file "
+                                      "inside the run"),
     "episodes": Option(None, int | None, "whole episodes to collect (10 when steps is not set)"),
     "steps": Option(None, int | None, "env steps to collect; the last episode may be cut, its last "
                                       "step marked truncated"),

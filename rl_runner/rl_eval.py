@@ -22,7 +22,8 @@ SUMMARY = ("Evaluate a trained policy: N episodes on fresh envs, mean and std of
            "written to <run>/eval.json (earlier results kept under 'previous').")
 OPTIONS = {
     "run": Option(None, str, "the run directory, e.g. outputs/2026-12-03/10-00-00_ppo_cartpole_s0"),
-    "checkpoint": Option("best", str, "best (last.pt where no best.pt), last, or a .pt file"),
+    "checkpoint": Option("best", str, "best (last.pt where no best.pt), last, or a .pt file "
+                                      "inside the run"),
     "episodes": Option(20, int, "episodes to run"),
     "deterministic": Option(None, bool | None, "true: act with the policy's mode; false: sample "
                             "actions; null: as the run evaluated (trainer.eval_deterministic)"),

@@ -44,7 +44,7 @@ def hostile_run(finished_run, tmp_path) -> tuple[Path, Path]:
 def test_crafted_checkpoints_are_refused_everywhere_and_run_nothing(hostile_run, tmp_path,
                                                                     capsys):
     run, marker = hostile_run
-    bare = tmp_path / "bare.pt"
+    bare = run / "bare.pt"  # inside the run: a file elsewhere is refused before it is read
     torch.save({"format_version": 2, "algo": Payload(marker)}, bare)
     for argv in ([f"run={run}"], [f"run={run}", "checkpoint=last"],
                  [f"run={run}", f"checkpoint={bare}"]):

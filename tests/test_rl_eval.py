@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import types
 
 import gymnasium as gym
@@ -56,6 +57,28 @@ def test_no_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
     line = exit_line(capsys, [f"run={tmp_path / 'empty'}"])
     assert "no checkpoint" in line and str(tmp_path / "empty") in line
     assert "no such run directory" in exit_line(capsys, [f"run={tmp_path / 'nope'}"])
+
+
+def test_another_runs_checkpoint_is_refused_and_nothing_is_written(cartpole_run, tmp_path,
+                                                                  capsys):
+    """eval.json holds this run's results: a checkpoint from elsewhere (another run, a copy)
+    is one line, and the run's eval.json stays as it was."""
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    copy = other / "checkpoints" / "best.pt"
+    copy.write_bytes((cartpole_run / "checkpoints" / "best.pt").read_bytes())
+    before = (cartpole_run / "eval.json").read_bytes() if (cartpole_run / "eval.json").exists() \
+        else None
+    dotted = cartpole_run / os.path.relpath(copy, cartpole_run)  # starts with the run's path
+    for checkpoint in (copy, dotted):
+        line = exit_line(capsys, [f"run={cartpole_run}", f"checkpoint={checkpoint}",
+                                  "episodes=1"])
+        assert "is not in run=" in line and "allowed: best, last" in line, line
+    after = (cartpole_run / "eval.json").read_bytes() if (cartpole_run / "eval.json").exists() \
+        else None
+    assert after == before
+    main([f"run={other}", f"checkpoint={copy}", "episodes=1"])  # inside its own run: fine
+    assert json.loads((other / "eval.json").read_text())["checkpoint"] == str(copy)
 
 
 @pytest.mark.parametrize("argv, says", [(["episodes=3"], "run=<run directory> is required"),
