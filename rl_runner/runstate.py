@@ -97,6 +97,11 @@ def check_fits(t, ckpt: dict) -> None:
         next((f"algo.{p} is NaN/Inf" for p in nonfinite_paths(ckpt["algo"])), None)
     if bad:
         raise UserError(f"{last} does not fit this run: {bad}")
+    c = ckpt["counters"]
+    if c["env_steps"] == t.budget and c["last_eval_step"] == t.budget:  # nothing left to do
+        raise UserError(f"resume={t.run_dir}: the run has trained its whole budget of "
+                        f"{t.budget} {t.algo.step_unit} and evaluated there; raise "
+                        "trainer.total_steps to train on")
     saved_envs = ckpt["env"]["state"]
     if saved_envs is not None and not isinstance(saved_envs, (list, bytes)):
         raise UserError(f"{last} does not fit this run: its env state is a "

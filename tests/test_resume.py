@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import (FAST, NUMBERS, RL_RUN, cli_env, count_summary_tags, read_results,
-                            read_scalars, run_cli)
+from tests.conftest import (FAST, NUMBERS, RL_RUN, cli_env, count_summary_tags, error_line,
+                            read_results, read_scalars, run_cli)
 
 # ~40 rollouts of 512 steps: long enough that SIGINT always lands mid-run, short on 2 cores
 ARGS = ["algo=ppo", "env=cartpole", *FAST, "trainer.total_steps=20480",
@@ -120,6 +120,15 @@ def test_resume_with_a_larger_budget_continues(tmp_path):
     assert first.returncode == 0, first.stderr
     before = read_results(run_dir)
     assert before["env_steps"] == 2048
+
+    def written():
+        return {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    files = written()
+    for same in ([], ["trainer.total_steps=2048"]):  # nothing left to do: refused, untouched
+        again = run_cli([f"resume={run_dir}", *same], tmp_path)
+        line = error_line(again)
+        assert "has trained its whole budget of 2048 env steps" in line, line
+        assert "raise trainer.total_steps" in line and written() == files
     more = run_cli([f"resume={run_dir}", "trainer.total_steps=4096"], tmp_path)
     assert more.returncode == 0, more.stderr
     after = read_results(run_dir)
