@@ -205,8 +205,7 @@ class Trainer:
                     self.logger.metrics(metrics, self.env_steps)
                     self.logger.scalar("charts/SPS", sps, self.env_steps)
                     self.next_log = next_multiple(self.env_steps, self.log_every)
-                if self.env_steps >= self.next_eval:
-                    self._evaluate()
+                if self.env_steps >= self.next_eval and self._evaluate():
                     self.next_eval = next_multiple(self.env_steps, self.eval_every)
                 if self.env_steps >= self.next_checkpoint:
                     runstate.save(self, "last.pt", self.wall_before + elapsed)
@@ -219,10 +218,9 @@ class Trainer:
                              self._recent())
                     next_line = start + elapsed + PROGRESS_LINE_SECONDS
             elapsed = time.perf_counter() - start
-            if self.stop_signal is not None:
-                status = "interrupted"
-            elif self.last_eval_step != self.env_steps:
-                self._evaluate()
+            if self.stop_signal is not None or (self.last_eval_step != self.env_steps
+                                                and not self._evaluate()):
+                status = "interrupted"  # a signal before or during the final evaluation
             runstate.save(self, "last.pt", self.wall_before + elapsed)
         except KeyboardInterrupt:  # a second Ctrl-C: quit without saving; last.pt stays as it was
             status = "interrupted"
@@ -284,10 +282,16 @@ class Trainer:
                             f"stopped, {runstate.kept(self)}")
         return metrics
 
-    def _evaluate(self) -> None:
+    def _evaluate(self) -> bool:
+        """Evaluate, log, keep best.pt; False where a signal stopped it (nothing recorded, and
+        the evaluation stays due: a resume runs it)."""
         deterministic = self.tcfg.get("eval_deterministic", True)  # absent in older configs
-        result = self.evaluator.run(lambda obs: self.algo.act(obs, deterministic=deterministic))
+        result = self.evaluator.run(lambda obs: self.algo.act(obs, deterministic=deterministic),
+                                    stop=lambda: self.stop_signal is not None)
         step = self.env_steps
+        if result is None:
+            log.info("the evaluation at step %d was stopped before its episodes ended", step)
+            return False
         for key in ("return_mean", "return_std", "length_mean"):
             self.logger.scalar(f"eval/{key}", result[key], step)
         self.last_eval, self.last_eval_step = result, step
@@ -299,6 +303,7 @@ class Trainer:
         log.info("step %d: eval return %.2f +- %.2f over %d episodes%s", step,
                  result["return_mean"], result["return_std"], result["episodes"],
                  " (best)" if improved else "")
+        return True
 
     def _recent(self) -> str:
         return f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"

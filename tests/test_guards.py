@@ -33,7 +33,7 @@ def test_a_nonfinite_evaluation_is_never_an_improvement(tmp_path, monkeypatch):
     cfg = compose(["algo=pg", "env=cartpole", *FAST, "trainer.total_steps=1024"])
     trainer = Trainer(cfg, tmp_path)
     for value in (math.inf, math.nan):
-        monkeypatch.setattr(trainer.evaluator, "run", lambda _act, v=value: {
+        monkeypatch.setattr(trainer.evaluator, "run", lambda _act, stop=None, v=value: {
             "return_mean": v, "return_std": 0.0, "length_mean": 1.0, "episodes": 1})
         trainer._evaluate()
         assert trainer.best_eval == -math.inf

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -258,3 +262,44 @@ def test_evaluation_acts_as_trainer_eval_deterministic_says(tmp_path, monkeypatc
     seen.clear()
     rl_eval([f"run={tmp_path / 'run'}", "episodes=1", f"deterministic={not deterministic}"])
     assert seen and set(seen) == {not deterministic}
+
+
+class NeverEnds(gym.Env):
+    """No time limit and no terminal state: a policy's episode here never ends."""
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+def test_ctrl_c_stops_an_evaluation_whose_episodes_never_end(tmp_path, monkeypatch):
+    """The first Ctrl-C stops the evaluation too (it finished the update already): the run saves
+    last.pt as interrupted, with that evaluation still due."""
+    from rl_runner.algos.ppo import PPO
+
+    if "NeverEnds-v0" not in gym.registry:
+        gym.register("NeverEnds-v0", entry_point=NeverEnds)
+    calls: list[int] = []
+    act = PPO.act
+
+    def press_ctrl_c(self, obs, deterministic=False):  # only the evaluation calls act
+        calls.append(1)
+        if len(calls) == 50:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert len(calls) < 1000, "the evaluation went on after Ctrl-C"  # else: forever
+        return act(self, obs, deterministic)
+
+    monkeypatch.setattr(PPO, "act", press_ctrl_c)
+    run_dir = tmp_path / "run"
+    results = train(compose(["algo=ppo", "env=gym", "env.id=NeverEnds-v0", "env.n_envs=2",
+                             "algo.n_steps=32", "algo.batch_size=64", *FAST,
+                             "trainer.total_steps=256", "trainer.eval_every=128"]), run_dir)
+    assert results["status"] == "interrupted" and results["env_steps"] == 128
+    assert 50 <= len(calls) <= 52  # stopped at once, not at the budget's end
+    counters = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["counters"]
+    assert counters["last_eval_step"] == -1 and counters["next_eval"] == 128
