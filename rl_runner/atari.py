@@ -36,6 +36,9 @@ def register_ale() -> bool:
         import ale_py
     except ImportError:
         return False
+    # errors only: its banner ("A.L.E: ...", "[Powered by Stella]") at the first game would
+    # stand before a bad input's one line
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     gym.register_envs(ale_py)
     return True
 

@@ -169,7 +169,8 @@ def check_trainer(cfg: DictConfig) -> None:
     if cfg.env.n_envs > MAX_ENVS:
         raise UserError(f"env.n_envs={cfg.env.n_envs} is more than {MAX_ENVS} envs")
     check_value("env.id", cfg.env.id, str)
-    check_value("env.vectorization", cfg.env.get("vectorization", "sync"), str)
+    check_value("env.vectorization", cfg.env.get("vectorization", "sync"),
+                Literal["sync", "async", "envpool", "auto"])
     check_value("env.envpool_async", cfg.env.get("envpool_async", False),
                 bool | Literal["auto"])
     if cfg.env.get("atari") is not None:  # absent in configs saved before env.atari existed

@@ -93,8 +93,13 @@ def resolve(vectorization: str, env_id: str, atari: dict | None) -> str:
         return "envpool"
     if vectorization == "auto":
         return "sync"
-    why = "envpool is not installed here (pip install 'rl-runner[envpool]')" if not installed() \
-        else f"EnvPool has no twin of env.id={env_id}"
+    if not installed():
+        why = "envpool is not installed here (pip install 'rl-runner[envpool]')"
+    elif atari is None and twin(env_id, {}) is not None:  # raw frames of a game EnvPool has
+        why = (f"EnvPool steps {env_id} only with its Atari preprocessing, which env=atari "
+               f"env.id={env_id} asks for")
+    else:
+        why = f"EnvPool has no twin of env.id={env_id}"
     raise UserError(f"env.vectorization=envpool: {why}; backends that work for it: sync, async")
 
 

@@ -83,6 +83,26 @@ def test_auto_picks_envpool_where_it_has_the_id():
         envpool_env.resolve("threads", "CartPole-v1", None)
 
 
+@pytest.mark.parametrize("value", ["null", "3", "envpol", "SYNC"])
+def test_a_bad_vectorization_names_the_backends(value):
+    from rl_runner.config import check_trainer
+    from tests.conftest import compose
+
+    with pytest.raises(UserError, match="env.vectorization=.* is not known; allowed: sync, "
+                                        "async, envpool, auto"):
+        check_trainer(compose(["algo=ppo", "env=cartpole", f"env.vectorization={value}"]))
+
+
+def test_raw_atari_frames_point_to_env_atari(tmp_path):
+    """EnvPool always preprocesses Atari: the raw-frame id is refused with the way to its twin,
+    in one line (ale-py's banner kept off stderr)."""
+    pytest.importorskip("ale_py")
+    proc = run_cli(["algo=ppo", "env=gym", "env.id=ALE/Pong-v5", "env.vectorization=envpool",
+                    *FAST], tmp_path)
+    line = error_line(proc)
+    assert "only with its Atari preprocessing" in line and "env=atari env.id=ALE/Pong-v5" in line
+
+
 def test_kwargs_without_an_envpool_twin_are_refused():
     with pytest.raises(UserError, match="enable_wind.*no EnvPool equivalent"):
         make_vec_env("LunarLander-v3", 2, {"enable_wind": True}, vectorization="envpool")
