@@ -2,8 +2,10 @@
 every part of it before loading any (one line naming what does not fit)."""
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -98,10 +100,10 @@ def check_fits(t, ckpt: dict) -> None:
     if bad:
         raise UserError(f"{last} does not fit this run: {bad}")
     c = ckpt["counters"]
-    if c["env_steps"] == t.budget and c["last_eval_step"] == t.budget:  # nothing left to do
-        raise UserError(f"resume={t.run_dir}: the run has trained its whole budget of "
-                        f"{t.budget} {t.algo.step_unit} and evaluated there; raise "
-                        "trainer.total_steps to train on")
+    if c["env_steps"] == t.budget and c["last_eval_step"] == t.budget and \
+            recorded_status(t.run_dir) == "completed":  # nothing left to do
+        raise UserError(f"resume={t.run_dir}: the run completed its whole budget of "
+                        f"{t.budget} {t.algo.step_unit}; raise trainer.total_steps to train on")
     saved_envs = ckpt["env"]["state"]
     if saved_envs is not None and not isinstance(saved_envs, (list, bytes)):
         raise UserError(f"{last} does not fit this run: its env state is a "
@@ -170,6 +172,16 @@ def counters_misfit(c: dict) -> str | None:
                                        for v in ev.values())):  # an inf eval is a record too
         return "counters.last_eval is not an evaluation's result"
     return None
+
+
+def recorded_status(run_dir: Path) -> str | None:
+    """The status in the run's results.json (JSON that rl-run wrote), or None where it has
+    none that can be read."""
+    try:
+        status = json.loads((Path(run_dir) / "results.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
 
 
 def budget_misfit(steps: int, step_size: int, budget: int) -> str | None:

@@ -22,7 +22,8 @@ from rl_runner import config as config_checks
 from rl_runner import runlog, runstate
 from rl_runner.algos.build import build_algo
 from rl_runner.algos.contracts import Algorithm, algo_name, check_metrics
-from rl_runner.checkpoint import load_checkpoint, seed_everything
+from rl_runner.checkpoint import (load_checkpoint, rng_state, seed_everything,
+                                  set_rng_state)
 from rl_runner.demonstrations import expert_data
 from rl_runner.envpool_env import EnvPoolVectorEnv
 from rl_runner.envs import env_options, make_vec_env
@@ -194,6 +195,9 @@ class Trainer:
         # RuntimeWarnings on the way there would only add lines of noise
         floating = np.seterr(all="ignore")
         try:
+            # a resume of a run stopped during an evaluation: that evaluation first, at its step
+            if 0 < self.next_eval <= self.env_steps != self.last_eval_step and self._evaluate():
+                self.next_eval = next_multiple(self.env_steps, self.eval_every)
             while self.env_steps < total and self.stop_signal is None:
                 before = self.env_steps
                 metrics = self._learn_once()
@@ -218,9 +222,12 @@ class Trainer:
                              self._recent())
                     next_line = start + elapsed + PROGRESS_LINE_SECONDS
             elapsed = time.perf_counter() - start
-            if self.stop_signal is not None or (self.last_eval_step != self.env_steps
-                                                and not self._evaluate()):
-                status = "interrupted"  # a signal before or during the final evaluation
+            # done: the budget trained and evaluated there (a signal after that changes nothing);
+            # else a signal came first, or during the final evaluation
+            done = self.env_steps >= total and (self.last_eval_step == self.env_steps or (
+                self.stop_signal is None and self._evaluate()))
+            if not done:
+                status = "interrupted"
             runstate.save(self, "last.pt", self.wall_before + elapsed)
         except KeyboardInterrupt:  # a second Ctrl-C: quit without saving; last.pt stays as it was
             status = "interrupted"
@@ -286,11 +293,17 @@ class Trainer:
         """Evaluate, log, keep best.pt; False where a signal stopped it (nothing recorded, and
         the evaluation stays due: a resume runs it)."""
         deterministic = self.tcfg.get("eval_deterministic", True)  # absent in older configs
+        # sampled actions draw from the algorithm's generators: a stopped evaluation puts them
+        # back, so that a resume runs it again from the same draws (exact resume)
+        rngs = (rng_state(), self.algo.state_dict())
         result = self.evaluator.run(lambda obs: self.algo.act(obs, deterministic=deterministic),
                                     stop=lambda: self.stop_signal is not None)
         step = self.env_steps
         if result is None:
-            log.info("the evaluation at step %d was stopped before its episodes ended", step)
+            set_rng_state(rngs[0])
+            self.algo.load_state_dict(rngs[1])
+            log.info("the evaluation at step %d was stopped before its episodes ended; a "
+                     "resume runs it", step)
             return False
         for key in ("return_mean", "return_std", "length_mean"):
             self.logger.scalar(f"eval/{key}", result[key], step)
@@ -314,8 +327,9 @@ class Trainer:
             if self.stop_signal is not None:  # second Ctrl-C: quit now
                 raise KeyboardInterrupt
             self.stop_signal = signum
-            log.info("%s received: finishing this update, then saving last.pt "
-                     "(press Ctrl-C again to quit at once)", signal.Signals(signum).name)
+            log.info("%s received: finishing this update (or stopping the evaluation), then "
+                     "saving last.pt (press Ctrl-C again to quit at once)",
+                     signal.Signals(signum).name)
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:

@@ -127,7 +127,7 @@ def test_resume_with_a_larger_budget_continues(tmp_path):
     for same in ([], ["trainer.total_steps=2048"]):  # nothing left to do: refused, untouched
         again = run_cli([f"resume={run_dir}", *same], tmp_path)
         line = error_line(again)
-        assert "has trained its whole budget of 2048 env steps" in line, line
+        assert "completed its whole budget of 2048 env steps" in line, line
         assert "raise trainer.total_steps" in line and written() == files
     more = run_cli([f"resume={run_dir}", "trainer.total_steps=4096"], tmp_path)
     assert more.returncode == 0, more.stderr

@@ -303,3 +303,60 @@ def test_ctrl_c_stops_an_evaluation_whose_episodes_never_end(tmp_path, monkeypat
     assert 50 <= len(calls) <= 52  # stopped at once, not at the budget's end
     counters = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["counters"]
     assert counters["last_eval_step"] == -1 and counters["next_eval"] == 128
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_a_resume_after_a_stopped_evaluation_gives_the_uninterrupted_numbers(tmp_path,
+                                                                            monkeypatch,
+                                                                            sampled):
+    """Ctrl-C in the middle of an evaluation, then resume: the evaluation runs again at its own
+    step, from the draws it had (sampled actions use the algorithm's generator), and the run
+    ends with the numbers and curves of one never stopped."""
+    from rl_runner.algos.ppo import PPO
+
+    args = ["algo=ppo", "env=cartpole", "env.n_envs=2", "algo.n_steps=32", "algo.batch_size=64",
+            *FAST, "trainer.total_steps=384", "trainer.eval_every=128", "seed=3",
+            f"trainer.eval_deterministic={not sampled}"]
+    whole = train(compose(args), tmp_path / "whole")
+    calls: list[int] = []
+    act = PPO.act
+
+    def press_ctrl_c(self, obs, deterministic=False):
+        calls.append(1)
+        if len(calls) == 5:  # within the first evaluation's first episodes
+            os.kill(os.getpid(), signal.SIGINT)
+        return act(self, obs, deterministic)
+
+    monkeypatch.setattr(PPO, "act", press_ctrl_c)
+    stopped = train(compose(args), tmp_path / "parts")
+    assert stopped["status"] == "interrupted" and stopped["env_steps"] == 128
+    monkeypatch.setattr(PPO, "act", act)
+    resumed = train(compose(args), tmp_path / "parts", resume=True)
+    assert resumed["status"] == "completed"
+    assert {k: resumed[k] for k in NUMBERS} == {k: whole[k] for k in NUMBERS}
+    curves = [read_scalars(tmp_path / run / "tb")["eval/return_mean"] for run in
+              ("whole", "parts")]
+    assert curves[0] == curves[1] and [step for step, _ in curves[0]] == [128, 256, 384]
+
+
+def test_a_signal_after_the_budgets_evaluation_still_completes_the_run(tmp_path, monkeypatch):
+    """Nothing was left to do: the run is completed, not a resume that would be refused. One
+    recorded as interrupted there (by older code) resumes to completed."""
+    from rl_runner.trainer import Trainer
+
+    evaluate = Trainer._evaluate
+
+    def then_ctrl_c(self):
+        done = evaluate(self)
+        if self.env_steps == self.budget:
+            os.kill(os.getpid(), signal.SIGINT)
+        return done
+
+    monkeypatch.setattr(Trainer, "_evaluate", then_ctrl_c)
+    args = ["algo=ppo", "env=cartpole", "env.n_envs=2", "algo.n_steps=32", "algo.batch_size=64",
+            *FAST, "trainer.total_steps=256", "trainer.eval_every=128"]
+    assert train(compose(args), tmp_path / "run")["status"] == "completed"
+    results = tmp_path / "run" / "results.json"
+    results.write_text(results.read_text().replace('"completed"', '"interrupted"'))
+    monkeypatch.setattr(Trainer, "_evaluate", evaluate)
+    assert train(compose(args), tmp_path / "run", resume=True)["status"] == "completed"
