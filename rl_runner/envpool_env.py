@@ -103,6 +103,16 @@ def resolve(vectorization: str, env_id: str, atari: dict | None) -> str:
     raise UserError(f"env.vectorization=envpool: {why}; backends that work for it: sync, async")
 
 
+class Unfit(UserError):
+    """EnvPool has the id but cannot step it as configured; `reason` says why, without the
+    advice around it (env.vectorization=auto takes sync instead and logs the reason)."""
+
+    def __init__(self, reason: str, works: str = "sync, async"):
+        super().__init__(f"env.vectorization=envpool: {reason}; backends that work for it: "
+                         f"{works}")
+        self.reason = reason
+
+
 def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None) -> dict:
     """envpool.make's settings for `env_id`: env.kwargs where EnvPool has the same key, the
     episode length of gymnasium's registration, env.atari's preprocessing."""
@@ -112,9 +122,8 @@ def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None) -> dict:
     known = set(envpool.make_spec(name).config._fields) - POOL_KEYS
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise UserError(f"env.kwargs {unknown} have no EnvPool equivalent for {env_id} (EnvPool "
-                        f"takes: {', '.join(sorted(known))}); backends that take them: sync, "
-                        "async")
+        raise Unfit(f"env.kwargs {unknown} have no EnvPool equivalent for {env_id} (EnvPool "
+                    f"takes: {', '.join(sorted(known))})")
     out = dict(kwargs)
     if atari is None:
         steps = gym.spec(env_id).max_episode_steps
@@ -159,10 +168,14 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         self.whole_games = atari is not None  # envs.game_ends reads final_info["episode"]
         self.metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
         self.pool, self.seed_used = None, None
-        quietly(self._build, 0)
-        quietly(self._check_spaces)
-        if self.threads > 1:
-            quietly(self._pick_threads)
+        try:
+            quietly(self._build, 0)
+            quietly(self._check_spaces)
+            if self.threads > 1:
+                quietly(self._pick_threads)
+        except BaseException:  # a refused pool's C++ threads go now, not at garbage collection
+            self.close()
+            raise
 
     def _build(self, seed: int) -> None:
         import envpool
@@ -174,9 +187,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
                                      num_threads=self.threads, seed=int(seed),
                                      **self.settings)
         except Exception as e:  # a value gymnasium took and EnvPool does not
-            raise UserError(f"env.vectorization=envpool: EnvPool cannot make {self.name} with "
-                            f"{self.settings} ({type(e).__name__}: {one_line(e, 200)}); "
-                            "backends that may: sync, async") from None
+            raise Unfit(f"EnvPool cannot make {self.name} with {self.settings} "
+                        f"({type(e).__name__}: {one_line(e, 200)})") from None
         self.seed_used = seed
         self.act_dtype = self.pool.action_space.dtype
         self.lives = np.zeros(self.num_envs, np.int64)
@@ -204,14 +216,12 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
     def _check_spaces(self) -> None:
         got, want = self.pool.observation_space, self.single_observation_space
         if got.shape != want.shape:
-            raise UserError(f"env.vectorization=envpool: EnvPool's {self.name} observes "
-                            f"{got.shape}, gymnasium's {self.env_id} {want.shape}; use "
-                            "env.vectorization=sync")
+            raise Unfit(f"EnvPool's {self.name} observes {got.shape}, gymnasium's "
+                        f"{self.env_id} {want.shape}")
         a, b = self.pool.action_space, self.single_action_space
         if type(a) is not type(b) or getattr(a, "n", None) != getattr(b, "n", None) or \
                 a.shape != b.shape:
-            raise UserError(f"env.vectorization=envpool: EnvPool's {self.name} acts in {a}, "
-                            f"gymnasium's {self.env_id} in {b}; use env.vectorization=sync")
+            raise Unfit(f"EnvPool's {self.name} acts in {a}, gymnasium's {self.env_id} in {b}")
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """A fresh start of every env; env i seeded with seed + i (a new seed builds the pool

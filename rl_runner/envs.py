@@ -130,10 +130,10 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
         try:
             envs = envpool_env.EnvPoolVectorEnv(env_id, n_envs, kwargs, options, training,
                                                 *spaces, threads=threads)
-        except UserError as e:  # EnvPool has the id, not these settings or these spaces
+        except envpool_env.Unfit as e:  # EnvPool has the id, not these settings or spaces
             if vectorization != "auto":
                 raise
-            backend, why_not = "sync", f" ({e})"
+            backend, why_not = "sync", f" ({e.reason})"
     if envpool_async is True and backend != "envpool":
         raise UserError(f"env.envpool_async=true steps EnvPool's envs, and env.vectorization="
                         f"{vectorization} gives {backend} here{why_not}; allowed with it: "
