@@ -1,6 +1,7 @@
 """A trained policy from a run directory: the algorithm rebuilt from one of its checkpoints."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -59,8 +60,11 @@ def find_checkpoint(run: Path, checkpoint: str = "best") -> Path:
             raise UserError(f"checkpoint={checkpoint}: no such file; allowed: best, last or the "
                             "path of a .pt file")
         # what the tools write (eval.json) goes into run=: another run's checkpoint would
-        # put its results among this run's
-        if not path.resolve().is_relative_to(run.resolve()):
+        # put its results among this run's. Inside: as written (a run's own symlink to
+        # scratch storage) or where it leads
+        if not (path.resolve().is_relative_to(run.resolve()) or Path(
+                os.path.normpath(path.absolute())).is_relative_to(os.path.normpath(
+                    run.absolute()))):
             raise UserError(f"checkpoint={checkpoint} is not in run={run}; allowed: best, last "
                             "or a .pt file inside the run (pass its own run as run=)")
         return path

@@ -79,6 +79,11 @@ def test_another_runs_checkpoint_is_refused_and_nothing_is_written(cartpole_run,
     assert after == before
     main([f"run={other}", f"checkpoint={copy}", "episodes=1"])  # inside its own run: fine
     assert json.loads((other / "eval.json").read_text())["checkpoint"] == str(copy)
+    linked = tmp_path / "linked"  # a run whose checkpoints/ is a symlink to other storage
+    linked.mkdir()
+    (linked / "checkpoints").symlink_to(other / "checkpoints")
+    main([f"run={linked}", f"checkpoint={linked / 'checkpoints' / 'best.pt'}", "episodes=1"])
+    assert (linked / "eval.json").is_file()
 
 
 @pytest.mark.parametrize("argv, says", [(["episodes=3"], "run=<run directory> is required"),
