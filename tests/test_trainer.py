@@ -67,6 +67,7 @@ def test_train_log_mirrors_the_console(cli_run):
     _, run_dir, _, proc = cli_run
     log = (run_dir / "train.log").read_text()
     assert "eval return" in log and "done:" in log
+    assert " envs (sync), " in log  # the start line names the backend auto or the user chose
     assert "eval return" in proc.stderr + proc.stdout
 
 
