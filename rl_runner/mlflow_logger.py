@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 from rl_runner import fileio
 from rl_runner.errors import UserError, one_line
 from rl_runner.logger import metric_tag
+from rl_runner.results import recorded_status
 
 log = logging.getLogger("rl_runner")
 
@@ -173,9 +173,7 @@ class MLflowLogger:
             log.debug("mlflow: %d values after the last checkpoint not sent", len(self.pending))
         self.pending = []
         results = self.run_dir / "results.json"
-        status = "FINISHED"
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            status = RUN_STATUS.get(json.loads(results.read_text()).get("status"), status)
+        status = RUN_STATUS.get(recorded_status(self.run_dir), "FINISHED")
         with self.store_errors():
             for path in (results, self.run_dir / ".hydra" / "config.yaml"):
                 if path.is_file():

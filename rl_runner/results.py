@@ -1,8 +1,10 @@
 """What a run records about itself in results.json."""
 from __future__ import annotations
 
+import json
 import platform
 import signal
+from pathlib import Path
 
 import gymnasium as gym
 import torch
@@ -14,6 +16,16 @@ from rl_runner.fileio import write_json
 def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "gymnasium": gym.__version__, "rl_runner": rl_runner.__version__}
+
+
+def recorded_status(run_dir: Path) -> str | None:
+    """The status in the run's results.json (JSON that rl-run wrote), or None where it has
+    none that can be read."""
+    try:
+        status = json.loads((Path(run_dir) / "results.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
 
 
 def write_results(t, status: str, elapsed: float, start_steps: int, error: str | None) -> dict:

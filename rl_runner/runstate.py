@@ -2,10 +2,8 @@
 every part of it before loading any (one line naming what does not fit)."""
 from __future__ import annotations
 
-import json
 import logging
 import math
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -14,6 +12,7 @@ from rl_runner.checkpoint import (cuda_rng_misfit, misfit, nonfinite_paths, port
 from rl_runner.envpool_env import EnvPoolVectorEnv
 from rl_runner.envstate import env_state, restore_env_state
 from rl_runner.errors import UserError
+from rl_runner.results import recorded_status
 
 log = logging.getLogger("rl_runner")
 COUNTERS = ("env_steps", "next_eval", "next_checkpoint", "best_eval", "last_eval",
@@ -172,16 +171,6 @@ def counters_misfit(c: dict) -> str | None:
                                        for v in ev.values())):  # an inf eval is a record too
         return "counters.last_eval is not an evaluation's result"
     return None
-
-
-def recorded_status(run_dir: Path) -> str | None:
-    """The status in the run's results.json (JSON that rl-run wrote), or None where it has
-    none that can be read."""
-    try:
-        status = json.loads((Path(run_dir) / "results.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return status if isinstance(status, str) else None
 
 
 def budget_misfit(steps: int, step_size: int, budget: int) -> str | None:
