@@ -195,9 +195,7 @@ class Trainer:
         # RuntimeWarnings on the way there would only add lines of noise
         floating = np.seterr(all="ignore")
         try:
-            # a resume of a run stopped during an evaluation: that evaluation first, at its step
-            if 0 < self.next_eval <= self.env_steps != self.last_eval_step and self._evaluate():
-                self.next_eval = next_multiple(self.env_steps, self.eval_every)
+            self._evaluate_when_due()  # a resume of a run stopped in one: it first, at its step
             while self.env_steps < total and self.stop_signal is None:
                 before = self.env_steps
                 metrics = self._learn_once()
@@ -209,8 +207,7 @@ class Trainer:
                     self.logger.metrics(metrics, self.env_steps)
                     self.logger.scalar("charts/SPS", sps, self.env_steps)
                     self.next_log = next_multiple(self.env_steps, self.log_every)
-                if self.env_steps >= self.next_eval and self._evaluate():
-                    self.next_eval = next_multiple(self.env_steps, self.eval_every)
+                self._evaluate_when_due()
                 if self.env_steps >= self.next_checkpoint:
                     runstate.save(self, "last.pt", self.wall_before + elapsed)
                     self.next_checkpoint = next_multiple(self.env_steps, self.checkpoint_every)
@@ -288,6 +285,11 @@ class Trainer:
             raise UserError(f"{', '.join(bad)} became NaN/Inf at env step {self.env_steps}; "
                             f"stopped, {runstate.kept(self)}")
         return metrics
+
+    def _evaluate_when_due(self) -> None:
+        """The evaluation every eval_every steps; one that a signal stopped stays due."""
+        if self.next_eval <= self.env_steps != self.last_eval_step and self._evaluate():
+            self.next_eval = next_multiple(self.env_steps, self.eval_every)
 
     def _evaluate(self) -> bool:
         """Evaluate, log, keep best.pt; False where a signal stopped it (nothing recorded, and
