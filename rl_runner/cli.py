@@ -17,6 +17,7 @@ from rl_runner.errors import UserError, one_line
 from rl_runner.fileio import writing
 from rl_runner.overrides import check_jobs, check_overrides
 from rl_runner.resume import hydra_quote, resume_overrides, resumed_config
+from rl_runner.threads import set_threads
 
 log = logging.getLogger("rl_runner")
 
@@ -265,6 +266,10 @@ def print_help(argv: list[str], entries: list[str]) -> None:
 
 def main() -> None:
     """`rl-run`: Hydra's CLI, with bad input reported as one line and exit code 2."""
+    # this process's own torch work (the checks build the algorithm) runs on one thread: an
+    # OpenMP team started here would hang a sweep job forked from it (libgomp is not
+    # fork-safe) at its first product on several threads. A run sets its own count.
+    set_threads(1)
     try:
         argv = prepare_argv(sys.argv[1:])
         entries = help_entries(argv)

@@ -176,6 +176,17 @@ def test_joblib_runs_jobs_in_parallel_with_progress_lines(tmp_path):
     check_summary_matches_results(sweep_dir)
 
 
+def test_a_sweep_job_on_two_threads_runs_its_updates(tmp_path):
+    # rl-run's checks build the algorithm before Hydra forks the job's training process: an
+    # OpenMP team started then left the job hanging at its first two-thread product
+    proc, sweep_dir = sweep(tmp_path, ["algo=sac", "env=pendulum", "seed=0", *FAST,
+                                       "trainer.total_steps=120", "algo.learning_starts=100",
+                                       "trainer.torch_threads=2"], timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(job_dirs(sweep_dir)[0])
+    assert results["status"] == "completed" and results["grad_steps"] > 0
+
+
 @pytest.mark.integration  # joblib worker processes; the rule itself: test_jobs_running_at_once_...
 def test_parallel_jobs_share_the_cores(tmp_path):
     """sac with torch_threads=auto takes every core alone; two at once take half each."""
