@@ -41,6 +41,8 @@ class MLflowLogger:
                  run_id: str | None = None, resume_step: int | None = None):
         self.run_dir, self.uri, self.failed = Path(run_dir), local_uri(tracking_uri), False
         self.pending: list = []  # Metric entities logged since the last commit
+        self._stamps: dict[tuple[str, float], int] = {}  # this step's points: their timestamps
+        self._stamps_step: int | None = None
         with self.store_errors(), one_at_a_time(self.uri):
             from mlflow.tracking import MlflowClient
 
@@ -137,7 +139,15 @@ class MLflowLogger:
     def scalar(self, tag: str, value: float, step: int) -> None:
         from mlflow.entities import Metric
 
-        self.pending.append(Metric(safe_key(tag), float(value), int(time.time() * 1000), step))
+        key, value, stamp = safe_key(tag), float(value), int(time.time() * 1000)
+        # MLflow keeps one row per key, step, value and millisecond: two envs ending episodes of
+        # one length at one step would be one point where TensorBoard has two, so a repeat gets
+        # the next millisecond. Only the current step's points are remembered.
+        if step != self._stamps_step:
+            self._stamps, self._stamps_step = {}, step
+        stamp = max(stamp, self._stamps.get((key, value), stamp - 1) + 1)
+        self._stamps[key, value] = stamp
+        self.pending.append(Metric(key, value, stamp, step))
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():

@@ -199,6 +199,18 @@ def test_what_was_logged_after_the_last_commit_never_reaches_mlflow(tmp_path):
     assert mlflow_steps(store, run_id)["charts/episodic_return"] == [1, 2, 3, 4]
 
 
+def test_equal_points_at_one_step_are_all_kept_as_tensorboard_keeps_them(tmp_path):
+    # two envs ending episodes of the same length at one step, in the same millisecond
+    store = tmp_path / "mlflow.db"
+    logger = build_loggers(both(store), tmp_path / "run", None, None)
+    for step in (8, 8, 8, 16, 16):
+        logger.scalar("charts/episodic_length", 42.0, step)
+    logger.commit(16)
+    logger.close()
+    run_id = logger.state_dict()["mlflow"]["run_id"]
+    assert sorted(mlflow_steps(store, run_id)["charts/episodic_length"]) == [8, 8, 8, 16, 16]
+
+
 def test_a_resume_whose_mlflow_run_is_gone_logs_to_a_new_run(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="rl_runner"):
         logger = build_loggers(both(tmp_path / "m.db"), tmp_path / "run", 8,
