@@ -16,10 +16,25 @@ import torch
 
 from rl_runner.nets import ParallelMLP
 
-# numpy's float32 tanh is scalar code here (~230 us for [2, 256, 64]); torch's sigmoid is
-# vectorized, and tanh(x) = 2 * sigmoid(2x) - 1 computed in place takes ~95 us. Below this many
-# elements numpy's tanh is faster (fewer calls).
+
+def _numpy_tanh_is_avx512() -> bool:
+    """Whether numpy runs float32 tanh with its AVX-512 loop on this CPU (numpy >= 2.0 says)."""
+    try:
+        from numpy.lib.introspect import opt_func_info
+        target = opt_func_info(func_name="^tanh$", signature="float32")["tanh"]["ff"]["current"]
+    except (ImportError, KeyError, TypeError):
+        return False
+    return target == "X86_V4" or target.startswith("AVX512")
+
+
+# numpy's float32 tanh without AVX-512 was scalar-speed code on an AMD Zen 1 (~230 us for
+# [2, 256, 64]); torch's sigmoid is vectorized, and tanh(x) = 2 * sigmoid(2x) - 1 computed in
+# place took ~95 us. Below this many elements numpy's tanh is faster (fewer calls).
 _SIGMOID_TANH_MIN = 4096
+# With its AVX-512 loop numpy's tanh took 5.8 us against the sigmoid's 12.8 (AMD EPYC Zen 5,
+# one thread), so there it serves every size. A fixed rule per CPU, not a timing, so that runs
+# on one host keep the same last bits.
+_NUMPY_TANH_ONLY = _numpy_tanh_is_avx512()
 
 
 def _view(t) -> np.ndarray:
@@ -29,9 +44,12 @@ def _view(t) -> np.ndarray:
 def _bmm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out = a @ b for stacked [K, n, m] @ [K, m, p] arrays (transposed views allowed).
 
-    numpy's bundled OpenBLAS runs [2, 256, 64] @ [2, 64, 64] here in ~210 us (~410 us with the
-    left side transposed, as in a weight gradient) and torch's MKL in ~135 us; with any dimension
-    under 32 numpy's lower per-call cost wins.
+    numpy's bundled OpenBLAS ran [2, 256, 64] @ [2, 64, 64] in ~210 us on an AMD Zen 1 (~410 us
+    with the left side transposed, as in a weight gradient) and torch's MKL in ~135 us; on an AMD
+    Zen 5 OpenBLAS took 39 us and torch 44 on one thread. torch's products give the same bits
+    on one thread and on two (it splits the stack, not a matrix), OpenBLAS's do not, so the
+    ThreadTuner's switches cannot part same-seed runs. With any dimension under 32 numpy's lower
+    per-call cost wins (and its bits did not depend on the threads either).
     """
     if min(a.shape[1], a.shape[2], b.shape[2]) >= 32:
         torch.bmm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
@@ -41,7 +59,7 @@ def _bmm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
 
 def _tanh_(a: np.ndarray) -> None:
     """tanh in place on a float32 array (agrees with np.tanh to ~2e-7)."""
-    if a.size < _SIGMOID_TANH_MIN:
+    if _NUMPY_TANH_ONLY or a.size < _SIGMOID_TANH_MIN:
         np.tanh(a, out=a)
         return
     np.multiply(a, 2.0, out=a)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from rl_runner import kernels
 from rl_runner.kernels import _SIGMOID_TANH_MIN, MLPKernel, _tanh_
 from rl_runner.nets import ParallelMLP
 from rl_runner.optim import FlatAdam
@@ -69,7 +70,9 @@ def test_jvp_matches_torch_forward_mode(activation):
     assert np.abs(mine).max() > 1.0  # not trivially zero
 
 
-def test_tanh_in_place_matches_numpy_on_both_paths():
+@pytest.mark.parametrize("numpy_only", [False, True])
+def test_tanh_in_place_matches_numpy_on_both_paths(monkeypatch, numpy_only):
+    monkeypatch.setattr(kernels, "_NUMPY_TANH_ONLY", numpy_only)
     r = np.random.default_rng(0)
     for size in (100, 3 * _SIGMOID_TANH_MIN):
         x = (r.normal(size=size) * 4).astype(np.float32)
@@ -77,6 +80,24 @@ def test_tanh_in_place_matches_numpy_on_both_paths():
         a = x.copy()
         _tanh_(a)
         np.testing.assert_allclose(a, np.tanh(x), rtol=0, atol=3e-7)
+
+
+@pytest.mark.parametrize("target, numpy_only", [("X86_V4", True), ("AVX512_SKX", True),
+                                                ("X86_V3", False), ("baseline", False)])
+def test_numpy_tanh_serves_every_size_where_numpy_runs_it_with_avx512(monkeypatch, target,
+                                                                      numpy_only):
+    from numpy.lib import introspect
+
+    monkeypatch.setattr(introspect, "opt_func_info",
+                        lambda **_: {"tanh": {"ff": {"current": target}}})
+    assert kernels._numpy_tanh_is_avx512() is numpy_only
+
+
+def test_numpy_tanh_rule_reads_this_numpy():
+    # the real report, not a stub: a numpy whose report changed shape would fall back silently
+    from numpy.lib.introspect import opt_func_info
+
+    assert opt_func_info(func_name="^tanh$", signature="float32")["tanh"]["ff"]["current"]
 
 
 def test_a_members_slice_evaluates_that_network_alone():
