@@ -147,7 +147,9 @@ def test_same_seed_gives_the_same_numbers_and_another_seed_does_not(tmp_path):
     b = train(short_cfg("seed=3"), tmp_path / "b")
     c = train(short_cfg("seed=4"), tmp_path / "c")
     assert {k: a[k] for k in NUMBERS} == {k: b[k] for k in NUMBERS}
-    for key in set(a) - {"wall_seconds", "sps", "run_dir"}:
+    # torch_threads: the ThreadTuner's choice, a timing (under load one run may keep one
+    # thread); the numbers above do not depend on it
+    for key in set(a) - {"wall_seconds", "sps", "run_dir", "torch_threads"}:
         assert a[key] == b[key] or (a[key] != a[key] and b[key] != b[key]), key
     sa, sb = read_scalars(tmp_path / "a" / "tb"), read_scalars(tmp_path / "b" / "tb")
     for tag in ("losses/policy_loss", "charts/episodic_return", "eval/return_mean"):
@@ -176,8 +178,15 @@ def test_torch_threads_sets_torch_and_numpy_blas_threads(tmp_path, threads):
 def test_auto_threads_are_one_for_small_networks_and_every_core_for_big_sac(tmp_path):
     before = torch.get_num_threads()
     try:
-        ppo = train(short_cfg("trainer.total_steps=256"), tmp_path / "ppo")
+        ppo = train(short_cfg("trainer.total_steps=256", "algo.batch_size=64"), tmp_path / "ppo")
         assert ppo["torch_threads"] == torch.get_num_threads() == 1
+        # 256 rows of 64x64 reach THREADS_FROM_MACS; trpo's conjugate gradient stays on one
+        # (its one update runs inside the ThreadTuner's first probe, partly on one thread)
+        ppo = train(short_cfg("trainer.total_steps=256"), tmp_path / "ppo256")
+        assert ppo["torch_threads"] == usable_cores()
+        trpo = train(short_cfg("algo=trpo", "trainer.total_steps=256", "algo.batch_size=64"),
+                     tmp_path / "trpo")
+        assert trpo["torch_threads"] == torch.get_num_threads() == 1
         # no update runs before learning_starts: only the thread choice is exercised
         sac = train(compose(["algo=sac", "env=pendulum", *FAST, "trainer.total_steps=50",
                              "algo.learning_starts=100"]), tmp_path / "sac")

@@ -85,6 +85,15 @@ def hidden_macs(hidden_sizes: list[int], batch_size: int) -> int:
     return batch_size * max((a * b for a, b in zip(h, h[1:])), default=0)
 
 
+# multiply-adds in the widest hidden-layer matmul of a minibatch from which a second thread pays
+# off. Update time on this 2-core CPU, 1 thread vs 2 (sac on Pendulum, best of 3 x 100 updates;
+# Intel Xeon): 64x64 nets, batch 64: 4.4 vs 4.7 ms; 64x64/256 and 128x128/64 (1M): 6.1 vs 5.9,
+# 5.4 vs 4.9; 128x128/256 and 256x256/64 (4.2M): 1.3x faster; 256x256/256 (16.8M): 26.7 vs
+# 17.4 ms. dqn's cartpole preset (256x256/64), alternated in one process on a Zen 4: 74 vs 86 ms
+# an update of 128 steps (medians of 7); td3's pendulum preset (400x300/256): 6.7 vs 11.1 ms.
+THREADS_FROM_MACS = 1 << 20
+
+
 def resolve_update_precision(precision: str, device: torch.device, macs: int, who: str) -> str:
     """'fp32' or 'bf16' for the hand-written updates of td3 and ddpg; bf16 runs their hidden-to-
     hidden products in bfloat16 (mlp_forward's and mlp_backward's `lowp`). auto: bf16 on a CPU
@@ -160,6 +169,7 @@ class OnPolicyAlgorithm(OnPolicy):
                  cnn_strides: Sizes = (4, 2, 1), cnn_features: PositiveInt = 512,
                  precision: Precision = "auto", device: torch.device = torch.device("cpu")):
         self.n_steps, self.n_envs, self.total_steps = n_steps, n_envs, total_steps
+        self.hidden_sizes = list(hidden_sizes)
         self.lr, self.gamma, self.anneal_lr = lr, gamma, anneal_lr
         # the schedules' horizon: a run shorter than anneal_steps is the start of that run
         self.anneal_steps = max(total_steps, anneal_steps or 0)
@@ -205,13 +215,25 @@ class OnPolicyAlgorithm(OnPolicy):
         self.weight_loads = 0  # load_state_dict calls: with optimizer steps, infer's version
 
     def preferred_threads(self, cores: int) -> int:
-        """trainer.torch_threads=auto: one thread for the MLPs (small ops), every usable core for
-        a CNN, whose convolutions split well (ppo breakout, Intel Xeon, 2 idle cores: 1.3-1.5x
-        the env steps/s of one thread). The ThreadTuner then times updates on one thread and on
-        every core now and then and keeps the faster, so a core taken by another process
-        (where two spinning OpenMP threads ran 83 env steps/s against 307 on one) sends it back
-        to one. The thread count changes a convolution's last bits: README, Speed."""
-        return cores if self.encoder == "cnn" else 1
+        """trainer.torch_threads=auto: every usable core for a CNN, whose convolutions split well
+        (ppo breakout, Intel Xeon, 2 idle cores: 1.3-1.5x the env steps/s of one thread), and for
+        an MLP whose widest hidden-layer product over a gradient step's rows reaches
+        THREADS_FROM_MACS, the off-policy learners' rule (ppo's cartpole preset, 256 rows of
+        64x64: an update 1.22x faster on two threads, AMD EPYC Zen 5); one thread for smaller
+        MLPs (small ops). The ThreadTuner then times updates on one thread and on every core now
+        and then and keeps the faster, so a core taken by another process (where two spinning
+        OpenMP threads ran 83 env steps/s against 307 on one) sends it back to one. The thread
+        count changes the updates' last bits: README, Speed."""
+        if self.encoder == "cnn":
+            return cores
+        return cores if hidden_macs(self.hidden_sizes, self.update_rows) >= THREADS_FROM_MACS \
+            else 1
+
+    @property
+    def update_rows(self) -> int:
+        """The rows one gradient step's products run on: the rollout (pg, a2c; trpo's policy
+        step); ppo's minibatch."""
+        return self.n_steps * self.n_envs
 
     def make_optimizer(self, lr: float) -> FlatParams:
         """The optimizer over self.net's parameters (a flat-buffer one: the numpy kernel takes
@@ -378,15 +400,6 @@ def to_unit_box(actions: np.ndarray, center: np.ndarray, scale: np.ndarray) -> n
     """Box actions in the env's units as [B, A] float32 in [-1, 1] (clipped): box_bounds' map."""
     a = (np.asarray(actions, np.float32).reshape(len(actions), -1) - center) / scale
     return np.clip(a, -1.0, 1.0).astype(np.float32, copy=False)
-
-
-# multiply-adds in the widest hidden-layer matmul of a minibatch from which a second thread pays
-# off. Update time on this 2-core CPU, 1 thread vs 2 (sac on Pendulum, best of 3 x 100 updates;
-# Intel Xeon): 64x64 nets, batch 64: 4.4 vs 4.7 ms; 64x64/256 and 128x128/64 (1M): 6.1 vs 5.9,
-# 5.4 vs 4.9; 128x128/256 and 256x256/64 (4.2M): 1.3x faster; 256x256/256 (16.8M): 26.7 vs
-# 17.4 ms. dqn's cartpole preset (256x256/64), alternated in one process on a Zen 4: 74 vs 86 ms
-# an update of 128 steps (medians of 7); td3's pendulum preset (400x300/256): 6.7 vs 11.1 ms.
-THREADS_FROM_MACS = 1 << 20
 
 
 class OffPolicyAlgorithm(OffPolicy):

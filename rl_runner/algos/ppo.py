@@ -35,6 +35,10 @@ class PPO(OnPolicyAlgorithm):
         self.kl_early_stop, self.objective = kl_early_stop, objective
         self.kl_penalty_target, self.kl_beta = kl_penalty_target, kl_beta
 
+    @property
+    def update_rows(self) -> int:
+        return self.batch_size
+
     def current_clip(self) -> float:
         return self.clip_coef * (1.0 - self.progress()) if self.anneal_clip else self.clip_coef
 

@@ -66,6 +66,30 @@ def test_update_is_deterministic_given_the_seed():
         assert torch.equal(pa, pb)
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(hidden_sizes=[256, 256], activation="relu")])
+def test_update_gives_the_same_bits_on_one_and_two_threads(kw):
+    # trainer.torch_threads=auto gives 256-row minibatches every core, and its ThreadTuner runs
+    # some updates on one thread: that must not part two runs of one seed
+    from rl_runner.threads import set_threads
+
+    batch = collect(cartpole_ppo(seed=9, n_envs=8), "CartPole-v1", 8)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            set_threads(1)
+            torch.manual_seed(0)
+            algo = cartpole_ppo(n_envs=8, batch_size=256, n_epochs=3, **kw)
+            set_threads(threads)
+            metrics = algo.update(batch)
+            results.append((metrics, params(algo)))
+    finally:
+        set_threads(before)
+    (m1, p1), (m2, p2) = results
+    assert m1 == m2
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+
+
 def test_box_actions_are_clipped_for_the_env_but_log_probs_are_of_the_raw_sample():
     algo = pendulum_ppo(log_std_init=1.5)  # std ~4.5 on a [-2, 2] action range
     obs = np.random.default_rng(0).normal(size=(256, 3)).astype(np.float32)
