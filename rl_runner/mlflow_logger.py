@@ -41,7 +41,7 @@ class MLflowLogger:
                  run_id: str | None = None, resume_step: int | None = None):
         self.run_dir, self.uri, self.failed = Path(run_dir), local_uri(tracking_uri), False
         self.pending: list = []  # Metric entities logged since the last commit
-        self._stamps: dict[tuple[str, float], int] = {}  # this step's points: their timestamps
+        self._stamps: dict[str, int] = {}  # this step's keys: their last point's timestamp
         self._stamps_step: int | None = None
         with self.store_errors(), one_at_a_time(self.uri):
             from mlflow.tracking import MlflowClient
@@ -141,12 +141,13 @@ class MLflowLogger:
 
         key, value, stamp = safe_key(tag), float(value), int(time.time() * 1000)
         # MLflow keeps one row per key, step, value and millisecond: two envs ending episodes of
-        # one length at one step would be one point where TensorBoard has two, so a repeat gets
-        # the next millisecond. Only the current step's points are remembered.
+        # one length at one step would be one point where TensorBoard has two. So each point of
+        # a key at one step comes at least a millisecond after the one before (in order, NaNs
+        # too); only the current step's keys are remembered.
         if step != self._stamps_step:
             self._stamps, self._stamps_step = {}, step
-        stamp = max(stamp, self._stamps.get((key, value), stamp - 1) + 1)
-        self._stamps[key, value] = stamp
+        stamp = max(stamp, self._stamps.get(key, stamp - 1) + 1)
+        self._stamps[key] = stamp
         self.pending.append(Metric(key, value, stamp, step))
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
