@@ -48,8 +48,8 @@ def _bmm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     with the left side transposed, as in a weight gradient) and torch's MKL in ~135 us; on an AMD
     Zen 5 OpenBLAS took 39 us and torch 44 on one thread. torch's products give the same bits
     on one thread and on two (it splits the stack, not a matrix), OpenBLAS's do not, so the
-    ThreadTuner's switches cannot part same-seed runs. With any dimension under 32 numpy's lower
-    per-call cost wins (and its bits did not depend on the threads either).
+    ThreadTuner's switches cannot part same-seed runs (numpy's BLAS stays on one thread:
+    threads.set_threads). With any dimension under 32 numpy's lower per-call cost wins.
     """
     if min(a.shape[1], a.shape[2], b.shape[2]) >= 32:
         torch.bmm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))

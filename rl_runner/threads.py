@@ -33,9 +33,14 @@ SWITCH_MARGIN = 1.3
 
 
 def set_threads(n: int) -> None:
-    """torch's threads and numpy's BLAS threads (the on-policy kernels, GAE) to `n`."""
+    """torch's threads to `n`, numpy's BLAS threads to one. numpy's products are the MLP kernels'
+    small ones (kernels._bmm sends the big ones to torch), and OpenBLAS splits a matrix between
+    its threads, so its last bits changed with their count (a ppo update with 64-dim
+    observations); on one thread a ThreadTuner switch leaves the kernels' bits as they were.
+    OpenBLAS's default, a thread per core, also made a 256x64 matmul 2x slower while another
+    process held a core."""
     torch.set_num_threads(n)
-    threadpool_limits(n, user_api="blas")
+    threadpool_limits(1, user_api="blas")
 
 
 class ThreadTuner:
@@ -131,7 +136,7 @@ def keep_freed_memory() -> None:
 def choose_threads(setting: int | str, max_threads: int,
                    algo=None) -> tuple[int, ThreadTuner | None]:
     """trainer.torch_threads, or with `auto` the algorithm's choice for its matmul sizes; set for
-    torch and numpy's BLAS, with a ThreadTuner where auto chose several.
+    torch (numpy's BLAS: one), with a ThreadTuner where auto chose several.
 
     Called before the networks are built (`auto`: one thread, so that initial weights do not
     depend on the machine's cores: orthogonal init's QR differs in its last bits with the thread
@@ -143,9 +148,7 @@ def choose_threads(setting: int | str, max_threads: int,
         log.warning("trainer.torch_threads=%d: more than this job's share of the cores (%d) "
                     "while other jobs of the sweep run; auto picks within it",
                     threads, max_threads)
-    # numpy's OpenBLAS (the on-policy kernels, GAE) gets the same count: its default of one
-    # thread per core made a 256x64 matmul 2x slower while another process held a core
-    set_threads(threads)
+    set_threads(threads)  # numpy's BLAS: one thread (set_threads says why)
     # auto with several threads: re-measured now and then, since another process taking a core
     # makes several threads far slower than one
     tuned = algo is not None and threads > 1 and setting == "auto"

@@ -218,14 +218,17 @@ class OnPolicyAlgorithm(OnPolicy):
         """trainer.torch_threads=auto: every usable core for a CNN, whose convolutions split well
         (ppo breakout, Intel Xeon, 2 idle cores: 1.3-1.5x the env steps/s of one thread), and for
         an MLP whose widest hidden-layer product over a gradient step's rows reaches
-        THREADS_FROM_MACS, the off-policy learners' rule (ppo's cartpole preset, 256 rows of
-        64x64: an update 1.22x faster on two threads, AMD EPYC Zen 5); one thread for smaller
-        MLPs (small ops). The ThreadTuner then times updates on one thread and on every core now
-        and then and keeps the faster, so a core taken by another process (where two spinning
-        OpenMP threads ran 83 env steps/s against 307 on one) sends it back to one. The thread
-        count changes the updates' last bits: README, Speed."""
+        THREADS_FROM_MACS on the CPU, the off-policy learners' rule (ppo's cartpole preset, 256
+        rows of 64x64: an update 1.22x faster on two threads, AMD EPYC Zen 5: docs/benchmarks.md);
+        one thread for smaller MLPs (small ops) and on a GPU. The ThreadTuner then times updates
+        on one thread and on every core now and then and keeps the faster, so a core taken by
+        another process (where two spinning OpenMP threads ran 83 env steps/s against 307 on one)
+        sends it back to one. The count changes a CNN's last bits, not the numpy MLP kernels'
+        (README, Speed)."""
         if self.encoder == "cnn":
             return cores
+        if self.device.type != "cpu":  # the products run on the device
+            return 1
         return cores if hidden_macs(self.hidden_sizes, self.update_rows) >= THREADS_FROM_MACS \
             else 1
 

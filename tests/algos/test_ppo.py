@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from rl_runner.algos.base import Rollout
 from rl_runner.algos.ppo import PPO
 from rl_runner.errors import UserError
 from rl_runner.optim import FlatAdam
@@ -66,20 +67,40 @@ def test_update_is_deterministic_given_the_seed():
         assert torch.equal(pa, pb)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(hidden_sizes=[256, 256], activation="relu")])
-def test_update_gives_the_same_bits_on_one_and_two_threads(kw):
-    # trainer.torch_threads=auto gives 256-row minibatches every core, and its ThreadTuner runs
-    # some updates on one thread: that must not part two runs of one seed
+def random_rollout(obs_dim: int, action_space: gym.Space, T: int, N: int) -> Rollout:
+    r = np.random.default_rng(0)
+    shape = (T, N, *action_space.shape)
+    actions = r.integers(0, 2, shape) if isinstance(action_space, gym.spaces.Discrete) else \
+        r.uniform(-1, 1, shape).astype(np.float32)
+    f = lambda: r.normal(size=(T, N)).astype(np.float32)  # noqa: E731
+    return Rollout(r.normal(size=(T, N, obs_dim)).astype(np.float32), actions, f() - 1.0, f(),
+                   f(), r.random((T, N)) < 0.05, f())
+
+
+@pytest.mark.parametrize("obs_dim, box, kw", [
+    (4, False, dict()),
+    (4, False, dict(hidden_sizes=[256, 256], activation="relu")),
+    (64, False, dict()),  # the first layer's products through numpy's BLAS
+    (17, True, dict(hidden_sizes=[256, 256], batch_size=64)),
+    (64, False, dict(batch_size=2048)),
+])
+def test_update_gives_the_same_bits_on_one_and_two_threads(obs_dim, box, kw):
+    # trainer.torch_threads=auto gives big products every core, and its ThreadTuner runs some
+    # updates on one thread: that must not part two runs of one seed
     from rl_runner.threads import set_threads
 
-    batch = collect(cartpole_ppo(seed=9, n_envs=8), "CartPole-v1", 8)
+    action_space = gym.spaces.Box(-1.0, 1.0, (6,), np.float32) if box else gym.spaces.Discrete(2)
+    space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+    batch = random_rollout(obs_dim, action_space, 256, 8)
+    args = dict(observation_space=space, action_space=action_space, n_envs=8,
+                total_steps=10_000, n_steps=256, batch_size=256, n_epochs=2)
     results = []
     before = torch.get_num_threads()
     try:
         for threads in (1, 2):
             set_threads(1)
             torch.manual_seed(0)
-            algo = cartpole_ppo(n_envs=8, batch_size=256, n_epochs=3, **kw)
+            algo = PPO(**{**args, **kw})
             set_threads(threads)
             metrics = algo.update(batch)
             results.append((metrics, params(algo)))
@@ -88,6 +109,13 @@ def test_update_gives_the_same_bits_on_one_and_two_threads(kw):
     (m1, p1), (m2, p2) = results
     assert m1 == m2
     assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+
+
+def test_auto_threads_stay_at_one_for_an_mlp_on_a_gpu():
+    algo = cartpole_ppo(n_envs=8, batch_size=256)
+    assert algo.preferred_threads(2) == 2
+    algo.device = torch.device("cuda")  # the rule reads the device only
+    assert algo.preferred_threads(2) == 1
 
 
 def test_box_actions_are_clipped_for_the_env_but_log_probs_are_of_the_raw_sample():
