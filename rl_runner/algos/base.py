@@ -94,6 +94,12 @@ def hidden_macs(hidden_sizes: list[int], batch_size: int) -> int:
 THREADS_FROM_MACS = 1 << 20
 
 
+def threads_for_macs(cores: int, macs: int) -> int:
+    """trainer.torch_threads=auto for an MLP learner on the CPU: every core where a gradient
+    step's widest hidden-layer matmul has `macs` >= THREADS_FROM_MACS multiply-adds, else one."""
+    return cores if macs >= THREADS_FROM_MACS else 1
+
+
 def resolve_update_precision(precision: str, device: torch.device, macs: int, who: str) -> str:
     """'fp32' or 'bf16' for the hand-written updates of td3 and ddpg; bf16 runs their hidden-to-
     hidden products in bfloat16 (mlp_forward's and mlp_backward's `lowp`). auto: bf16 on a CPU
@@ -229,8 +235,7 @@ class OnPolicyAlgorithm(OnPolicy):
             return cores
         if self.device.type != "cpu":  # the products run on the device
             return 1
-        return cores if hidden_macs(self.hidden_sizes, self.update_rows) >= THREADS_FROM_MACS \
-            else 1
+        return threads_for_macs(cores, hidden_macs(self.hidden_sizes, self.update_rows))
 
     @property
     def update_rows(self) -> int:
@@ -441,7 +446,7 @@ class OffPolicyAlgorithm(OffPolicy):
         """trainer.torch_threads=auto for an MLP learner: every core where a minibatch's widest
         hidden-layer matmul reaches THREADS_FROM_MACS multiply-adds, else one. The ThreadTuner
         then times one thread against them now and then (a core taken by another process)."""
-        return cores if self.hidden_macs() >= THREADS_FROM_MACS else 1
+        return threads_for_macs(cores, self.hidden_macs())
 
     def hidden_macs(self) -> int:
         return hidden_macs(self.hidden_sizes, self.batch_size)
