@@ -4,7 +4,11 @@ EnvPoolVectorEnv gives the feeders what gymnasium's SyncVectorEnv gives them wit
 AutoresetMode.SAME_STEP: an episode that ends is reset in the same step, its final observation
 in info["final_obs"], terminated and truncated apart. EnvPool itself resets an env on the step
 after its episode ended (the action is ignored then); here the ended envs are reset at once
-(EnvPool's reset of a subset of envs), so no step is spent on it.
+(EnvPool's reset of a subset of envs), so no step is spent on it. The time limit is kept here
+too, from EnvPool's step count: an episode that ends on its last allowed step is terminated and
+truncated, as gymnasium's TimeLimit says, where EnvPool's own limit says truncated only (and
+the feeders would bootstrap from a final state). max_episode_steps=-1 is no limit, as in
+gymnasium.make.
 
 The spaces are gymnasium's own (the Evaluator scores on gymnasium's env, and checkpoints fit
 either backend); EnvPool's must have the same shapes. Env i is seeded with seed + i.
@@ -29,6 +33,8 @@ from rl_runner.atari import register_ale
 from rl_runner.errors import UserError, one_line
 
 BACKENDS = ("sync", "async", "envpool", "auto")
+# EnvPool's episode length where rl-runner keeps none (the pool's limit is one step past ours)
+NEVER = 2**31 - 1
 # EnvPool's own settings of the pool, not of the env: never taken from env.kwargs
 POOL_KEYS = {"num_envs", "batch_size", "num_threads", "max_num_players", "thread_affinity_offset",
              "base_path", "seed", "env_seed", "gym_reset_return_info"}
@@ -115,7 +121,8 @@ class Unfit(UserError):
 
 def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None) -> dict:
     """envpool.make's settings for `env_id`: env.kwargs where EnvPool has the same key, the
-    episode length of gymnasium's registration, env.atari's preprocessing."""
+    episode length in agent steps (max_episode_steps: env.kwargs' or gymnasium's registration;
+    None for none), env.atari's preprocessing."""
     import envpool
 
     name = twin(env_id, atari)
@@ -126,20 +133,28 @@ def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None) -> dict:
                     f"takes: {', '.join(sorted(known))})")
     out = dict(kwargs)
     if atari is None:
-        steps = gym.spec(env_id).max_episode_steps
-        if steps is not None and "max_episode_steps" in known:
-            out.setdefault("max_episode_steps", int(steps))
+        if "max_episode_steps" in known:
+            out["max_episode_steps"] = episode_limit(
+                out.get("max_episode_steps", gym.spec(env_id).max_episode_steps))
         return out
+    if atari["noop_max"] < 1:  # envpool 1.2.5's Atari crashed (SIGSEGV) at its first reset
+        raise Unfit(f"EnvPool's Atari takes env.atari.noop_max >= 1, not {atari['noop_max']}")
     _, settings = atari_task(env_id)
+    # env.kwargs.max_episode_steps counts frames, as gymnasium's TimeLimit around the game does
     frames = settings.pop("frames")
+    frames = episode_limit(out.pop("max_episode_steps", frames))
     out = {**settings, **out}  # the id's sticky actions and action set, unless env.kwargs say
     out.update(noop_max=atari["noop_max"], frame_skip=atari["frame_skip"],
                img_height=atari["screen_size"], img_width=atari["screen_size"],
                gray_scale=atari["grayscale"], stack_num=atari["frame_stack"],
-               use_fire_reset=atari["fire_reset"], episodic_life=False, reward_clip=False)
-    if frames:
-        out["max_episode_steps"] = max(1, int(frames) // atari["frame_skip"])
+               use_fire_reset=atari["fire_reset"], episodic_life=False, reward_clip=False,
+               max_episode_steps=None if frames is None else max(1, frames // atari["frame_skip"]))
     return out
+
+
+def episode_limit(steps) -> int | None:
+    """A max_episode_steps as gymnasium.make takes it: None or -1 is no time limit."""
+    return None if steps is None or steps == -1 else int(steps)
 
 
 def quietly(fn, *args):
@@ -159,6 +174,11 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         self.env_id, self.num_envs, self.threads = env_id, n_envs, max(1, min(threads, n_envs))
         self.name = twin(env_id, atari)
         self.settings = pool_kwargs(env_id, kwargs, atari)
+        # the time limit is kept here (step_wait), as gymnasium's TimeLimit keeps it; EnvPool's
+        # own says truncated and not terminated where an episode ends on its last step
+        self.limit = self.settings.get("max_episode_steps")
+        if "max_episode_steps" in self.settings:
+            self.settings["max_episode_steps"] = NEVER if self.limit is None else self.limit + 1
         self.single_observation_space, self.single_action_space = observation_space, action_space
         self.observation_space = gym.vector.utils.batch_space(observation_space, n_envs)
         self.action_space = gym.vector.utils.batch_space(action_space, n_envs)
@@ -245,6 +265,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
 
     def step_wait(self):
         obs, rewards, terminated, truncated, info = self.pool.recv()
+        if self.limit is not None:  # both flags where the last allowed step ends the episode
+            truncated = truncated | (info["elapsed_step"] >= self.limit)
         rewards = np.asarray(rewards, np.float64)
         out: dict[str, Any] = {}
         over = terminated | truncated  # EnvPool's episode (an Atari game) ended: reset at once

@@ -199,3 +199,70 @@ def test_a_value_envpool_refuses_is_one_line(tmp_path):
                     "+env.kwargs.max_episode_steps=100000000000", *FAST], tmp_path)
     line = error_line(proc)
     assert "EnvPool cannot make CartPole-v1" in line and "sync, async" in line, line
+
+
+@pytest.mark.parametrize("backend", ["sync", "envpool"])
+def test_an_episode_that_ends_on_its_last_step_is_terminated_and_truncated(backend):
+    """As gymnasium's TimeLimit says it: terminated where the final state is terminal, also on
+    the last allowed step (EnvPool's own limit said truncated only: the feeders bootstrapped
+    from a fallen pole), and truncated at the limit."""
+    limit = 12
+    envs = make_vec_env("CartPole-v1", 16, {"max_episode_steps": limit}, vectorization=backend,
+                        threads=1)
+    envs.reset(seed=0)
+    envs.action_space.seed(0)
+    lengths = np.zeros(16, int)
+    both = 0
+    for _ in range(400):
+        _, _, terminated, truncated, info = envs.step(envs.action_space.sample())
+        lengths += 1
+        for i in np.flatnonzero(terminated | truncated):
+            x, _, theta, _ = info["final_obs"][i]
+            assert terminated[i] == (abs(x) > 2.4 or abs(theta) > 12 * 2 * np.pi / 360)
+            assert truncated[i] == (lengths[i] == limit)
+            both += bool(terminated[i] and truncated[i])
+        lengths[terminated | truncated] = 0
+    assert both >= 10  # random actions topple the pole on step 12 often enough
+    envs.close()
+
+
+def test_max_episode_steps_minus_one_is_no_time_limit():
+    """gymnasium.make's -1: no TimeLimit (EnvPool took it as a limit of -1: every step
+    truncated)."""
+    for backend in ("sync", "envpool"):
+        envs = make_vec_env("Pendulum-v1", 2, {"max_episode_steps": -1}, vectorization=backend,
+                            threads=1)
+        envs.reset(seed=0)
+        for _ in range(250):  # Pendulum's registered limit is 200
+            _, _, terminated, truncated, _ = envs.step(np.zeros((2, 1), np.float32))
+            assert not (terminated | truncated).any(), backend
+        envs.close()
+
+
+def test_atari_episode_length_in_kwargs_counts_frames():
+    """env.kwargs.max_episode_steps on a game is in frames, as gymnasium's TimeLimit around
+    the game counts them; EnvPool's limit is in agent steps (EnvPool replaced it with the id's
+    27000 before)."""
+    from rl_runner.config import atari_options
+
+    settings = envpool_env.pool_kwargs("BreakoutNoFrameskip-v4", {"max_episode_steps": 400},
+                                       atari_options({}))
+    assert settings["max_episode_steps"] == 100
+    endless = envpool_env.pool_kwargs("ALE/Breakout-v5", {"max_episode_steps": -1},
+                                      atari_options({}))
+    assert endless["max_episode_steps"] is None
+
+
+def test_atari_without_no_ops_takes_sync(caplog):
+    """env.atari.noop_max=0 crashed EnvPool's Atari (a segfault, no line): envpool refuses it
+    in one line, auto takes sync."""
+    pytest.importorskip("ale_py")
+    from rl_runner.config import atari_options
+
+    atari = atari_options({"noop_max": 0})
+    with pytest.raises(UserError, match="noop_max >= 1.*backends that work for it: sync"):
+        make_vec_env("BreakoutNoFrameskip-v4", 1, vectorization="envpool", atari=atari)
+    caplog.set_level("INFO", logger="rl_runner")
+    envs = make_vec_env("BreakoutNoFrameskip-v4", 1, vectorization="auto", atari=atari)
+    assert envs.backend == "sync" and "noop_max" in caplog.text
+    envs.close()
