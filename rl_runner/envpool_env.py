@@ -134,15 +134,14 @@ def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None) -> dict:
     out = dict(kwargs)
     if atari is None:
         if "max_episode_steps" in known:
-            out["max_episode_steps"] = episode_limit(
-                out.get("max_episode_steps", gym.spec(env_id).max_episode_steps))
+            out["max_episode_steps"] = episode_limit(out.get("max_episode_steps"),
+                                                     gym.spec(env_id).max_episode_steps)
         return out
     if atari["noop_max"] < 1:  # envpool 1.2.5's Atari crashed (SIGSEGV) at its first reset
         raise Unfit(f"EnvPool's Atari takes env.atari.noop_max >= 1, not {atari['noop_max']}")
     _, settings = atari_task(env_id)
     # env.kwargs.max_episode_steps counts frames, as gymnasium's TimeLimit around the game does
-    frames = settings.pop("frames")
-    frames = episode_limit(out.pop("max_episode_steps", frames))
+    frames = episode_limit(out.pop("max_episode_steps", None), settings.pop("frames"))
     out = {**settings, **out}  # the id's sticky actions and action set, unless env.kwargs say
     out.update(noop_max=atari["noop_max"], frame_skip=atari["frame_skip"],
                img_height=atari["screen_size"], img_width=atari["screen_size"],
@@ -152,8 +151,11 @@ def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None) -> dict:
     return out
 
 
-def episode_limit(steps) -> int | None:
-    """A max_episode_steps as gymnasium.make takes it: None or -1 is no time limit."""
+def episode_limit(steps, registered: int | None) -> int | None:
+    """The episode length gymnasium.make gives for max_episode_steps=`steps`: the registered one
+    where it is None, none (None) where it is -1."""
+    if steps is None:
+        steps = registered
     return None if steps is None or steps == -1 else int(steps)
 
 

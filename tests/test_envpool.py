@@ -226,16 +226,19 @@ def test_an_episode_that_ends_on_its_last_step_is_terminated_and_truncated(backe
     envs.close()
 
 
-def test_max_episode_steps_minus_one_is_no_time_limit():
-    """gymnasium.make's -1: no TimeLimit (EnvPool took it as a limit of -1: every step
-    truncated)."""
-    for backend in ("sync", "envpool"):
-        envs = make_vec_env("Pendulum-v1", 2, {"max_episode_steps": -1}, vectorization=backend,
-                            threads=1)
+@pytest.mark.parametrize("backend", ["sync", "envpool"])
+def test_max_episode_steps_as_gymnasium_make_takes_it(backend):
+    """-1 is no TimeLimit (EnvPool took it as a limit of -1: every step truncated); None is
+    the registered limit (Pendulum's 200)."""
+    for steps, ends_at in ((-1, None), (None, 200), (50, 50)):
+        envs = make_vec_env("Pendulum-v1", 2, {"max_episode_steps": steps},
+                            vectorization=backend, threads=1)
         envs.reset(seed=0)
-        for _ in range(250):  # Pendulum's registered limit is 200
+        for t in range(1, 251):
             _, _, terminated, truncated, _ = envs.step(np.zeros((2, 1), np.float32))
-            assert not (terminated | truncated).any(), backend
+            assert not terminated.any() and truncated.all() == (t == ends_at), (steps, t)
+            if t == ends_at:
+                break
         envs.close()
 
 
@@ -251,6 +254,9 @@ def test_atari_episode_length_in_kwargs_counts_frames():
     endless = envpool_env.pool_kwargs("ALE/Breakout-v5", {"max_episode_steps": -1},
                                       atari_options({}))
     assert endless["max_episode_steps"] is None
+    registered = envpool_env.pool_kwargs("ALE/Breakout-v5", {"max_episode_steps": None},
+                                         atari_options({}))
+    assert registered["max_episode_steps"] == 27000
 
 
 def test_atari_without_no_ops_takes_sync(caplog):
