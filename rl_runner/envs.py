@@ -107,18 +107,22 @@ def make_vec_env(env_id: str, n_envs: int, kwargs: dict | None = None,
     kwargs = dict(kwargs or {})
     options = atari_options(atari)
     backend = envpool_env.resolve(vectorization, env_id, options)
-    try:  # surface bad kwargs as one line, not a worker crash (some fail at the first reset)
+    try:  # surface bad kwargs as one line, not a worker crash (some fail at the first reset,
+        # or at the first step: HalfCheetah's ctrl_cost_weight='abc')
         probe = make_one(env_id, kwargs, atari, training)
         try:
             probe.reset(seed=0)
+            probe.action_space.seed(0)
+            probe.step(probe.action_space.sample())
             spaces = probe.observation_space, probe.action_space
         finally:
             probe.close()
-    except TypeError as e:
-        raise UserError(f"env.kwargs {kwargs} rejected by {env_id}: {e}") from None
     except UserError:
         raise
     except Exception as e:  # a missing extra (jax, shimmy), an env that fails to start
+        if isinstance(e, TypeError) and kwargs:
+            raise UserError(f"env.kwargs {kwargs} rejected by {env_id}: {one_line(e, 200)}") \
+                from None
         extra = missing_extra(env_id, e)
         if extra is not None:
             raise UserError(f"env.id={env_id} needs the {extra} extra, not installed here "

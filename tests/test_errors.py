@@ -92,6 +92,13 @@ def test_zero_envs(rl_run):
     assert_says(line, "env.n_envs=0", "positive")
 
 
+def test_env_kwargs_that_fail_at_the_first_step(cli, tmp_path):
+    """Pendulum's g is read in step only: the check stepped nothing, and the run died with a
+    traceback at its first step, a failed run dir left behind."""
+    line = error_line(cli(["algo=ppo", "env=pendulum", "+env.kwargs.g=abc", *FAST]))
+    assert_says(line, "env.kwargs {'g': 'abc'} rejected by Pendulum-v1", "unsupported operand")
+    assert not (tmp_path / "run").exists()
+
 def test_negative_learning_rate(rl_run):
     line = rl_run(["algo.lr=-0.1", *FAST])
     assert_says(line, "algo.lr=-0.1", "negative")
