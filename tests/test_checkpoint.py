@@ -130,6 +130,23 @@ def test_env_state_is_plain_data_and_continues_the_episode(tmp_path):
     assert env_state(make_vec_env("LunarLander-v3", 1)) is None  # a Box2D world: not plain data
 
 
+
+def test_numpy_strings_in_an_env_restart_its_episodes(tmp_path):
+    """Blackjack keeps its dealer's card as np.str_, a str that a checkpoint refused as a numpy
+    array of dtype <U1: every blackjack run failed at its first checkpoint. Strings are settings
+    to the restore (set back only where unchanged), so such an env's episodes restart."""
+    envs = make_vec_env("Blackjack-v1", 2)
+    envs.reset(seed=3)
+    assert env_state(envs) is None
+    save_checkpoint(tmp_path / "e.pt", {"env": {"state": env_state(envs)}})
+
+
+def test_env_state_a_checkpoint_cannot_hold_restarts_the_episodes():
+    envs = make_vec_env("CartPole-v1", 1)
+    envs.reset(seed=0)
+    envs.envs[0].unwrapped.label = np.bytes_(b"x")  # plain-looking, refused by the checkpoint
+    assert env_state(envs) is None
+
 def rewrite(run: Path, change) -> None:
     """Both checkpoints of `run`, loaded, changed by `change(state)` and saved as plain data."""
     for name in ("best.pt", "last.pt"):
