@@ -19,6 +19,9 @@ from rl_runner.fileio import os_error_line, writing
 LOCK = ".lock"
 _held: dict[Path, int] = {}  # directory -> the open lock file: the lock lives as long as it does
 _made: set[Path] = set()  # directories this process created (a stub of them may be removed)
+# directories the user made, empty when claimed: the names they held then (a lock file at most);
+# a refused run removes what it added to them and leaves the directory
+_found_empty: dict[Path, set[str]] = {}
 
 
 def holds_something(folder: Path) -> bool:
@@ -89,14 +92,25 @@ def release(folder: Path) -> None:
 
 def remove_stub(run_dir: Path) -> None:
     """Remove a run directory this process made, when a check refused the run before it
-    trained (nothing in it but Hydra's .hydra/, train.log, tb/): rl-report then lists no stub."""
+    trained (nothing in it but Hydra's .hydra/, train.log, tb/): rl-report then lists no stub.
+    A directory the user made, empty, is emptied again, so the corrected command can use it."""
     run_dir = Path(run_dir)
-    if run_dir.resolve() not in _made:
+    where = run_dir.resolve()
+    if where not in _made and where not in _found_empty:
         return
     if (run_dir / "checkpoints").exists() or (run_dir / "results.json").exists():
         return
     release(run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if where in _made:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for entry in run_dir.iterdir():
+        if entry.name in _found_empty[where]:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def is_locked(folder: Path) -> bool:
@@ -126,6 +140,8 @@ def claim_explicit(run_dir: Path) -> None:
         if not run_dir.is_dir():
             run_dir.mkdir(parents=True)
             _made.add(run_dir.resolve())
+        else:
+            _found_empty[run_dir.resolve()] = {p.name for p in run_dir.iterdir()}
     lock(run_dir)
     if holds_something(run_dir):  # another process was quicker
         release(run_dir)

@@ -148,6 +148,20 @@ def test_a_refused_check_leaves_no_stub_directory(tmp_path):
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
+
+def test_a_refused_run_empties_the_directory_the_user_made(tmp_path):
+    """An empty hydra.run.dir the user made kept .hydra/, .lock and train.log after the trainer
+    refused the run: the corrected command was then refused as 'already holds a run', and a
+    resume found no checkpoint."""
+    run_dir = tmp_path / "mine"
+    run_dir.mkdir()
+    proc = run_cli(["algo=bc", "env=cartpole", *FAST, f"dataset.path={tmp_path / 'missing.npz'}"],
+                   tmp_path, run_dir=run_dir)
+    assert "missing.npz" in error_line(proc)
+    assert run_dir.is_dir() and not list(run_dir.iterdir())
+    proc = run_cli(SHORT_RUN, tmp_path, run_dir=run_dir)
+    assert proc.returncode == 0, proc.stderr
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_stopped_run_exits_128_plus_the_signal_and_resumes_with_the_printed_command(tmp_path,
                                                                                      sig):
