@@ -141,8 +141,9 @@ def restore(t, ckpt: dict) -> None:
         t.feeder.restart_episodes(t.cfg.seed + t.env_steps)
         why = ("was saved by an earlier rl-runner, whose env state is not loaded (it was a "
                "pickle)" if isinstance(saved_envs, bytes) else
-               "holds no env state (EnvPool cannot save its envs mid-episode; "
-               "env.vectorization=sync resumes exactly where the env allows it)"
+               "holds no env state (EnvPool cannot save its envs mid-episode; a new run with "
+               "env.vectorization=sync resumes exactly where the env allows it, not Box2D's "
+               "or MuJoCo's)"
                if isinstance(t.envs, EnvPoolVectorEnv) else
                f"holds no env state ({t.cfg.env.id} keeps it in objects that cannot be saved "
                "as plain data)")

@@ -62,12 +62,18 @@ def make_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo: Algorithm) ->
     """The feeder of the algorithm's family; imitation algorithms get the demonstrations first."""
     overlap = cfg.env.get("envpool_async", False)  # absent in configs saved before it
     if overlap == "auto":
-        overlap = isinstance(envs, EnvPoolVectorEnv) and overlaps_rollouts(type(algo)) and \
-            OverlappedCollector.allows(algo)
+        why_not = ("the envs are not EnvPool's" if not isinstance(envs, EnvPoolVectorEnv) else
+                   f"{algo_name(type(algo))} does not overlap its rollouts"
+                   if not overlaps_rollouts(type(algo)) else
+                   "algo.normalize_obs=true updates its statistics while acting"
+                   if not OverlappedCollector.allows(algo) else None)
+        overlap = why_not is None
         if overlap:
             log.info("env.envpool_async=auto: the next rollout steps while the update runs, "
                      "acted by the policy from before it (one update of policy lag); "
                      "env.envpool_async=false for none")
+        else:
+            log.info("env.envpool_async=auto: no overlap, %s", why_not)
     if overlap and not overlaps_rollouts(type(algo)):
         if algo.uses_demonstrations:
             why = "learns from demonstrations"
