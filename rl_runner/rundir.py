@@ -17,6 +17,7 @@ from rl_runner.errors import UserError
 from rl_runner.fileio import os_error_line, writing
 
 LOCK = ".lock"
+RUN_FILES = (".hydra", "train.log", "results.json", "checkpoints", "tb")  # what a run writes
 _held: dict[Path, int] = {}  # directory -> the open lock file: the lock lives as long as it does
 _made: set[Path] = set()  # directories this process created (a stub of them may be removed)
 # directories the user made, empty when claimed: the names they held then (a lock file at most);
@@ -134,6 +135,9 @@ def claim_explicit(run_dir: Path) -> None:
     if is_locked(run_dir):
         lock(run_dir)  # refuses, naming the owner
     if holds_something(run_dir):
+        if not any((run_dir / name).exists() for name in RUN_FILES):  # a user's own files
+            raise UserError(f"{run_dir} already holds files that are not a run; choose another "
+                            "hydra.run.dir, or an empty one")
         raise UserError(f"{run_dir} already holds a run; resume it with resume={run_dir} "
                         "or choose another hydra.run.dir")
     with writing(run_dir):

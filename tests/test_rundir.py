@@ -88,6 +88,16 @@ def test_a_finished_dir_is_refused_without_touching_it(finished_run, tmp_path,
     assert digests(run) == before  # .hydra/config.yaml and train.log too
 
 
+
+def test_a_dir_of_other_files_is_not_called_a_run(tmp_path, refused_in_process):
+    """It was refused as 'already holds a run; resume it with ...', a resume that cannot work."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    line = refused_in_process([*SHORT_RUN, f"hydra.run.dir={mine}"])
+    assert "holds files that are not a run" in line and "resume=" not in line
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
 def test_resume_refuses_an_edited_config_naming_the_key(finished_run, tmp_path,
                                                         refused_in_process):
     run = tmp_path / "run"
