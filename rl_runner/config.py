@@ -323,8 +323,13 @@ def _type_name(expected: Any) -> str:
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
     if expected is type(None):
         return "null"
+    if expected is bool:  # as a YAML override spells it
+        return "true | false"
     return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
 
 
 def _show(value: Any) -> str:
+    """A value as an override spells it (null, true), strings quoted."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
     return repr(value) if isinstance(value, str) else str(value)

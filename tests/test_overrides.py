@@ -107,6 +107,10 @@ def test_a_sweep_checks_every_algorithm_it_names(refused):
     (["algo.gamma=2"], "algo.gamma=2 must lie in [0, 1]"),
     (["trainer.torch_threads=zero"], "trainer.torch_threads='zero' is not allowed; expected positive int | auto"),
     (["algo.lr=fast"], "algo.lr='fast' has the wrong type"),
+    # as an override spells them (it said 'expected bool | auto', and lr=None)
+    (["env.envpool_async=yes"], "env.envpool_async='yes' is not allowed; expected true | false "
+                                "| auto"),
+    (["algo.lr=null"], "algo.lr=null has the wrong type"),
     (["algo=sac", "algo.activation=tanhh"], "algo.activation='tanhh' is not known"),
     (["algo=ppo", "algo.batch_size=100000"], "algo.batch_size=100000 is larger than the rollout"),
     (["env.id=CartPole-v9"], "env.id='CartPole-v9' is not a registered gymnasium environment"),
