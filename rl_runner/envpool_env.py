@@ -67,8 +67,9 @@ def atari_task(env_id: str) -> tuple[str, dict] | None:
     settings = {"repeat_action_probability": float(spec.kwargs.get("repeat_action_probability",
                                                                    0.0)),
                 "full_action_space": bool(spec.kwargs.get("full_action_space", False))}
-    frames = spec.max_episode_steps or spec.kwargs.get("max_num_frames_per_episode")
-    return name, {**settings, "frames": frames}
+    cap = spec.kwargs.get("max_num_frames_per_episode")  # ALE ends a game there itself
+    frames = spec.max_episode_steps or cap
+    return name, {**settings, "frames": frames, "cap": cap if cap and cap > 0 else None}
 
 
 def twin(env_id: str, atari: dict | None) -> str | None:
@@ -140,8 +141,12 @@ def pool_kwargs(env_id: str, kwargs: dict, atari: dict | None) -> dict:
     if atari["noop_max"] < 1:  # envpool 1.2.5's Atari crashed (SIGSEGV) at its first reset
         raise Unfit(f"EnvPool's Atari takes env.atari.noop_max >= 1, not {atari['noop_max']}")
     _, settings = atari_task(env_id)
-    # env.kwargs.max_episode_steps counts frames, as gymnasium's TimeLimit around the game does
+    # env.kwargs.max_episode_steps counts frames, as gymnasium's TimeLimit around the game does;
+    # ALE's own cap stays where the TimeLimit is longer or absent (-1)
     frames = episode_limit(out.pop("max_episode_steps", None), settings.pop("frames"))
+    cap = settings.pop("cap")
+    if cap is not None:
+        frames = cap if frames is None else min(frames, cap)
     out = {**settings, **out}  # the id's sticky actions and action set, unless env.kwargs say
     out.update(noop_max=atari["noop_max"], frame_skip=atari["frame_skip"],
                img_height=atari["screen_size"], img_width=atari["screen_size"],
@@ -301,8 +306,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
                                  "_episode": game_over.copy()}
             self.game_return[ids] = 0.0
             self.game_length[ids] = 0
-        if self.life_ends:
-            terminated = terminated | ((lives < self.lives) & ~game_over)
+        if self.life_ends:  # also where the time limit ends the game in that step, as the
+            terminated = terminated | (lives < self.lives)  # gymnasium stack's EpisodicLife
         self.lives = lives
         return (np.sign(rewards) if self.clip else rewards), terminated
 

@@ -251,9 +251,11 @@ def test_atari_episode_length_in_kwargs_counts_frames():
     settings = envpool_env.pool_kwargs("BreakoutNoFrameskip-v4", {"max_episode_steps": 400},
                                        atari_options({}))
     assert settings["max_episode_steps"] == 100
-    endless = envpool_env.pool_kwargs("ALE/Breakout-v5", {"max_episode_steps": -1},
-                                      atari_options({}))
-    assert endless["max_episode_steps"] is None
+    # -1 drops gymnasium's TimeLimit, not ALE's own cap of 108000 frames; nor does a longer one
+    for frames in (-1, 400_000):
+        capped = envpool_env.pool_kwargs("ALE/Breakout-v5", {"max_episode_steps": frames},
+                                         atari_options({}))
+        assert capped["max_episode_steps"] == 27000
     registered = envpool_env.pool_kwargs("ALE/Breakout-v5", {"max_episode_steps": None},
                                          atari_options({}))
     assert registered["max_episode_steps"] == 27000
@@ -272,3 +274,28 @@ def test_atari_without_no_ops_takes_sync(caplog):
     envs = make_vec_env("BreakoutNoFrameskip-v4", 1, vectorization="auto", atari=atari)
     assert envs.backend == "sync" and "noop_max" in caplog.text
     envs.close()
+
+
+def test_atari_a_life_lost_on_the_last_step_is_terminated():
+    """As the gymnasium stack's EpisodicLife says it, also where the time limit ends the game in
+    that step (it said truncated only: a bootstrap from a lost life)."""
+    pytest.importorskip("ale_py")
+    from rl_runner.config import atari_options
+
+    actions = np.random.default_rng(0).integers(0, 4, size=(3000, 1))
+
+    def first_end(frames):
+        envs = make_vec_env("BreakoutNoFrameskip-v4", 1, {"max_episode_steps": frames},
+                            vectorization="envpool", atari=atari_options({}), training=True,
+                            threads=1)
+        envs.reset(seed=0)
+        for t, a in enumerate(actions, 1):
+            _, _, terminated, truncated, _ = envs.step(a)
+            if terminated[0] or truncated[0]:
+                envs.close()
+                return t, bool(terminated[0]), bool(truncated[0])
+        raise AssertionError("no episode ended")
+
+    t, terminated, truncated = first_end(-1)
+    assert terminated and not truncated  # a lost life
+    assert first_end(4 * t) == (t, True, True)  # the limit: that step's agent steps x frame_skip
