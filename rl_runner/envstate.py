@@ -5,9 +5,9 @@ counters, flags, numpy arrays, a numpy Generator. Those are saved as numbers, st
 containers of them, which a checkpoint loads with weights_only=True. On resume they are set back
 onto freshly made envs of the same config, only where the attribute exists and the layer has the
 same type, so a file can change values but never what code runs. An env that keeps state in any
-other object (a Box2D world, MuJoCo's MjData), or in numpy strings (Blackjack's cards), or in
-anything else a checkpoint cannot hold, cannot be captured this way: None, and its episodes
-restart on resume."""
+other object (a Box2D world, MuJoCo's MjData), or in a subclass of a plain type (numpy strings:
+Blackjack's cards; an enum), cannot be captured this way: None, and its episodes restart on
+resume."""
 from __future__ import annotations
 
 import math
@@ -17,8 +17,6 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import SyncVectorEnv
-
-from rl_runner.checkpoint import encode
 
 # built from the constructor and config again on resume, never state
 STRUCTURE = (gym.Env, gym.Space, EnvSpec, types.FunctionType, types.MethodType,
@@ -34,21 +32,20 @@ class NotCapturable(Exception):
 
 
 def _capture(value):
-    if isinstance(value, np.generic) and value.dtype.kind not in "biufc":
-        # np.str_ is a str too: Blackjack's dealer card, drawn by its RNG. Strings are settings
-        # here (restored only where unchanged), so this is state a resume cannot set back
-        raise NotCapturable(type(value).__name__)
-    if value is None or isinstance(value, (bool, int, float, str)):
+    # exactly these types: subclasses are other objects to a checkpoint (an IntEnum is pickled,
+    # and its file refused at load), and np.str_ (Blackjack's dealer card, drawn by its RNG)
+    # would be a string, which the restore takes for a setting, set back only where unchanged
+    if value is None or type(value) in (bool, int, float, str):
         return value
-    if isinstance(value, np.generic):
+    if isinstance(value, np.generic) and value.dtype.kind in "biufc":
         return value.item()
     if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
         return value.copy()
     if isinstance(value, np.random.Generator):
         return {GENERATOR: value.bit_generator.state}
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):
         return type(value)(_capture(v) for v in value)
-    if isinstance(value, dict) and all(isinstance(k, (str, int)) for k in value):
+    if type(value) is dict and all(type(k) in (str, int) for k in value):
         return {k: _capture(v) for k, v in value.items()}
     raise NotCapturable(type(value).__name__)
 
@@ -74,11 +71,9 @@ def env_state(envs: gym.vector.VectorEnv) -> list | None:
     if not isinstance(envs, SyncVectorEnv):  # async workers hold their envs in other processes
         return None
     try:
-        state = [[_layer_state(layer) for layer in _layers(env)] for env in envs.envs]
-        encode(state)  # what a checkpoint cannot hold makes the episodes restart, not a failure
-    except (NotCapturable, TypeError):
+        return [[_layer_state(layer) for layer in _layers(env)] for env in envs.envs]
+    except NotCapturable:
         return None
-    return state
 
 
 def _restored(saved, current, name: str):

@@ -141,11 +141,25 @@ def test_numpy_strings_in_an_env_restart_its_episodes(tmp_path):
     save_checkpoint(tmp_path / "e.pt", {"env": {"state": env_state(envs)}})
 
 
-def test_env_state_a_checkpoint_cannot_hold_restarts_the_episodes():
-    envs = make_vec_env("CartPole-v1", 1)
-    envs.reset(seed=0)
-    envs.envs[0].unwrapped.label = np.bytes_(b"x")  # plain-looking, refused by the checkpoint
-    assert env_state(envs) is None
+def test_subclasses_of_plain_types_restart_the_episodes(tmp_path):
+    """An IntEnum is an int to isinstance: it was captured, pickled into the checkpoint, and the
+    file then refused at load, so resume and rl-eval failed on that run."""
+    import enum
+
+    class Phase(enum.IntEnum):
+        GO = 1
+
+    for value in (Phase.GO, np.str_("x"), [Phase.GO], {"phase": Phase.GO}):
+        envs = make_vec_env("CartPole-v1", 1)
+        envs.reset(seed=0)
+        envs.envs[0].unwrapped.phase = value
+        assert env_state(envs) is None, value
+    envs.envs[0].unwrapped.phase = np.float32(0.5)  # a numpy number is a number
+    state = env_state(envs)
+    save_checkpoint(tmp_path / "e.pt", {"env": {"state": state}})
+    restore_env_state(envs, load_checkpoint(tmp_path / "e.pt")["env"]["state"])
+    assert type(envs.envs[0].unwrapped.phase) is np.float32
+
 
 def rewrite(run: Path, change) -> None:
     """Both checkpoints of `run`, loaded, changed by `change(state)` and saved as plain data."""
