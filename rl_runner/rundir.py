@@ -101,17 +101,18 @@ def remove_stub(run_dir: Path) -> None:
         return
     if (run_dir / "checkpoints").exists() or (run_dir / "results.json").exists():
         return
-    release(run_dir)
+    # removed while still locked: another rl-run may take the directory once it is released
     if where in _made:
         shutil.rmtree(run_dir, ignore_errors=True)
-        return
-    for entry in run_dir.iterdir():
-        if entry.name in _found_empty[where]:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+    else:
+        for entry in run_dir.iterdir():
+            if entry.name in _found_empty[where]:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    release(run_dir)
 
 
 def is_locked(folder: Path) -> bool:
