@@ -58,15 +58,22 @@ def overlaps_rollouts(cls: type) -> bool:
     return getattr(cls, "overlaps_rollouts", False) is True and not cls.uses_demonstrations
 
 
+def no_overlap(envs: gym.vector.VectorEnv, algo: Algorithm) -> str | None:
+    """Why env.envpool_async=auto does not overlap this run's rollouts, or None where it does."""
+    if not isinstance(envs, EnvPoolVectorEnv):
+        return "the envs are not EnvPool's"
+    if not overlaps_rollouts(type(algo)):
+        return f"{algo_name(type(algo))} does not overlap its rollouts"
+    if not OverlappedCollector.allows(algo):
+        return "algo.normalize_obs=true updates its statistics while acting"
+    return None
+
+
 def make_feeder(cfg: DictConfig, envs: gym.vector.VectorEnv, algo: Algorithm) -> Feeder:
     """The feeder of the algorithm's family; imitation algorithms get the demonstrations first."""
     overlap = cfg.env.get("envpool_async", False)  # absent in configs saved before it
     if overlap == "auto":
-        why_not = ("the envs are not EnvPool's" if not isinstance(envs, EnvPoolVectorEnv) else
-                   f"{algo_name(type(algo))} does not overlap its rollouts"
-                   if not overlaps_rollouts(type(algo)) else
-                   "algo.normalize_obs=true updates its statistics while acting"
-                   if not OverlappedCollector.allows(algo) else None)
+        why_not = no_overlap(envs, algo)
         overlap = why_not is None
         if overlap:
             log.info("env.envpool_async=auto: the next rollout steps while the update runs, "
